@@ -1,0 +1,1 @@
+"""What a model is: the data contracts, the features, training, metrics and the registry adapter."""

@@ -1,0 +1,245 @@
+"""The one implementation of every model feature, for the scorer and for training sets alike.
+
+`FeatureState` holds what the features need per card and per terminal and computes a transaction's
+features incrementally (the scorer calls it per transaction). `compute_features` builds a training
+set from a whole history by replaying the same events through the same state in time order, with each
+fraud label applied at the moment it became known. There is no second, vectorised copy of the feature
+logic that could drift from the online one; amounts are integer cents so sums are exact.
+
+Semantics (all windows in event time, UTC):
+- card windows (t - w, t] include the current transaction (the reference protocol's definition);
+- terminal windows end `terminal_delay` before t and count only fraud labels known by t;
+- a transaction seen twice (a replay after a crash) is not added to the state twice.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from models.schema import Label, Transaction
+
+DAY = 86_400.0
+HOUR = 3_600.0
+CARD_WINDOWS_DAYS = (1, 7, 30)
+TERMINAL_WINDOWS_DAYS = (1, 7, 30)
+TERMINAL_DELAY_DAYS = 7
+# How late (event time behind the newest seen) a transaction may arrive and still see exact windows.
+LATENESS = DAY
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "amount",
+    "is_weekend",
+    "is_night",
+    *(f"card_tx_count_{w}d" for w in CARD_WINDOWS_DAYS),
+    *(f"card_mean_amount_{w}d" for w in CARD_WINDOWS_DAYS),
+    *(f"terminal_tx_count_{w}d_delayed" for w in TERMINAL_WINDOWS_DAYS),
+    *(f"terminal_risk_{w}d_delayed" for w in TERMINAL_WINDOWS_DAYS),
+    "card_tx_count_1h",
+    "card_seconds_since_prev",
+    "card_amount_ratio_30d",
+    "card_amount_to_median_30d",
+    "card_new_terminal_30d",
+    "terminal_known_frauds_7d",
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+@dataclass(slots=True)
+class _CardHistory:
+    times: list[float] = field(default_factory=list)
+    cents: list[int] = field(default_factory=list)
+    terminals: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _TerminalHistory:
+    times: list[float] = field(default_factory=list)
+    fraud_times: list[float] = field(default_factory=list)  # times of its transactions labelled fraud
+
+
+def _insert_sorted(times: list[float], value: float) -> int:
+    """Append in the common in-order case; insert in place for a late event. Returns the index."""
+    if not times or times[-1] <= value:
+        times.append(value)
+        return len(times) - 1
+    index = bisect_right(times, value)
+    times.insert(index, value)
+    return index
+
+
+def _count_between(times: list[float], after: float, up_to: float) -> int:
+    """How many times t satisfy after < t <= up_to."""
+    return bisect_right(times, up_to) - bisect_right(times, after)
+
+
+class FeatureState:
+    """Per-card and per-terminal state; `transform` returns a transaction's features and records it."""
+
+    def __init__(self) -> None:
+        self.cards: dict[str, _CardHistory] = {}
+        self.terminals: dict[str, _TerminalHistory] = {}
+        self.seen: dict[str, tuple[str, float]] = {}  # transaction id -> (terminal id, time)
+        self.frauds_applied: set[str] = set()
+        self.pending_frauds: dict[str, float] = {}  # labels that arrived before their transaction
+        self.watermark = -math.inf  # newest transaction time seen
+        self._pruned_at = -math.inf
+
+    # -- labels ----------------------------------------------------------------------------------
+    def add_label(self, label: Label) -> None:
+        """Record a known outcome. Only frauds change features; repeats are ignored."""
+        if not label.is_fraud or label.transaction_id in self.frauds_applied:
+            return
+        seen = self.seen.get(label.transaction_id)
+        if seen is None:
+            self.pending_frauds[label.transaction_id] = label.known_at
+            return
+        terminal_id, time = seen
+        insort(self.terminals[terminal_id].fraud_times, time)
+        self.frauds_applied.add(label.transaction_id)
+
+    # -- transactions ----------------------------------------------------------------------------
+    def _record(self, tx: Transaction) -> None:
+        card = self.cards.get(tx.card_id)
+        if card is None:
+            card = self.cards[tx.card_id] = _CardHistory()
+        index = _insert_sorted(card.times, tx.time)
+        card.cents.insert(index, tx.amount_cents)
+        card.terminals.insert(index, tx.terminal_id)
+        terminal = self.terminals.get(tx.terminal_id)
+        if terminal is None:
+            terminal = self.terminals[tx.terminal_id] = _TerminalHistory()
+        _insert_sorted(terminal.times, tx.time)
+        self.seen[tx.transaction_id] = (tx.terminal_id, tx.time)
+        known_at = self.pending_frauds.pop(tx.transaction_id, None)
+        if known_at is not None:
+            self.add_label(Label(tx.transaction_id, True, known_at))
+        if tx.time > self.watermark:
+            self.watermark = tx.time
+            if tx.time - self._pruned_at > DAY:
+                self.prune()
+
+    def transform(self, tx: Transaction) -> list[float]:
+        """Features of `tx` given everything seen so far (itself included); records it once."""
+        if tx.transaction_id not in self.seen:
+            self._record(tx)
+        t, cents = tx.time, tx.amount_cents
+        card = self.cards[tx.card_id]
+        times = card.times
+        end = bisect_right(times, t)
+        starts = [bisect_right(times, t - w * DAY) for w in CARD_WINDOWS_DAYS]
+        counts = [end - start for start in starts]
+        sums = [sum(card.cents[start:end]) for start in starts]
+        means = [s / c / 100 for s, c in zip(sums, counts, strict=True)]
+
+        before = bisect_left(times, t)
+        month_start = starts[-1]
+        since_prev = t - times[before - 1] if before > month_start else math.nan
+        prior_count = counts[-1] - 1
+        ratio = cents / ((sums[-1] - cents) / prior_count) if prior_count and sums[-1] > cents else math.nan
+        month = sorted(card.cents[month_start:end])
+        middle = len(month) // 2
+        median = month[middle] if len(month) % 2 else (month[middle - 1] + month[middle]) / 2
+        to_median = cents / median if median else math.nan
+        new_terminal = 1.0 if card.terminals[month_start:end].count(tx.terminal_id) <= 1 else 0.0
+        burst = end - bisect_right(times, t - HOUR)
+
+        terminal = self.terminals[tx.terminal_id]
+        delayed_end = t - TERMINAL_DELAY_DAYS * DAY
+        term_counts, risks = [], []
+        for w in TERMINAL_WINDOWS_DAYS:
+            after = delayed_end - w * DAY
+            n = _count_between(terminal.times, after, delayed_end)
+            frauds = _count_between(terminal.fraud_times, after, delayed_end)
+            term_counts.append(float(n))
+            risks.append(frauds / n if n else 0.0)
+        known_frauds = _count_between(terminal.fraud_times, t - 7 * DAY, t)
+
+        day_number, second_of_day = divmod(t, DAY)
+        is_weekend = 1.0 if (int(day_number) + 3) % 7 >= 5 else 0.0  # 1970-01-01 was a Thursday
+        is_night = 1.0 if second_of_day < 7 * HOUR else 0.0  # hour <= 6
+        return [
+            cents / 100,
+            is_weekend,
+            is_night,
+            *map(float, counts),
+            *means,
+            *term_counts,
+            *risks,
+            float(burst),
+            since_prev,
+            ratio,
+            to_median,
+            new_terminal,
+            float(known_frauds),
+        ]
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def prune(self) -> None:
+        """Forget what no window can reach any more (given LATENESS); keeps memory bounded."""
+        self._pruned_at = self.watermark
+        card_cutoff = self.watermark - LATENESS - max(CARD_WINDOWS_DAYS) * DAY
+        terminal_cutoff = self.watermark - LATENESS - (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
+        for key, card in list(self.cards.items()):
+            drop = bisect_right(card.times, card_cutoff)
+            if drop == len(card.times):
+                del self.cards[key]
+            elif drop:
+                del card.times[:drop], card.cents[:drop], card.terminals[:drop]
+        for key, terminal in list(self.terminals.items()):
+            drop = bisect_right(terminal.times, terminal_cutoff)
+            if drop == len(terminal.times):
+                del self.terminals[key]
+            elif drop:
+                del terminal.times[:drop]
+                del terminal.fraud_times[: bisect_right(terminal.fraud_times, terminal_cutoff)]
+        for tx_id, (_, time) in list(self.seen.items()):
+            if time <= terminal_cutoff:
+                del self.seen[tx_id]
+                self.frauds_applied.discard(tx_id)
+        for tx_id, known_at in list(self.pending_frauds.items()):
+            if known_at <= terminal_cutoff:
+                del self.pending_frauds[tx_id]
+
+
+def transactions_of(history: pd.DataFrame) -> Iterable[Transaction]:
+    cents = np.round(history["amount"].to_numpy() * 100).astype(np.int64)
+    columns = (history[c].tolist() for c in ("transaction_id", "card_id", "terminal_id", "time"))
+    for tx_id, card, terminal, time, amount in zip(*columns, cents.tolist(), strict=True):
+        yield Transaction(tx_id, card, terminal, float(time), amount)
+
+
+def labels_in_order(labels: pd.DataFrame) -> list[Label]:
+    ordered = labels.sort_values(["known_at", "transaction_id"], kind="stable")
+    return [
+        Label(tx, bool(fraud), float(known))
+        for tx, fraud, known in zip(ordered["transaction_id"], ordered["is_fraud"], ordered["known_at"], strict=True)
+    ]
+
+
+def compute_features(history: pd.DataFrame, labels: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Features of every transaction of a time-ordered history, each as the scorer would have seen it.
+
+    Labels (transaction_id, is_fraud, known_at) are applied when they became known: a label known at
+    the same second as a transaction is applied before it.
+    """
+    if not history["time"].is_monotonic_increasing:
+        raise ValueError("history must be sorted by time")
+    state = FeatureState()
+    pending = labels_in_order(labels)
+    next_label = 0
+    out = np.empty((len(history), N_FEATURES), dtype=np.float64)
+    stream = tqdm(transactions_of(history), total=len(history), desc="features", unit="tx", disable=not progress,
+                  mininterval=1.0)
+    for row, tx in enumerate(stream):
+        while next_label < len(pending) and pending[next_label].known_at <= tx.time:
+            state.add_label(pending[next_label])
+            next_label += 1
+        out[row] = state.transform(tx)
+    return pd.DataFrame(out, columns=list(FEATURE_NAMES), index=history.index)

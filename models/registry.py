@@ -1,0 +1,141 @@
+"""MLflow adapter: where runs and versions live, logging a trained model, and loading it to serve.
+
+Embedded default: a SQLite tracking/registry store and a local artifact folder under FRAUDLOOP_HOME
+(default ./.fraudloop). Production sets MLFLOW_TRACKING_URI (e.g. a tracking server backed by PostgreSQL).
+Models are stored in LightGBM's native text format, so serving never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from models.features import FEATURE_NAMES
+
+DEFAULT_MODEL_NAME = "card-fraud"
+CHAMPION, CHALLENGER = "champion", "challenger"
+FEATURE_SPEC_FILE = "feature_spec.json"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    tracking_uri: str
+    artifact_root: str
+    experiment: str = "card-fraud"
+    model_name: str = DEFAULT_MODEL_NAME
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike[str] | None = None) -> RegistryConfig:
+        base = Path(home or os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            base.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{base / 'mlflow.db'}"
+        return cls(
+            tracking_uri=uri,
+            artifact_root=os.environ.get("FRAUDLOOP_ARTIFACT_ROOT", (base / "mlartifacts").as_uri()),
+            experiment=os.environ.get("FRAUDLOOP_EXPERIMENT", "card-fraud"),
+            model_name=os.environ.get("FRAUDLOOP_MODEL_NAME", DEFAULT_MODEL_NAME),
+        )
+
+    def activate(self) -> MlflowClient:
+        """Point MLflow at this store and make sure the experiment exists with our artifact root."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        client = MlflowClient(self.tracking_uri)
+        if client.get_experiment_by_name(self.experiment) is None:
+            client.create_experiment(self.experiment, artifact_location=f"{self.artifact_root}/{self.experiment}")
+        mlflow.set_experiment(self.experiment)
+        return client
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+
+
+def log_and_register(
+    config: RegistryConfig,
+    booster: lgb.Booster,
+    *,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    figures: dict[str, Figure],
+    input_example: pd.DataFrame,
+    description: str,
+    run_name: str,
+    artifacts: dict[str, str] | None = None,
+) -> RegisteredModel:
+    """One MLflow run with everything a reviewer needs, and a new registered model version."""
+    client = config.activate()
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        for file_name, fig in figures.items():
+            mlflow.log_figure(fig, f"evaluation/{file_name}")
+            plt.close(fig)
+        for file_name, text in (artifacts or {}).items():
+            mlflow.log_text(text, file_name)
+        example = input_example[list(FEATURE_NAMES)]
+        signature = infer_signature(example, booster.predict(example.to_numpy(np.float64)))
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = Path(tmp, FEATURE_SPEC_FILE)
+            spec.write_text(json.dumps({"features": list(FEATURE_NAMES)}, indent=2))
+            info = mlflow.lightgbm.log_model(
+                booster,
+                name="model",
+                signature=signature,
+                input_example=example,
+                registered_model_name=config.model_name,
+                pip_requirements=[f"lightgbm=={lgb.__version__}"],
+                extra_files=[str(spec)],
+                metadata={"feature_names": list(FEATURE_NAMES)},
+            )
+    version = str(info.registered_model_version)
+    client.update_model_version(config.model_name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(config.model_name, version, key, value)
+    return RegisteredModel(config.model_name, version, run.info.run_id)
+
+
+def set_alias(config: RegistryConfig, alias: str, version: str) -> None:
+    config.activate().set_registered_model_alias(config.model_name, alias, version)
+
+
+def load_booster(config: RegistryConfig, alias: str = CHAMPION) -> tuple[lgb.Booster, str]:
+    """The native LightGBM booster behind `models:/<name>@<alias>` and its version number."""
+    mlflow.set_tracking_uri(config.tracking_uri)
+    client = MlflowClient(config.tracking_uri)
+    version = client.get_model_version_by_alias(config.model_name, alias).version
+    return load_version(config, version), str(version)
+
+
+def load_version(config: RegistryConfig, version: str) -> lgb.Booster:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{version}", dst_path=tmp,
+                                                         tracking_uri=config.tracking_uri))
+        model_file = local / "model.lgb"
+        if not model_file.exists():
+            raise ValueError(f"model version {version} has no native LightGBM file (model.lgb)")
+        booster = lgb.Booster(model_file=str(model_file))
+        spec_file = next(local.rglob(FEATURE_SPEC_FILE), None)
+    features = json.loads(spec_file.read_text())["features"] if spec_file else booster.feature_name()
+    if list(features) != list(FEATURE_NAMES) or booster.feature_name() != list(FEATURE_NAMES):
+        raise ValueError(f"model version {version} expects features {features}, this code computes {FEATURE_NAMES}")
+    return booster

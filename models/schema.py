@@ -1,0 +1,129 @@
+"""Transaction and label contracts: JSON Schema files plus the checks JSON Schema cannot express.
+
+Validation is on the scoring hot path, so the schema is compiled once (fastjsonschema); only when a
+record fails do we run the full validator to list every bad field with a specific message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+import jsonschema
+
+TRANSACTION_SCHEMA = "transaction.v1.json"
+LABEL_SCHEMA = "label.v1.json"
+# Timestamps outside this range are impossible for a live card transaction (epoch seconds).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+
+
+class InvalidRecord(ValueError):
+    """A record that breaks its contract; ``errors`` has one specific message per bad field."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    time: float  # epoch seconds, UTC
+    amount_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    transaction_id: str
+    is_fraud: bool
+    known_at: float  # epoch seconds, UTC
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("models").joinpath("schemas", name).read_text())
+
+
+@cache
+def _fast_validator(name: str):
+    return fastjsonschema.compile(load_schema(name), formats={"date-time": lambda _: True})
+
+
+def _schema_errors(name: str, record: Any) -> list[str]:
+    validator = jsonschema.Draft202012Validator(load_schema(name))
+    errors = []
+    for error in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path)):
+        field = ".".join(str(p) for p in error.absolute_path) or "record"
+        errors.append(f"{field}: {error.message}")
+    return errors or ["record: does not match the schema"]
+
+
+def _check(name: str, record: Any) -> None:
+    try:
+        _fast_validator(name)(record)
+    except fastjsonschema.JsonSchemaValueException:
+        raise InvalidRecord(_schema_errors(name, record)) from None
+
+
+def parse_time(value: str, field: str) -> float:
+    """RFC 3339 with an explicit offset -> epoch seconds; naive or out-of-range times are errors."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRecord([f"{field}: {value!r} is not an RFC 3339 date-time"]) from None
+    if parsed.tzinfo is None:
+        raise InvalidRecord([f"{field}: {value!r} has no UTC offset"])
+    seconds = parsed.timestamp()
+    if not EARLIEST <= seconds < LATEST:
+        raise InvalidRecord([f"{field}: {value!r} is outside 2000-01-01..2100-01-01"])
+    return seconds
+
+
+def format_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_transaction(record: Any) -> Transaction:
+    """Validate a decoded JSON object and return the typed transaction, or raise InvalidRecord."""
+    _check(TRANSACTION_SCHEMA, record)
+    time = parse_time(record["timestamp"], "timestamp")
+    amount = record["amount"]
+    cents = round(amount * 100)
+    if abs(amount * 100 - cents) > 1e-6:
+        raise InvalidRecord([f"amount: {amount!r} has more than two decimals"])
+    return Transaction(record["transaction_id"], record["card_id"], record["terminal_id"], time, cents)
+
+
+def parse_label(record: Any) -> Label:
+    _check(LABEL_SCHEMA, record)
+    return Label(record["transaction_id"], record["is_fraud"], parse_time(record["known_at"], "known_at"))
+
+
+def transaction_record(tx: Transaction, currency: str = "EUR") -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "transaction_id": tx.transaction_id,
+        "card_id": tx.card_id,
+        "terminal_id": tx.terminal_id,
+        "timestamp": format_time(tx.time),
+        "amount": tx.amount_cents / 100,
+        "currency": currency,
+    }
+
+
+def label_record(label: Label, source: str = "chargeback") -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "transaction_id": label.transaction_id,
+        "is_fraud": label.is_fraud,
+        "known_at": format_time(label.known_at),
+        "source": source,
+    }

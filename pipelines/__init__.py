@@ -1,0 +1,1 @@
+"""Batch jobs: simulate, build features and training sets, train, evaluate, benchmark. Each runs from the CLI."""

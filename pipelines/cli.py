@@ -1,0 +1,158 @@
+"""`fraudloop` command line: every batch job, runnable by hand, from Airflow, or from CI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from models.registry import CHAMPION, RegistryConfig, set_alias
+from models.schema import InvalidRecord
+from pipelines.simulate import SimulationConfig
+
+SIM_FIELDS = {
+    "customers": int, "terminals": int, "days": int, "start_date": str, "seed": int,
+    "label_delay_days": float, "label_delay_sigma": float, "drift_day": int,
+}
+
+
+def _add_simulation_options(parser: argparse.ArgumentParser, **defaults: object) -> None:
+    group = parser.add_argument_group("simulation")
+    for name, kind in SIM_FIELDS.items():
+        default = defaults.get(name, getattr(SimulationConfig, name))
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                           help=f"(default: {default})")
+
+
+def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
+    return SimulationConfig(**{name: getattr(args, name) for name in SIM_FIELDS})
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from pipelines.history import write_history
+    from pipelines.simulate import labels_of, simulate, summary
+
+    history = simulate(_simulation_config(args), progress=not args.quiet)
+    write_history(args.out, history, labels_of(history))
+    stats = summary(history)
+    print(f"wrote {args.out}: {stats['transactions']:,} transactions, {stats['frauds']:,} frauds "
+          f"({stats['fraud_rate']:.3%})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pipelines.history import read_history
+    from pipelines.train import BuildConfig, build_model
+
+    history, labels = read_history(args.history)
+    config = BuildConfig(train_days=args.train_days, delay_days=args.delay_days, test_days=args.test_days)
+    reg = RegistryConfig.from_env()
+    result = build_model(history, labels, reg, config, progress=not args.quiet)
+    if args.promote:
+        set_alias(reg, CHAMPION, result.model.version)
+    _print_build(result, reg, promoted=args.promote)
+
+
+def _print_build(result, reg: RegistryConfig, promoted: bool) -> None:
+    m = result.metrics
+    print(f"registered {result.model.name} version {result.model.version} (run {result.model.run_id})"
+          + (f", alias '{CHAMPION}'" if promoted else ""))
+    print(f"  train {result.split['train']}, test {result.split['test']}")
+    print(f"  test ROC AUC {m['roc_auc']:.3f}  AP {m['average_precision']:.3f}  "
+          f"CP@100 {m['card_precision_at_100']:.3f}  recall@1%FPR {m['recall_at_1pct_fpr']:.3f}")
+    print(f"  training cost: {m['training_wall_seconds']:.1f} s wall, {m['training_cpu_seconds']:.1f} s CPU, "
+          f"{m['training_peak_rss_mb']:.0f} MB peak RSS")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job on embedded defaults: simulate a history, build the first model, promote it."""
+    from pipelines.history import write_history
+    from pipelines.simulate import labels_of, simulate, summary
+    from pipelines.train import build_model
+
+    home = Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+    history = simulate(_simulation_config(args), progress=True)
+    labels = labels_of(history)
+    write_history(home / "history", history, labels)
+    stats = summary(history)
+    print(f"simulated {stats['transactions']:,} transactions, {stats['frauds']:,} frauds -> {home / 'history'}")
+    reg = RegistryConfig.from_env(home)
+    result = build_model(history, labels, reg)
+    set_alias(reg, CHAMPION, result.model.version)
+    _print_build(result, reg, promoted=True)
+    print("\nReview it in the MLflow UI:\n  " + shlex.join(["fraudloop", "ui"]) + "   (then open http://127.0.0.1:5000)")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from pipelines import benchmark
+
+    result = benchmark.run(seed=args.seed, progress=not args.quiet)
+    text = benchmark.to_markdown(result, "fraudloop benchmark model" + (f" --seed {args.seed}" if args.seed else ""))
+    print(text)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(text)
+        print(f"recorded in {args.record}")
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    reg = RegistryConfig.from_env()
+    command = ["mlflow", "ui", "--backend-store-uri", reg.tracking_uri, "--default-artifact-root",
+               reg.artifact_root, "--host", args.host, "--port", str(args.port)]
+    print("$ " + shlex.join(command), flush=True)
+    os.execvp(command[0], command)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fraudloop", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="main job: simulate, train and promote the first model (embedded defaults)")
+    _add_simulation_options(p, customers=2_000, terminals=4_000, days=70)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="write a simulated history (Parquet) to a folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_simulation_options(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train, evaluate and register a model version from a history folder")
+    p.add_argument("--history", type=Path, required=True, help="folder written by 'fraudloop simulate'")
+    p.add_argument("--train-days", type=int, default=28)
+    p.add_argument("--delay-days", type=int, default=7)
+    p.add_argument("--test-days", type=int, default=7)
+    p.add_argument("--promote", action="store_true", help=f"point the '{CHAMPION}' alias at the new version")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("benchmark", help="benchmarks (model: the reference protocol vs the published table)")
+    bench = p.add_subparsers(dest="benchmark", required=True)
+    b = bench.add_parser("model", help="reference protocol on the reference run; prints our row beside the table")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("ui", help="MLflow UI over the project's tracking and registry store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, InvalidRecord) as error:
+        print(f"fraudloop {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The reference evaluation protocol: time-ordered train / label-delay gap / test splits.
+
+Pure logic over arrays: which rows train, which rows test. Cards whose compromise is already known
+(a fraud in the training period, or one whose label has arrived by the test day) leave the test set,
+as a deployed system would have blocked them already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class Split:
+    train_start: str  # ISO date, UTC
+    train_days: int = 7
+    delay_days: int = 7
+    test_days: int = 7
+
+    @property
+    def start_day(self) -> int:
+        return int(datetime.fromisoformat(self.train_start).replace(tzinfo=UTC).timestamp()) // DAY
+
+    def shifted(self, days: int) -> Split:
+        start = datetime.fromisoformat(self.train_start) + timedelta(days=days)
+        return Split(start.date().isoformat(), self.train_days, self.delay_days, self.test_days)
+
+    def describe(self) -> dict[str, str]:
+        day = datetime.fromisoformat(self.train_start).date()
+        test_start = day + timedelta(days=self.train_days + self.delay_days)
+        return {
+            "train": f"{day}..{day + timedelta(days=self.train_days - 1)}",
+            "test": f"{test_start}..{test_start + timedelta(days=self.test_days - 1)}",
+        }
+
+
+def split_masks(
+    time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, split: Split
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, test) over the rows."""
+    day = np.asarray(time) // DAY
+    first = split.start_day
+    train_end = first + split.train_days
+    test_start = train_end + split.delay_days
+    train = (day >= first) & (day < train_end)
+    test = (day >= test_start) & (day < test_start + split.test_days)
+
+    # A fraud on day x is known from day x + delay + 1: such cards are removed from later test days.
+    frauds = pd.DataFrame({"card": card_id, "day": day})[np.asarray(is_fraud, dtype=bool) & (day >= first)]
+    first_fraud_day = frauds.groupby("card")["day"].min()
+    known_from = pd.Series(card_id).map(first_fraud_day + split.delay_days + 1).to_numpy(dtype=float)
+    already_known = ~np.isnan(known_from) & (day >= np.nan_to_num(known_from, nan=np.inf))
+    return train, test & ~already_known
+
+
+def prequential(split: Split, folds: int = 4) -> list[Split]:
+    """`folds` splits, each shifted back by one test period from the previous."""
+    return [split.shifted(-k * split.test_days) for k in range(folds)]
