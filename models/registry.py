@@ -135,7 +135,7 @@ def load_version(config: RegistryConfig, version: str) -> lgb.Booster:
             raise ValueError(f"model version {version} has no native LightGBM file (model.lgb)")
         booster = lgb.Booster(model_file=str(model_file))
         spec_file = next(local.rglob(FEATURE_SPEC_FILE), None)
-    features = json.loads(spec_file.read_text())["features"] if spec_file else booster.feature_name()
+        features = json.loads(spec_file.read_text())["features"] if spec_file else booster.feature_name()
     if list(features) != list(FEATURE_NAMES) or booster.feature_name() != list(FEATURE_NAMES):
         raise ValueError(f"model version {version} expects features {features}, this code computes {FEATURE_NAMES}")
     return booster

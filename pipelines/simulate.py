@@ -131,7 +131,7 @@ def simulate(config: SimulationConfig, progress: bool = True) -> pd.DataFrame:
     order = np.lexsort((terminal, customer, time))
     time, customer, terminal, amount, scenario = (a[order] for a in (time, customer, terminal, amount, scenario))
     is_fraud = scenario != GENUINE
-    delay = np.full(len(time), config.label_delay_days * DAY)
+    delay = np.full(len(time), float(config.label_delay_days) * DAY)
     if config.label_delay_sigma > 0:
         delay *= np.exp(config.label_delay_sigma * rng.standard_normal(len(time)))
     label_known_at = np.where(is_fraud, time + np.round(delay).astype(np.int64), -1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -27,6 +28,7 @@ class BuildConfig:
 @dataclass(frozen=True)
 class BuildResult:
     model: registry.RegisteredModel
+    booster: lgb.Booster
     metrics: dict[str, float]
     split: dict[str, str]
 
@@ -102,4 +104,4 @@ def build_model(history: pd.DataFrame, labels: pd.DataFrame, reg: registry.Regis
         description=_describe(metrics, span, rows),
         run_name=f"build {span['train']}",
     )
-    return BuildResult(model, metrics, span)
+    return BuildResult(model, booster, metrics, span)

@@ -1,0 +1,50 @@
+"""The command line as a user meets it: help everywhere, one-line errors for bad input, a real run."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipelines.cli import parser
+
+COMMANDS = [["demo"], ["simulate"], ["train"], ["benchmark"], ["benchmark", "model"], ["ui"]]
+
+
+def run(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args([*command, "--help"])
+    assert done.value.code == 0
+    assert "usage: fraudloop" in capsys.readouterr().out
+
+
+def test_a_missing_history_is_one_clear_line(tmp_path):
+    result = run("train", "--history", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "error:" in result.stderr and "transactions.parquet not found" in result.stderr
+
+
+def test_a_bad_simulation_option_is_one_clear_line(tmp_path):
+    result = run("simulate", "--out", str(tmp_path), "--customers", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "fraudloop simulate: error: customers must be positive, got 0"
+
+
+def test_simulate_then_train_registers_a_version(tmp_path):
+    env = {**os.environ, "FRAUDLOOP_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = tmp_path / "history"
+    made = run("simulate", "--out", str(out), "--customers", "300", "--terminals", "600", "--days", "50", "--quiet")
+    assert made.returncode == 0, made.stderr
+    assert len(pd.read_parquet(out / "transactions.parquet")) > 20_000
+    trained = run("train", "--history", str(out), "--train-days", "14", "--promote", "--quiet", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "registered card-fraud version 1" in trained.stdout and "alias 'champion'" in trained.stdout

@@ -1,0 +1,67 @@
+"""Integration: train on a simulated history, log and register in a real MLflow store, load it back to serve."""
+
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from models.features import FEATURE_NAMES, compute_features
+from models.registry import CHAMPION, load_booster, load_version, set_alias
+from models.training import TrainParams, predict
+from pipelines.train import BuildConfig, build_model
+
+pytestmark = pytest.mark.integration
+FAST = BuildConfig(train_days=21, delay_days=7, test_days=7, params=TrainParams(num_boost_round=80))
+
+
+@pytest.fixture(scope="module")
+def small_features(small_history, small_labels):
+    return compute_features(small_history, small_labels)
+
+
+def test_build_registers_a_reviewable_version(registry, small_history, small_labels, small_features):
+    result = build_model(small_history, small_labels, registry, FAST, features=small_features, progress=False)
+    assert result.model.version == "1"
+    assert result.metrics["roc_auc"] > 0.75 and result.metrics["average_precision"] > 0.3
+    assert result.metrics["training_cpu_seconds"] > 0 and result.metrics["training_peak_rss_mb"] > 50
+
+    client = MlflowClient(registry.tracking_uri)
+    version = client.get_model_version(registry.model_name, "1")
+    assert "| average_precision |" in version.description and "- train: " in version.description
+    assert version.tags["train_rows"].isdigit() and len(version.tags["train_data_fingerprint"]) == 16
+    run = client.get_run(result.model.run_id)
+    assert {"roc_auc", "average_precision", "card_precision_at_100", "training_cpu_seconds"} <= set(run.data.metrics)
+    assert run.data.params["num_boost_round"] == "80" and run.data.tags["test_period"] == result.split["test"]
+    plots = {a.path for a in client.list_artifacts(result.model.run_id, "evaluation")}
+    assert plots == {f"evaluation/{n}.png" for n in ("precision_recall", "roc", "calibration", "score_distribution",
+                                                       "feature_importance")}
+
+
+def test_champion_is_stored_natively_and_scores_like_the_trained_booster(
+    registry, small_history, small_labels, small_features, tmp_path
+):
+    result = build_model(small_history, small_labels, registry, FAST, features=small_features, progress=False)
+    set_alias(registry, CHAMPION, result.model.version)
+
+    booster, version = load_booster(registry, CHAMPION)
+    assert version == result.model.version and booster.feature_name() == list(FEATURE_NAMES)
+    files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{registry.model_name}/{version}",
+                                                                      dst_path=str(tmp_path))).rglob("*")}
+    assert "model.lgb" in files and not any(name.endswith((".pkl", ".pickle")) for name in files)
+    rows = small_features.tail(2_000)
+    assert np.array_equal(predict(booster, rows), predict(result.booster, rows))  # the round trip is exact
+
+
+def test_a_version_computed_on_other_features_is_refused(registry, small_history, small_features):
+    registry.activate()
+    labels = small_history["is_fraud"].iloc[:2000].to_numpy()
+    data = lgb.Dataset(small_features.iloc[:2000, :3].to_numpy(), label=labels, feature_name=list(FEATURE_NAMES[:3]))
+    odd = lgb.train({"objective": "binary", "verbosity": -1}, data, num_boost_round=3)
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(odd, name="model", registered_model_name=registry.model_name,
+                                         pip_requirements=["lightgbm"])
+    with pytest.raises(ValueError, match="expects features"):
+        load_version(registry, str(info.registered_model_version))
