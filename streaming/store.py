@@ -1,0 +1,133 @@
+"""What the scorer persists for retraining: each decision with the feature values used, and each label.
+
+SQLAlchemy Core, so one code path serves the embedded SQLite default and PostgreSQL in production.
+Writes are idempotent by transaction id: a batch replayed after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import sqlalchemy as sa
+
+from models.features import FEATURE_NAMES
+from models.schema import Label, Transaction
+
+metadata = sa.MetaData()
+decisions = sa.Table(
+    "decisions", metadata,
+    sa.Column("transaction_id", sa.String(64), primary_key=True),
+    sa.Column("card_id", sa.String(64), nullable=False),
+    sa.Column("terminal_id", sa.String(64), nullable=False),
+    sa.Column("event_time", sa.Float, nullable=False, index=True),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("features", sa.Text, nullable=False),  # JSON list in FEATURE_NAMES order (null for NaN)
+    sa.Column("decided_at", sa.Float, nullable=False),
+)
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("transaction_id", sa.String(64), primary_key=True),
+    sa.Column("is_fraud", sa.Boolean, nullable=False),
+    sa.Column("known_at", sa.Float, nullable=False, index=True),
+)
+feature_sets = sa.Table(
+    "feature_sets", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("features", sa.Text, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    tx: Transaction
+    score: float
+    decision: str
+    model_version: str
+    features: Sequence[float]
+    decided_at: float
+
+
+def default_url() -> str:
+    home = Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'scoring.db'}"
+
+
+class Store:
+    def __init__(self, url: str = "") -> None:
+        url = url or default_url()
+        if url.startswith("postgresql://"):
+            url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        self.engine = sa.create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        self._insert = _insert_ignoring_duplicates(self.engine.dialect.name)
+        with self.engine.begin() as db:
+            db.execute(self._insert(feature_sets), [{"name": "current", "features": orjson.dumps(FEATURE_NAMES).decode()}])
+
+    def write(self, rows: Sequence[DecisionRow], new_labels: Sequence[Label]) -> None:
+        """One transaction per batch; existing transaction ids are left as they are."""
+        with self.engine.begin() as db:
+            if rows:
+                db.execute(self._insert(decisions), [
+                    {"transaction_id": r.tx.transaction_id, "card_id": r.tx.card_id, "terminal_id": r.tx.terminal_id,
+                     "event_time": r.tx.time, "amount_cents": r.tx.amount_cents, "score": r.score,
+                     "decision": r.decision, "model_version": r.model_version,
+                     "features": orjson.dumps(list(r.features)).decode(), "decided_at": r.decided_at}
+                    for r in rows
+                ])
+            if new_labels:
+                db.execute(self._insert(labels), [
+                    {"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud, "known_at": lb.known_at}
+                    for lb in new_labels
+                ])
+
+    def recent_transactions(self, horizon_seconds: float) -> Iterator[Transaction]:
+        """Decided transactions within `horizon_seconds` of the newest, in time order (to rebuild state)."""
+        with self.engine.connect() as db:
+            newest = db.execute(sa.select(sa.func.max(decisions.c.event_time))).scalar()
+            if newest is None:
+                return
+            query = (sa.select(decisions.c.transaction_id, decisions.c.card_id, decisions.c.terminal_id,
+                               decisions.c.event_time, decisions.c.amount_cents)
+                     .where(decisions.c.event_time > newest - horizon_seconds)
+                     .order_by(decisions.c.event_time, decisions.c.transaction_id))
+            for row in db.execute(query):
+                yield Transaction(row[0], row[1], row[2], float(row[3]), int(row[4]))
+
+    def all_labels(self, since: float = float("-inf")) -> list[Label]:
+        with self.engine.connect() as db:
+            query = sa.select(labels).where(labels.c.known_at > since).order_by(labels.c.known_at, labels.c.transaction_id)
+            return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
+
+    def count(self, table: sa.Table) -> int:
+        with self.engine.connect() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _insert_ignoring_duplicates(dialect: str):
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise ValueError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+    return lambda table: insert(table).on_conflict_do_nothing()
