@@ -120,13 +120,15 @@ def set_alias(config: RegistryConfig, alias: str, version: str) -> None:
 
 def load_booster(config: RegistryConfig, alias: str = CHAMPION) -> tuple[lgb.Booster, str]:
     """The native LightGBM booster behind `models:/<name>@<alias>` and its version number."""
-    mlflow.set_tracking_uri(config.tracking_uri)
     client = MlflowClient(config.tracking_uri)
     version = client.get_model_version_by_alias(config.model_name, alias).version
     return load_version(config, version), str(version)
 
 
 def load_version(config: RegistryConfig, version: str) -> lgb.Booster:
+    # models:/ URIs resolve through the process-wide registry URI: point it at this store.
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{version}", dst_path=tmp,
                                                          tracking_uri=config.tracking_uri))

@@ -96,6 +96,60 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         print(f"recorded in {args.record}")
 
 
+def cmd_broker(args: argparse.Namespace) -> None:
+    """Run the development broker on loopback with the scorer's topics until Ctrl-C."""
+    import signal
+    import threading
+
+    from streaming.broker import create_topics, start_broker
+    from streaming.config import ScorerConfig
+
+    config = ScorerConfig.load(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with start_broker(args.port) as broker:
+        topics = [config.transactions_topic, config.labels_topic, config.decisions_topic, config.dead_letter_topic]
+        create_topics(broker.bootstrap, topics, partitions=args.partitions)
+        print(f"broker listening on {broker.bootstrap}; topics {', '.join(topics)} ({args.partitions} partitions)."
+              " Ctrl-C stops it.", flush=True)
+        while not stop.wait(0.5) and broker.process.poll() is None:
+            pass
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    import logging
+
+    from streaming.config import ScorerConfig
+    from streaming.service import ScorerService, stop_on_signals
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap, metrics_port=args.metrics_port,
+                               group_id=args.group_id)
+    stop = stop_on_signals()
+    ScorerService(config, RegistryConfig.from_env()).run(stop)
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from kafka import KafkaProducer
+
+    from pipelines.history import read_history
+    from streaming.config import ScorerConfig
+    from streaming.replay import replay
+
+    config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap)
+    history, labels = read_history(args.history)
+    if args.limit:
+        history = history.head(args.limit)
+        labels = labels[labels["known_at"] <= history["time"].max()]
+    producer = KafkaProducer(bootstrap_servers=config.bootstrap_servers.split(","), acks="all", linger_ms=5,
+                             batch_size=256 * 1024)
+    sent = replay(producer, history, labels, transactions_topic=config.transactions_topic,
+                  labels_topic=config.labels_topic, rate=args.rate, speedup=args.speedup, progress=not args.quiet)
+    producer.close()
+    print(f"sent {sent['transaction']:,} transactions and {sent['label']:,} labels")
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     reg = RegistryConfig.from_env()
     command = ["mlflow", "ui", "--backend-store-uri", reg.tracking_uri, "--default-artifact-root",
@@ -135,6 +189,30 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
 
+    p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--config", type=Path, help="scorer config file (TOML) naming the topics")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("score", help="run the streaming scorer (Kafka in, decisions out) until SIGTERM/Ctrl-C")
+    p.add_argument("--config", type=Path, help="TOML file; FRAUDLOOP_* environment variables override it")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--group-id")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("replay", help="produce a simulated history to the transactions and labels topics")
+    p.add_argument("--history", type=Path, required=True, help="folder written by 'fraudloop simulate'")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--bootstrap")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="messages a second (default: as fast as possible)")
+    pace.add_argument("--speedup", type=float, help="simulated seconds per real second")
+    p.add_argument("--limit", type=int, help="only the first N transactions (and their labels so far)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
     p = sub.add_parser("ui", help="MLflow UI over the project's tracking and registry store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -146,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, InvalidRecord) as error:
+    except (FileNotFoundError, ValueError, InvalidRecord, RuntimeError) as error:
         print(f"fraudloop {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +84,7 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 3, **
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client)
     try:
         for topic in topics:
-            try:
+            with suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

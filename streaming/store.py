@@ -71,7 +71,8 @@ class Store:
         metadata.create_all(self.engine)
         self._insert = _insert_ignoring_duplicates(self.engine.dialect.name)
         with self.engine.begin() as db:
-            db.execute(self._insert(feature_sets), [{"name": "current", "features": orjson.dumps(FEATURE_NAMES).decode()}])
+            names = orjson.dumps(FEATURE_NAMES).decode()
+            db.execute(self._insert(feature_sets), [{"name": "current", "features": names}])
 
     def write(self, rows: Sequence[DecisionRow], new_labels: Sequence[Label]) -> None:
         """One transaction per batch; existing transaction ids are left as they are."""
@@ -105,7 +106,8 @@ class Store:
 
     def all_labels(self, since: float = float("-inf")) -> list[Label]:
         with self.engine.connect() as db:
-            query = sa.select(labels).where(labels.c.known_at > since).order_by(labels.c.known_at, labels.c.transaction_id)
+            query = (sa.select(labels).where(labels.c.known_at > since)
+                     .order_by(labels.c.known_at, labels.c.transaction_id))
             return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
 
     def count(self, table: sa.Table) -> int:
