@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from models.features import FEATURE_NAMES, N_FEATURES, FeatureState
-from models.schema import InvalidRecord, Label, parse_label, parse_transaction
+from models.features import FEATURE_NAMES, FeatureState
+from models.schema import InvalidRecord, Label, Transaction, parse_label, parse_transaction
 from streaming.config import ScorerConfig
 from streaming.decide import APPROVE, outcomes, top_reasons
 from streaming.model import ServingModel
@@ -59,26 +59,35 @@ class Scorer:
         self.config, self.state = config, state
 
     def process(self, messages: list[Message], model: ServingModel) -> BatchResult:
-        """Labels first (they update what the features know), then the batch's transactions in order."""
+        """Apply the batch in event-time order (a label at its known_at, before a transaction of the same
+        second), as the offline build does; partitions are interleaved by the consumer, not by time."""
         result = BatchResult()
-        transactions = []
+        events: list[tuple[float, int, Message, Transaction | Label]] = []
         for message in messages:
             try:
                 record = _decode(message)
                 if message.topic == self.config.labels_topic:
                     label = parse_label(record)
-                    self.state.add_label(label)
-                    result.labels.append(label)
+                    events.append((label.known_at, 0, message, label))
                 else:
-                    transactions.append((message, parse_transaction(record)))
+                    tx = parse_transaction(record)
+                    events.append((tx.time, 1, message, tx))
             except InvalidRecord as error:
                 result.dead_letters.append(DeadLetter(message, str(error)))
+        events.sort(key=lambda e: (e[0], e[1]))
+
+        transactions: list[tuple[Message, Transaction]] = []
+        rows: list[list[float]] = []
+        for _, _, message, item in events:
+            if isinstance(item, Label):
+                self.state.add_label(item)
+                result.labels.append(item)
+            else:
+                transactions.append((message, item))
+                rows.append(self.state.transform(item))
         if not transactions:
             return result
-
-        features = np.empty((len(transactions), N_FEATURES))
-        for i, (_, tx) in enumerate(transactions):
-            features[i] = self.state.transform(tx)
+        features = np.array(rows)
         started = time.perf_counter()
         scores = model.booster.predict(features, num_threads=1)
         result.model_seconds = time.perf_counter() - started
@@ -105,5 +114,5 @@ class Scorer:
                 "latency_ms": round(now * 1000 - message.timestamp_ms, 2),
                 "decided_at": now,
             })
-            result.rows.append(DecisionRow(tx, score, decided[i], model.version, features[i].tolist(), now))
+            result.rows.append(DecisionRow(tx, score, decided[i], model.version, rows[i], now))
         return result

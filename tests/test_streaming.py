@@ -1,0 +1,214 @@
+"""Integration: the scorer against the real development broker and a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import orjson
+import pytest
+
+from models.features import FEATURE_NAMES, compute_features, transactions_of
+from models.registry import CHAMPION, RegistryConfig, set_alias
+from models.schema import transaction_record
+from models.training import TrainParams
+from pipelines.train import BuildConfig, build_model
+from streaming.broker import start_broker
+from streaming.store import Store, decisions
+from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config
+
+pytestmark = pytest.mark.integration
+FAST = BuildConfig(train_days=21, delay_days=7, test_days=7, params=TrainParams(num_boost_round=60))
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with start_broker() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, small_history, small_labels):
+    """A registry whose champion is version 1, trained on the small history."""
+    home = tmp_path_factory.mktemp("home")
+    registry = RegistryConfig(tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                              artifact_root=(home / "artifacts").as_uri())
+    result = build_model(small_history, small_labels, registry, FAST, progress=False)
+    set_alias(registry, CHAMPION, result.model.version)
+    return registry, result.booster, home
+
+
+def send_transactions(bootstrap: str, topic: str, history) -> None:
+    out = producer(bootstrap)
+    for tx in transactions_of(history):
+        out.send(topic, key=tx.card_id.encode(), value=orjson.dumps(transaction_record(tx)))
+    out.flush()
+    out.close()
+
+
+def stored_rows(store_url: str) -> dict[str, tuple]:
+    store = Store(store_url)
+    with store.engine.connect() as db:
+        rows = {r.transaction_id: r for r in db.execute(decisions.select())}
+    store.close()
+    return rows
+
+
+def test_n_in_n_out_with_offline_identical_features_and_scores(broker, served, small_history, tmp_path):
+    registry, booster, _ = served
+    stream = small_history.head(4_000)
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}")
+    send_transactions(broker.bootstrap, config.transactions_topic, stream)
+    with RunningScorer(config, registry) as service:
+        records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(stream))
+    decided = decisions_by_id(records)
+    assert len(records) == len(decided) == len(stream)
+    assert service.metrics.transactions._value.get() == len(stream)
+
+    offline = compute_features(stream, small_history.iloc[:0][["transaction_id"]].assign(is_fraud=True, known_at=0.0))
+    offline_scores = booster.predict(offline.to_numpy(), num_threads=1)
+    stored = stored_rows(config.store_url)
+    online = np.array([orjson.loads(stored[t].features) for t in stream["transaction_id"]], dtype=float)
+    assert np.array_equal(online, offline.to_numpy(), equal_nan=True)
+    assert np.array_equal([stored[t].score for t in stream["transaction_id"]], offline_scores)
+    for tx_id, score in zip(stream["transaction_id"], offline_scores, strict=True):
+        message = decided[tx_id]
+        assert message["score"] == round(float(score), 6) and message["model_version"] == "1"
+        assert message["decision"] in {"approve", "review", "decline"}
+        assert (message["decision"] == "approve") == (message["reasons"] == [])
+        if message["reasons"]:
+            assert message["reasons"][0]["feature"] in FEATURE_NAMES and message["reasons"][0]["contribution"] > 0
+
+
+def test_bad_messages_are_dead_lettered_with_reasons_and_counts_balance(broker, served, small_history, tmp_path):
+    registry, _, _ = served
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}")
+    good = [transaction_record(tx) for tx in transactions_of(small_history.head(50))]
+    bad = {
+        b"{not json": "not JSON",
+        orjson.dumps({**good[0], "transaction_id": "B1", "amount": "12"}): "amount: '12' is not of type 'number'",
+        orjson.dumps({k: v for k, v in good[1].items() if k != "card_id"}): "'card_id' is a required property",
+        orjson.dumps({**good[2], "transaction_id": "B3", "amount": -5}): "amount: -5 is less than the minimum of 0",
+        orjson.dumps({**good[3], "transaction_id": "B4", "timestamp": "soon"}): "timestamp: 'soon' is not an RFC 3339",
+        orjson.dumps([1, 2, 3]): "is not of type 'object'",
+    }
+    out = producer(broker.bootstrap)
+    for value in [orjson.dumps(r) for r in good[:25]] + list(bad) + [orjson.dumps(r) for r in good[25:]]:
+        out.send(config.transactions_topic, value=value)
+    out.send(config.labels_topic, value=b'{"transaction_id": 7}')
+    out.flush()
+    with RunningScorer(config, registry) as service:
+        dead = read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= len(bad) + 1)
+        decided = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(good))
+    assert len(decided) == len(good)
+    reasons = {r.value: dict(r.headers) for r in dead}
+    for value, expected in bad.items():
+        headers = reasons[value]  # the original bytes are kept
+        assert expected in headers["error.reason"].decode()
+        assert headers["source.topic"].decode() == config.transactions_topic
+        assert int(headers["source.offset"]) >= 0 and int(headers["source.partition"]) >= 0
+    assert b"transaction_id: 7 is not of type 'string'" in reasons[b'{"transaction_id": 7}']["error.reason"]
+    m = service.metrics
+    consumed = m.transactions._value.get()
+    decided_count = sum(m.decisions.labels(d)._value.get() for d in ("approve", "review", "decline"))
+    dead_count = m.dead_letters.labels(config.transactions_topic)._value.get()
+    assert consumed == len(good) + len(bad) == decided_count + dead_count
+
+
+def test_a_scorer_killed_mid_stream_loses_nothing_and_counts_nothing_twice(broker, served, small_history, tmp_path):
+    registry, _, home = served
+    stream = small_history.head(15_000)
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", batch_size=200)
+    env = {**os.environ, "FRAUDLOOP_HOME": str(home), "MLFLOW_TRACKING_URI": registry.tracking_uri,
+           "FRAUDLOOP_ARTIFACT_ROOT": registry.artifact_root, "FRAUDLOOP_STORE_URL": config.store_url,
+           **{f"FRAUDLOOP_{k.upper()}": str(getattr(config, k)) for k in
+              ("transactions_topic", "labels_topic", "decisions_topic", "dead_letter_topic", "group_id")}}
+    command = [sys.executable, "-m", "pipelines.cli", "score", "--bootstrap", broker.bootstrap]
+    send_transactions(broker.bootstrap, config.transactions_topic, stream)
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 3_000, timeout=90)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    killed_at = len(stored_rows(config.store_url))
+    assert 0 < killed_at < len(stream)
+
+    second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        records = read_topic(broker.bootstrap, config.decisions_topic,
+                             lambda r: len(decisions_by_id(r)) >= len(stream), timeout=120)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=30)
+    assert second.returncode == 0, stderr.decode()[-2000:]
+    assert b"scorer stopped" in stderr  # graceful: finished the batch, committed, closed
+    assert set(decisions_by_id(records)) == set(stream["transaction_id"])  # every transaction decided
+    stored = stored_rows(config.store_url)
+    assert len(stored) == len(stream)
+    # features after the restart match a clean offline build: no replayed transaction was counted twice
+    offline = compute_features(stream, stream.iloc[:0][["transaction_id"]].assign(is_fraud=True, known_at=0.0))
+    online = np.array([orjson.loads(stored[t].features) for t in stream["transaction_id"]], dtype=float)
+    offline = offline.to_numpy()
+    # Card features see one partition, in order: they must match a clean offline build exactly, so no
+    # transaction replayed after the kill was counted twice. Terminal windows also see other partitions,
+    # which a backlog drains unevenly: they may miss late events, never count one twice.
+    card = [j for j, name in enumerate(FEATURE_NAMES) if not name.startswith("terminal_")]
+    terminal_counts = [j for j, name in enumerate(FEATURE_NAMES) if name.startswith("terminal_tx_count")]
+    assert np.array_equal(online[:, card], offline[:, card], equal_nan=True)
+    assert np.all(online[:, terminal_counts] <= offline[:, terminal_counts])
+
+
+def _register_broken_version(registry: RegistryConfig, small_history) -> str:
+    """A version trained on other features: it loads in MLflow but must not be served."""
+    data = lgb.Dataset(np.random.default_rng(0).random((500, 3)), label=np.arange(500) % 2,
+                       feature_name=["a", "b", "c"])
+    odd = lgb.train({"objective": "binary", "verbosity": -1}, data, num_boost_round=2)
+    registry.activate()
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(odd, name="model", registered_model_name=registry.model_name,
+                                         pip_requirements=["lightgbm"])
+    return str(info.registered_model_version)
+
+
+def test_promotion_mid_stream_is_picked_up_and_a_broken_version_refused(
+    broker, served, small_history, small_labels, tmp_path
+):
+    registry, _, _ = served
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", model_check_seconds=0.2)
+    first, second, third = small_history.iloc[:1_000], small_history.iloc[1_000:2_000], small_history.iloc[2_000:3_000]
+    with RunningScorer(config, registry) as service:
+        send_transactions(broker.bootstrap, config.transactions_topic, first)
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 1_000)
+
+        broken = _register_broken_version(registry, small_history)
+        set_alias(registry, CHAMPION, broken)
+        send_transactions(broker.bootstrap, config.transactions_topic, second)
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 2_000)
+        deadline = time.monotonic() + 30
+        while broken not in service.model.refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        better = build_model(small_history, small_labels, registry,
+                             BuildConfig(21, 7, 7, TrainParams(num_boost_round=90)), progress=False)
+        set_alias(registry, CHAMPION, better.model.version)
+        deadline = time.monotonic() + 30
+        while service.model.current.version != better.model.version and time.monotonic() < deadline:
+            time.sleep(0.1)
+        send_transactions(broker.bootstrap, config.transactions_topic, third)
+        records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 3_000)
+    decided = decisions_by_id(records)
+    assert len(records) == len(decided) == 3_000  # nothing dropped or scored twice across the swaps
+    assert "features" in service.model.refused[broken]
+    assert {decided[t]["model_version"] for t in first["transaction_id"]} == {"1"}
+    assert {decided[t]["model_version"] for t in second["transaction_id"]} == {"1"}  # broken one never served
+    assert {decided[t]["model_version"] for t in third["transaction_id"]} == {better.model.version}
+    assert service.metrics.model_events.labels("refused")._value.get() == 1
+    assert service.metrics.model_events.labels("swapped")._value.get() == 2
