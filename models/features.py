@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_DELAY_DAYS = 7
 # How late (event time behind the newest seen) a transaction may arrive and still see exact windows.
 LATENESS = DAY
+# Quiet cards and terminals are swept out this often (event time); active ones are trimmed as they are touched.
+SWEEP_EVERY = 7 * DAY
 
 FEATURE_NAMES: tuple[str, ...] = (
     "amount",
@@ -89,7 +92,8 @@ class FeatureState:
         self.frauds_applied: set[str] = set()
         self.pending_frauds: dict[str, float] = {}  # labels that arrived before their transaction
         self.watermark = -math.inf  # newest transaction time seen
-        self._pruned_at = -math.inf
+        self._arrivals: deque[tuple[float, str]] = deque()  # (time, transaction id) in arrival order
+        self._swept_at = -math.inf
 
     # -- labels ----------------------------------------------------------------------------------
     def add_label(self, label: Label) -> None:
@@ -117,13 +121,25 @@ class FeatureState:
             terminal = self.terminals[tx.terminal_id] = _TerminalHistory()
         _insert_sorted(terminal.times, tx.time)
         self.seen[tx.transaction_id] = (tx.terminal_id, tx.time)
+        self._arrivals.append((tx.time, tx.transaction_id))
         known_at = self.pending_frauds.pop(tx.transaction_id, None)
         if known_at is not None:
             self.add_label(Label(tx.transaction_id, True, known_at))
         if tx.time > self.watermark:
             self.watermark = tx.time
-            if tx.time - self._pruned_at > DAY:
-                self.prune()
+        # Forget, a little at a time, what no window can reach any more (given LATENESS).
+        card_cutoff, terminal_cutoff = self._cutoffs()
+        _drop_before(card_cutoff, card.times, card.cents, card.terminals)
+        dropped = _drop_before(terminal_cutoff, terminal.times)
+        if dropped:
+            del terminal.fraud_times[: bisect_right(terminal.fraud_times, terminal_cutoff)]
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][0] <= terminal_cutoff:
+            _, old_id = arrivals.popleft()
+            self.seen.pop(old_id, None)
+            self.frauds_applied.discard(old_id)
+        if self.watermark - self._swept_at > SWEEP_EVERY:
+            self.prune()
 
     def transform(self, tx: Transaction) -> list[float]:
         """Features of `tx` given everything seen so far (itself included); records it once."""
@@ -133,17 +149,21 @@ class FeatureState:
         card = self.cards[tx.card_id]
         times = card.times
         end = bisect_right(times, t)
-        starts = [bisect_right(times, t - w * DAY) for w in CARD_WINDOWS_DAYS]
-        counts = [end - start for start in starts]
-        sums = [sum(card.cents[start:end]) for start in starts]
-        means = [s / c / 100 for s, c in zip(sums, counts, strict=True)]
+        day_start, week_start, month_start = (bisect_right(times, t - w * DAY) for w in CARD_WINDOWS_DAYS)
+        month = card.cents[month_start:end]  # every card window lies inside the 30-day one
+        month_sum = sum(month)
+        week_sum = sum(month[week_start - month_start:])
+        day_sum = sum(month[day_start - month_start:])
+        counts = (end - day_start, end - week_start, end - month_start)
+        # a count is 0 only for a transaction arriving later than LATENESS allows (not kept in the state)
+        means = tuple(total / n / 100 if n else math.nan for total, n in zip((day_sum, week_sum, month_sum), counts,
+                                                                              strict=True))
 
         before = bisect_left(times, t)
-        month_start = starts[-1]
         since_prev = t - times[before - 1] if before > month_start else math.nan
-        prior_count = counts[-1] - 1
-        ratio = cents / ((sums[-1] - cents) / prior_count) if prior_count and sums[-1] > cents else math.nan
-        month = sorted(card.cents[month_start:end])
+        prior_count = counts[2] - 1
+        ratio = cents / ((month_sum - cents) / prior_count) if prior_count and month_sum > cents else math.nan
+        month.sort()
         middle = len(month) // 2
         median = month[middle] if len(month) % 2 else (month[middle - 1] + month[middle]) / 2
         to_median = cents / median if median else math.nan
@@ -181,31 +201,37 @@ class FeatureState:
         ]
 
     # -- housekeeping ----------------------------------------------------------------------------
+    def _cutoffs(self) -> tuple[float, float]:
+        card = self.watermark - LATENESS - max(CARD_WINDOWS_DAYS) * DAY
+        terminal = self.watermark - LATENESS - (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
+        return card, terminal
+
     def prune(self) -> None:
-        """Forget what no window can reach any more (given LATENESS); keeps memory bounded."""
-        self._pruned_at = self.watermark
-        card_cutoff = self.watermark - LATENESS - max(CARD_WINDOWS_DAYS) * DAY
-        terminal_cutoff = self.watermark - LATENESS - (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
+        """Sweep out cards and terminals that have gone quiet (active ones are trimmed as they are touched)."""
+        self._swept_at = self.watermark
+        card_cutoff, terminal_cutoff = self._cutoffs()
         for key, card in list(self.cards.items()):
-            drop = bisect_right(card.times, card_cutoff)
-            if drop == len(card.times):
+            if _drop_before(card_cutoff, card.times, card.cents, card.terminals) and not card.times:
                 del self.cards[key]
-            elif drop:
-                del card.times[:drop], card.cents[:drop], card.terminals[:drop]
         for key, terminal in list(self.terminals.items()):
-            drop = bisect_right(terminal.times, terminal_cutoff)
-            if drop == len(terminal.times):
-                del self.terminals[key]
-            elif drop:
-                del terminal.times[:drop]
+            if _drop_before(terminal_cutoff, terminal.times):
                 del terminal.fraud_times[: bisect_right(terminal.fraud_times, terminal_cutoff)]
-        for tx_id, (_, time) in list(self.seen.items()):
-            if time <= terminal_cutoff:
-                del self.seen[tx_id]
-                self.frauds_applied.discard(tx_id)
+                if not terminal.times:
+                    del self.terminals[key]
         for tx_id, known_at in list(self.pending_frauds.items()):
             if known_at <= terminal_cutoff:
                 del self.pending_frauds[tx_id]
+
+
+def _drop_before(cutoff: float, times: list[float], *parallel: list) -> int:
+    """Remove the leading entries with time <= cutoff from `times` and its parallel lists; how many."""
+    if not times or times[0] > cutoff:
+        return 0
+    drop = bisect_right(times, cutoff)
+    del times[:drop]
+    for values in parallel:
+        del values[:drop]
+    return drop
 
 
 def transactions_of(history: pd.DataFrame) -> Iterable[Transaction]:

@@ -51,10 +51,15 @@ class RegistryConfig:
             model_name=os.environ.get("FRAUDLOOP_MODEL_NAME", DEFAULT_MODEL_NAME),
         )
 
+    def point_mlflow(self) -> None:
+        """MLflow's fluent API and models:/ URIs use process-wide URIs: set both to this store."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
     def activate(self) -> MlflowClient:
         """Point MLflow at this store and make sure the experiment exists with our artifact root."""
-        mlflow.set_tracking_uri(self.tracking_uri)
-        client = MlflowClient(self.tracking_uri)
+        self.point_mlflow()
+        client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
         if client.get_experiment_by_name(self.experiment) is None:
             client.create_experiment(self.experiment, artifact_location=f"{self.artifact_root}/{self.experiment}")
         mlflow.set_experiment(self.experiment)
@@ -120,15 +125,13 @@ def set_alias(config: RegistryConfig, alias: str, version: str) -> None:
 
 def load_booster(config: RegistryConfig, alias: str = CHAMPION) -> tuple[lgb.Booster, str]:
     """The native LightGBM booster behind `models:/<name>@<alias>` and its version number."""
-    client = MlflowClient(config.tracking_uri)
+    client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
     version = client.get_model_version_by_alias(config.model_name, alias).version
     return load_version(config, version), str(version)
 
 
 def load_version(config: RegistryConfig, version: str) -> lgb.Booster:
-    # models:/ URIs resolve through the process-wide registry URI: point it at this store.
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.tracking_uri)
+    config.point_mlflow()
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{version}", dst_path=tmp,
                                                          tracking_uri=config.tracking_uri))

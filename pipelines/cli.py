@@ -150,6 +150,18 @@ def cmd_replay(args: argparse.Namespace) -> None:
     print(f"sent {sent['transaction']:,} transactions and {sent['label']:,} labels")
 
 
+def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
+    from streaming import benchmark
+
+    outcome = benchmark.run(n=args.messages)
+    text = benchmark.to_markdown(outcome, "fraudloop benchmark streaming"
+                                 + (f" --messages {args.messages}" if args.messages != 30_000 else ""))
+    print(text)
+    if args.record:
+        args.record.write_text(text)
+        print(f"recorded in {args.record}")
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     reg = RegistryConfig.from_env()
     command = ["mlflow", "ui", "--backend-store-uri", reg.tracking_uri, "--default-artifact-root",
@@ -188,6 +200,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
+    b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker")
+    b.add_argument("--messages", type=int, default=30_000)
+    b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
+    b.set_defaults(func=cmd_benchmark_streaming)
 
     p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")
     p.add_argument("--port", type=int, default=9092)

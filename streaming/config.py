@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# Group membership settings that make joins take seconds rather than the default ~45 s session.
-FAST_GROUP = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000}
+# Consumer settings: group joins in seconds rather than kafka-python's ~45 s session default, and a short
+# fetch wait so an idle partition does not hold a poll for the default 500 ms (latency).
+CONSUMER_DEFAULTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000,
+                     "fetch_max_wait_ms": 10}
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ScorerConfig:
     model_check_seconds: float = 5.0
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
     metrics_port: int = 0  # 0: no Prometheus endpoint
-    kafka: dict[str, Any] = field(default_factory=lambda: dict(FAST_GROUP))  # extra kafka-python settings
+    kafka: dict[str, Any] = field(default_factory=lambda: dict(CONSUMER_DEFAULTS))  # extra kafka-python settings
 
     def __post_init__(self) -> None:
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
@@ -61,7 +63,7 @@ class ScorerConfig:
             raw = env.get(f"FRAUDLOOP_{name.upper()}")
             if raw is not None and name != "kafka":
                 values[name] = _convert(name, spec.type, raw)
-        kafka = {**FAST_GROUP, **values.pop("kafka", {})}
+        kafka = {**CONSUMER_DEFAULTS, **values.pop("kafka", {})}
         for key, raw in env.items():  # FRAUDLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security_protocol
             if key.startswith("FRAUDLOOP_KAFKA_"):
                 kafka[key.removeprefix("FRAUDLOOP_KAFKA_").lower()] = _number_or_text(raw)

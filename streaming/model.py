@@ -47,7 +47,7 @@ class ModelHolder:
 
     @classmethod
     def from_registry(cls, config: RegistryConfig, alias: str, check_every: float, **kwargs) -> ModelHolder:
-        client = MlflowClient(config.tracking_uri)
+        client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
 
         def resolve() -> str:
             return str(client.get_model_version_by_alias(config.model_name, alias).version)

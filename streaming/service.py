@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -36,6 +37,7 @@ from streaming.scorer import BatchResult, Message, Scorer
 from streaming.store import Store
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.0005
 STATE_HORIZON = (TERMINAL_DELAY_DAYS + max(*TERMINAL_WINDOWS_DAYS, *CARD_WINDOWS_DAYS)) * DAY + LATENESS + DAY
 
 
@@ -73,6 +75,10 @@ class ScorerService:
         self.producer = KafkaProducer(acks="all", linger_ms=2, batch_size=256 * 1024,
                                       **{k: v for k, v in client.items() if k not in _CONSUMER_ONLY})
         self._lag_checked = 0.0
+        self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
+        # kafka-python 3 does its network I/O on a background thread; with the default 5 ms GIL switch
+        # interval the CPU-bound batch work starves it and fetch responses wait (latency).
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
     def _model_event(self, event: str, version: str) -> None:
         self.metrics.model_events.labels(event).inc()
@@ -114,9 +120,16 @@ class ScorerService:
         for m in messages:
             tp = TopicPartition(m.topic, m.partition)
             next_offsets[tp] = max(next_offsets[tp], m.offset + 1)
-        self.consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()})
+        # Only after the acks; asynchronous, so the next batch does not wait a round trip. A failed commit
+        # means a redelivery, which the idempotent state and store absorb.
+        self._processed.update({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()})
+        self.consumer.commit_async(dict(self._processed), callback=self._committed)
         self._observe(result, messages, started, cpu)
         return result
+
+    def _committed(self, offsets: dict, response: object) -> None:
+        if isinstance(response, Exception):
+            log.warning("offset commit failed (%s); the batch will be delivered again", response)
 
     def _observe(self, result: BatchResult, messages: list[Message], started: float, cpu: float) -> None:
         m = self.metrics
@@ -149,6 +162,11 @@ class ScorerService:
 
     def close(self) -> None:
         self.producer.flush()
+        if self._processed:
+            try:
+                self.consumer.commit(dict(self._processed))  # synchronous: the last batch is committed on exit
+            except Exception as error:  # the group may be gone; the batch will be delivered again
+                log.warning("final offset commit failed: %s", error)
         self.consumer.close(autocommit=False)
         self.producer.close()
         self.store.close()

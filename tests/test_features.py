@@ -132,16 +132,17 @@ def test_stream_and_batch_give_identical_features(small_history, small_labels):
 
 def test_pruning_changes_no_value_and_bounds_memory(small_history, small_labels, monkeypatch):
     pruned = compute_features(small_history, small_labels).to_numpy()
-    monkeypatch.setattr(F.FeatureState, "prune", lambda self: None)
+    monkeypatch.setattr(F.FeatureState, "_cutoffs", lambda self: (-math.inf, -math.inf))  # never forget
     unpruned = compute_features(small_history, small_labels).to_numpy()
     assert np.array_equal(pruned, unpruned, equal_nan=True)
     monkeypatch.undo()
     _, state = _score_stream(small_history, small_labels)
-    # what is kept: the transactions the terminal windows can still reach, plus lateness and one day's slack
-    horizon = (F.TERMINAL_DELAY_DAYS + max(F.TERMINAL_WINDOWS_DAYS)) * DAY + F.LATENESS + DAY
+    # what is kept: the transactions the terminal windows can still reach, plus the allowed lateness
+    horizon = (F.TERMINAL_DELAY_DAYS + max(F.TERMINAL_WINDOWS_DAYS)) * DAY + F.LATENESS
     assert len(state.seen) <= (small_history["time"] > state.watermark - horizon).sum() < len(small_history)
+    # quiet cards are swept out at least every SWEEP_EVERY of event time
     oldest_card_event = min(card.times[0] for card in state.cards.values())
-    assert oldest_card_event > state.watermark - max(F.CARD_WINDOWS_DAYS) * DAY - F.LATENESS - DAY
+    assert oldest_card_event > state.watermark - max(F.CARD_WINDOWS_DAYS) * DAY - F.LATENESS - F.SWEEP_EVERY
 
 
 def test_batch_needs_a_time_ordered_history(small_history, small_labels):

@@ -28,7 +28,7 @@ def test_build_registers_a_reviewable_version(registry, small_history, small_lab
     assert result.metrics["roc_auc"] > 0.75 and result.metrics["average_precision"] > 0.3
     assert result.metrics["training_cpu_seconds"] > 0 and result.metrics["training_peak_rss_mb"] > 50
 
-    client = MlflowClient(registry.tracking_uri)
+    client = MlflowClient(registry.tracking_uri, registry_uri=registry.tracking_uri)
     version = client.get_model_version(registry.model_name, "1")
     assert "| average_precision |" in version.description and "- train: " in version.description
     assert version.tags["train_rows"].isdigit() and len(version.tags["train_data_fingerprint"]) == 16
