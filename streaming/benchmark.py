@@ -197,7 +197,7 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
                               store_url=f"sqlite:///{work / 'scoring.db'}", batch_size=500)
         service = ScorerService(config, registry)
         service.model.require()
-        service.scorer.state = warm_state()
+        service.adopt_state(warm_state())
         _produce(boot, "score-in", messages[:n])
         results["scorer"] = scorer(service, n)
         service.close()
@@ -215,7 +215,7 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
                                  "store_url": f"sqlite:///{work / 'paced.db'}"})
         service = ScorerService(config, registry)
         service.model.require()
-        service.scorer.state = warm_state()
+        service.adopt_state(warm_state())
         _join(service.consumer)  # the group is joined and partitions assigned before the clock starts
         producer = multiprocessing.get_context("spawn").Process(target=_produce, args=(boot, "paced-in", paced, rate))
         producer.start()

@@ -1,0 +1,141 @@
+"""The scorer's pure parts, without Kafka: decisions, reasons, model swaps and refusals, config, the batch core."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import pytest
+
+from models.features import FEATURE_NAMES, N_FEATURES, FeatureState
+from models.schema import Label, Transaction, label_record, transaction_record
+from streaming.config import ScorerConfig
+from streaming.decide import outcomes, top_reasons
+from streaming.model import ModelHolder, ServingModel
+from streaming.scorer import Message, Scorer
+
+
+@pytest.fixture(scope="module")
+def booster() -> lgb.Booster:
+    rng = np.random.default_rng(0)
+    x = rng.random((2_000, N_FEATURES))
+    x[:, 0] *= 1_000
+    y = (x[:, 0] > 800).astype(float)  # "amount" over 800 is fraud
+    data = lgb.Dataset(x, label=y, feature_name=list(FEATURE_NAMES))
+    return lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1}, data, num_boost_round=20)
+
+
+def test_outcomes_follow_the_thresholds():
+    assert outcomes(np.array([0.0, 0.29, 0.3, 0.69, 0.7, 1.0]), 0.3, 0.7) == [
+        "approve", "approve", "review", "review", "decline", "decline"]
+
+
+def test_reasons_are_the_top_positive_contributions():
+    contributions = np.array([0.5, -2.0, 1.5, 0.0, 0.1])  # the last column is LightGBM's bias term
+    values = np.array([10.0, 1.0, np.nan, 3.0, 0.0])
+    reasons = top_reasons(contributions, values, ("a", "b", "c", "d"), k=3)
+    assert reasons == [{"feature": "c", "value": None, "contribution": 1.5},
+                       {"feature": "a", "value": 10.0, "contribution": 0.5}]
+
+
+class Registry:
+    """A stand-in for the registry's two answers (which version the alias names; that version's booster)."""
+
+    def __init__(self, boosters: dict[str, lgb.Booster]) -> None:
+        self.boosters, self.alias, self.down = boosters, "1", False
+
+    def resolve(self) -> str:
+        if self.down:
+            raise ConnectionError("registry unreachable")
+        return self.alias
+
+    def load(self, version: str) -> lgb.Booster:
+        return self.boosters[version]
+
+
+def test_holder_swaps_refuses_and_survives_an_unreachable_registry(booster):
+    events = []
+    registry = Registry({"1": booster, "2": booster})
+    holder = ModelHolder("m", registry.resolve, registry.load, check_every=0,
+                         on_event=lambda kind, version: events.append((kind, version)))
+    assert holder.require().version == "1"
+    registry.alias = "3"  # not loadable
+    assert not holder.refresh() and holder.current.version == "1" and "3" in holder.refused
+    assert not holder.refresh() and events.count(("refused", "3")) == 1  # refused once, not retried
+    registry.down = True
+    assert not holder.refresh() and holder.current.version == "1" and ("registry_error", "") in events
+    registry.down, registry.alias = False, "2"
+    assert holder.refresh() and holder.current.version == "2"
+    assert events == [("swapped", "1"), ("refused", "3"), ("registry_error", ""), ("swapped", "2")]
+
+
+def test_holder_refuses_a_model_that_fails_the_smoke_prediction():
+    data = lgb.Dataset(np.random.default_rng(1).random((200, N_FEATURES)), label=np.arange(200) % 3,
+                       feature_name=list(FEATURE_NAMES))
+    multiclass = lgb.train({"objective": "multiclass", "num_class": 3, "verbosity": -1}, data, num_boost_round=2)
+    holder = ModelHolder("m", lambda: "7", lambda version: multiclass, check_every=0)
+    with pytest.raises(RuntimeError, match="no servable version"):
+        holder.require()
+    assert "smoke prediction" in holder.refused["7"]
+
+
+def test_config_from_file_environment_and_overrides(tmp_path):
+    path = tmp_path / "scorer.toml"
+    path.write_text('group_id = "from-file"\nbatch_size = 100\n[kafka]\nsecurity_protocol = "SASL_SSL"\n')
+    env = {"FRAUDLOOP_BATCH_SIZE": "250", "FRAUDLOOP_KAFKA_SASL_MECHANISM": "PLAIN",
+           "FRAUDLOOP_DECLINE_THRESHOLD": "0.9"}
+    config = ScorerConfig.load(path, env=env, bootstrap_servers="kafka-1:9093,kafka-2:9093")
+    assert (config.group_id, config.batch_size, config.decline_threshold) == ("from-file", 250, 0.9)
+    settings = config.client_settings()
+    assert settings["bootstrap_servers"] == ["kafka-1:9093", "kafka-2:9093"]
+    assert settings["security_protocol"] == "SASL_SSL" and settings["sasl_mechanism"] == "PLAIN"
+    assert settings["session_timeout_ms"] == 6_000
+
+
+@pytest.mark.parametrize(("text", "env", "message"), [
+    ("batchsize = 3\n", {}, "unknown setting(s) ['batchsize']"),
+    ("", {"FRAUDLOOP_BATCH_SIZE": "many"}, "FRAUDLOOP_BATCH_SIZE='many' is not a valid int"),
+    ("review_threshold = 0.9\ndecline_threshold = 0.5\n", {}, "thresholds must satisfy"),
+    ("batch_size = [", {}, "scorer.toml"),
+])
+def test_bad_config_says_what_is_wrong(tmp_path, text, env, message):
+    path = tmp_path / "scorer.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        ScorerConfig.load(path, env=env)
+    assert message in str(error.value)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.toml not found"):
+        ScorerConfig.load(tmp_path / "nowhere.toml", env={})
+
+
+def _message(topic: str, offset: int, record: object) -> Message:
+    return Message(topic, 0, offset, 0, record if isinstance(record, bytes) else orjson.dumps(record))
+
+
+def test_scorer_core_applies_a_batch_in_event_time_order(booster):
+    config = ScorerConfig()
+    scorer = Scorer(config, FeatureState())
+    model = ServingModel("m", "1", booster)
+    t0 = 1_530_000_000.0
+    early = Transaction("A", "C1", "T1", t0, 1000)
+    late = Transaction("B", "C2", "T1", t0 + 8 * 86_400, 95_000)
+    batch = [
+        _message(config.transactions_topic, 0, transaction_record(late)),
+        _message(config.labels_topic, 0, label_record(Label("A", True, t0 + 3_600))),
+        _message(config.transactions_topic, 1, b"\xff not json"),
+        _message(config.transactions_topic, 2, transaction_record(early)),
+    ]
+    result = scorer.process(batch, model)
+    assert [d["transaction_id"] for d in result.decisions] == ["A", "B"]
+    assert [dead.message.offset for dead in result.dead_letters] == [1]
+    assert "not JSON" in result.dead_letters[0].reason
+    # the label (known between the two transactions) counts for B's delayed terminal window, as offline
+    features_b = dict(zip(FEATURE_NAMES, result.rows[1].features, strict=True))
+    assert features_b["terminal_risk_7d_delayed"] == 1.0 and features_b["terminal_risk_1d_delayed"] == 0.0
+    small, big = result.decisions
+    assert small["decision"] == "approve" and small["reasons"] == []
+    assert big["decision"] == "decline" and big["reasons"][0]["feature"] == "amount"
+    assert result.labels == [Label("A", True, t0 + 3_600)]
