@@ -1,5 +1,6 @@
 """The command line as a user meets it: help everywhere, one-line errors for bad input, a real run."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,7 +10,18 @@ import pytest
 
 from pipelines.cli import parser
 
-COMMANDS = [["demo"], ["simulate"], ["train"], ["benchmark"], ["benchmark", "model"], ["ui"]]
+
+def _commands(command: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every subcommand path of the parser, found in the parser itself."""
+    found = [list(prefix)] if prefix else []
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*prefix, name))
+    return found
+
+
+COMMANDS = _commands(parser())
 
 
 def run(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -19,6 +31,7 @@ def run(*args: str, env=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_subcommand_has_help(command, capsys):
+    assert len(COMMANDS) >= 10
     with pytest.raises(SystemExit) as done:
         parser().parse_args([*command, "--help"])
     assert done.value.code == 0
