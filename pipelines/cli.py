@@ -81,7 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     result = build_model(history, labels, reg)
     set_alias(reg, CHAMPION, result.model.version)
     _print_build(result, reg, promoted=True)
-    print("\nReview it in the MLflow UI:\n  " + shlex.join(["fraudloop", "ui"]) + "   (then open http://127.0.0.1:5000)")
+    here = os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else "fraudloop"
+    print("\nReview it in the MLflow UI:\n  " + shlex.join([here, "ui"]) + "   (then open http://127.0.0.1:5000)")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -164,10 +165,10 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> None:
     reg = RegistryConfig.from_env()
-    command = ["mlflow", "ui", "--backend-store-uri", reg.tracking_uri, "--default-artifact-root",
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reg.tracking_uri, "--default-artifact-root",
                reg.artifact_root, "--host", args.host, "--port", str(args.port)]
     print("$ " + shlex.join(command), flush=True)
-    os.execvp(command[0], command)
+    os.execv(command[0], command)
 
 
 def parser() -> argparse.ArgumentParser:
