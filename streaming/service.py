@@ -97,7 +97,7 @@ class ScorerService:
     def run(self, stop: threading.Event) -> None:
         self.model.require()
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port)
+            self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         log.info("scoring %s with %s version %s", self.config.transactions_topic, self.model.name,
                  self.model.current.version)
         try:

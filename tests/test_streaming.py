@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import lightgbm as lgb
 import mlflow
@@ -19,7 +20,7 @@ from models.registry import CHAMPION, RegistryConfig, set_alias
 from models.schema import transaction_record
 from models.training import TrainParams
 from pipelines.train import BuildConfig, build_model
-from streaming.broker import start_broker
+from streaming.broker import free_port, start_broker
 from streaming.store import Store, decisions
 from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config
 
@@ -88,7 +89,7 @@ def test_n_in_n_out_with_offline_identical_features_and_scores(broker, served, s
 
 def test_bad_messages_are_dead_lettered_with_reasons_and_counts_balance(broker, served, small_history, tmp_path):
     registry, _, _ = served
-    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}")
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", metrics_port=free_port())
     good = [transaction_record(tx) for tx in transactions_of(small_history.head(50))]
     bad = {
         b"{not json": "not JSON",
@@ -106,7 +107,10 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_counts_balance(broker, 
     with RunningScorer(config, registry) as service:
         dead = read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= len(bad) + 1)
         decided = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(good))
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{config.metrics_port}/metrics", timeout=10).read().decode()
     assert len(decided) == len(good)
+    assert f'fraud_dead_letters_total{{topic="{config.transactions_topic}"}} {len(bad)}.0' in scraped
+    assert 'fraud_model_version{model="card-fraud"} 1.0' in scraped and "fraud_end_to_end_seconds_bucket" in scraped
     reasons = {r.value: dict(r.headers) for r in dead}
     for value, expected in bad.items():
         headers = reasons[value]  # the original bytes are kept
