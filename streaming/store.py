@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import pandas as pd
 import sqlalchemy as sa
 
 from models.features import FEATURE_NAMES
@@ -31,11 +32,12 @@ decisions = sa.Table(
     sa.Column("features", sa.Text, nullable=False),  # JSON list in FEATURE_NAMES order (null for NaN)
     sa.Column("decided_at", sa.Float, nullable=False),
 )
+# One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
 labels = sa.Table(
     "labels", metadata,
     sa.Column("transaction_id", sa.String(64), primary_key=True),
+    sa.Column("known_at", sa.Float, primary_key=True, index=True),
     sa.Column("is_fraud", sa.Boolean, nullable=False),
-    sa.Column("known_at", sa.Float, nullable=False, index=True),
 )
 feature_sets = sa.Table(
     "feature_sets", metadata,
@@ -109,6 +111,13 @@ class Store:
             query = (sa.select(labels).where(labels.c.known_at > since)
                      .order_by(labels.c.known_at, labels.c.transaction_id))
             return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
+
+    def frames(self, until: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Decisions made and labels known by `until`, for building a training set."""
+        with self.engine.connect() as db:
+            made = pd.read_sql(sa.select(decisions).where(decisions.c.decided_at <= until), db)
+            known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= until), db)
+        return made, known
 
     def count(self, table: sa.Table) -> int:
         with self.engine.connect() as db:

@@ -1,0 +1,62 @@
+"""Point-in-time correctness of the training set built from what the scorer stored."""
+
+import math
+
+import pytest
+
+from models.features import FEATURE_NAMES
+from models.schema import Label, Transaction
+from pipelines.training_set import training_set_as_of
+from streaming.store import DecisionRow, Store
+
+DAY = 86_400.0
+T = 1_800_000_000.0
+MATURITY = 7 * DAY
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(f"sqlite:///{tmp_path / 'scoring.db'}")
+    yield opened
+    opened.close()
+
+
+def decide(store: Store, tx_id: str, event_time: float, decided_at: float | None = None, marker: float = 1.0) -> None:
+    tx = Transaction(tx_id, "C1", "T1", event_time, 1_000)
+    features = [marker] * (len(FEATURE_NAMES) - 1) + [math.nan]
+    store.write([DecisionRow(tx, 0.1, "approve", "1", features, decided_at or event_time + 0.05)], [])
+
+
+def test_only_what_was_known_at_t_is_used(store):
+    decide(store, "old-fraud", T - 20 * DAY)
+    decide(store, "old-genuine", T - 20 * DAY + 1)
+    decide(store, "late-label", T - 15 * DAY)  # a fraud whose chargeback arrives after T
+    decide(store, "young", T - 2 * DAY)  # too recent: its label may still come
+    decide(store, "after-t", T + 10)  # scored after T
+    store.write([], [
+        Label("old-fraud", True, T - 12 * DAY),
+        Label("late-label", True, T + 3 * DAY),  # planted: known only after T
+        Label("young", True, T - 1 * DAY),
+    ])
+    decisions, labels = store.frames(until=T + 30 * DAY)
+    frame = training_set_as_of(decisions, labels, T, MATURITY).set_index("transaction_id")
+    assert set(frame.index) == {"old-fraud", "old-genuine", "late-label"}
+    assert frame.loc["old-fraud", "is_fraud"] and not frame.loc["old-genuine", "is_fraud"]
+    assert not frame.loc["late-label", "is_fraud"]  # the label from after T does not leak in
+    assert frame.loc["old-fraud", "amount"] == 1.0 and math.isnan(frame.loc["old-fraud", FEATURE_NAMES[-1]])
+
+    later = training_set_as_of(decisions, labels, T + 5 * DAY, MATURITY).set_index("transaction_id")
+    assert later.loc["late-label", "is_fraud"] and later.loc["young", "is_fraud"]
+
+
+def test_feature_values_are_those_used_at_scoring_time_and_the_latest_label_wins(store):
+    decide(store, "tx", T - 30 * DAY, marker=7.0)
+    decide(store, "tx", T - 30 * DAY, marker=99.0)  # a replay after a crash does not overwrite
+    store.write([], [Label("tx", True, T - 25 * DAY)])
+    store.write([], [Label("tx", True, T - 25 * DAY)])
+    decisions, labels = store.frames(until=T)
+    assert training_set_as_of(decisions, labels, T, MATURITY).loc[0, "amount"] == 7.0
+    assert training_set_as_of(decisions, labels, T, MATURITY).loc[0, "is_fraud"]
+    store.write([], [Label("tx", False, T - 20 * DAY)])  # the chargeback is reversed: confirmed genuine
+    decisions, labels = store.frames(until=T)
+    assert len(labels) == 2 and not training_set_as_of(decisions, labels, T, MATURITY).loc[0, "is_fraud"]
