@@ -35,6 +35,9 @@ TERMINAL_DELAY_DAYS = 7
 LATENESS = DAY
 # Quiet cards and terminals are swept out this often (event time); active ones are trimmed as they are touched.
 SWEEP_EVERY = 7 * DAY
+# How far behind the newest transaction the state must reach: no window looks further back.
+CARD_RETENTION = LATENESS + max(CARD_WINDOWS_DAYS) * DAY
+TERMINAL_RETENTION = LATENESS + (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
 
 FEATURE_NAMES: tuple[str, ...] = (
     "amount",
@@ -202,9 +205,7 @@ class FeatureState:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def _cutoffs(self) -> tuple[float, float]:
-        card = self.watermark - LATENESS - max(CARD_WINDOWS_DAYS) * DAY
-        terminal = self.watermark - LATENESS - (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
-        return card, terminal
+        return self.watermark - CARD_RETENTION, self.watermark - TERMINAL_RETENTION
 
     def prune(self) -> None:
         """Sweep out cards and terminals that have gone quiet (active ones are trimmed as they are touched)."""

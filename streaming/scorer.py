@@ -38,7 +38,7 @@ class DeadLetter:
 
 @dataclass
 class BatchResult:
-    decisions: list[dict] = field(default_factory=list)  # the decision messages, in input order
+    decisions: list[dict] = field(default_factory=list)  # the decision messages, in event-time order
     rows: list[DecisionRow] = field(default_factory=list)  # what the store keeps
     labels: list[Label] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)

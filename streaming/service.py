@@ -21,15 +21,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from models.features import (
-    CARD_WINDOWS_DAYS,
-    DAY,
-    LATENESS,
-    TERMINAL_DELAY_DAYS,
-    TERMINAL_WINDOWS_DAYS,
-    FeatureState,
-    replay,
-)
+from models.features import CARD_RETENTION, TERMINAL_RETENTION, FeatureState, replay
 from models.registry import RegistryConfig
 from streaming.config import ScorerConfig
 from streaming.metrics import ScorerMetrics
@@ -39,7 +31,7 @@ from streaming.store import Store
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005
-STATE_HORIZON = (TERMINAL_DELAY_DAYS + max(*TERMINAL_WINDOWS_DAYS, *CARD_WINDOWS_DAYS)) * DAY + LATENESS + DAY
+STATE_HORIZON = max(CARD_RETENTION, TERMINAL_RETENTION)
 
 
 def rebuild_state(store: Store) -> FeatureState:
