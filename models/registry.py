@@ -85,6 +85,7 @@ def log_and_register(
     description: str,
     run_name: str,
     artifacts: dict[str, str] | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
 ) -> RegisteredModel:
     """One MLflow run with everything a reviewer needs, and a new registered model version."""
     client = config.activate()
@@ -97,6 +98,8 @@ def log_and_register(
             plt.close(fig)
         for file_name, text in (artifacts or {}).items():
             mlflow.log_text(text, file_name)
+        for file_name, frame in (frames or {}).items():
+            _log_frame(frame, file_name)
         example = input_example[list(FEATURE_NAMES)]
         signature = infer_signature(example, booster.predict(example.to_numpy(np.float64)))
         with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +122,50 @@ def log_and_register(
     return RegisteredModel(config.model_name, version, run.info.run_id)
 
 
+def _log_frame(frame: pd.DataFrame, artifact_file: str, run_id: str | None = None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, Path(artifact_file).name)
+        frame.to_parquet(path, index=False)
+        folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
+        if run_id:
+            MlflowClient().log_artifact(run_id, str(path), folder)
+        else:
+            mlflow.log_artifact(str(path), folder)
+
+
+def client(config: RegistryConfig) -> MlflowClient:
+    config.point_mlflow()
+    return MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
+
+
 def set_alias(config: RegistryConfig, alias: str, version: str) -> None:
     config.activate().set_registered_model_alias(config.model_name, alias, version)
+
+
+def alias_version(config: RegistryConfig, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist yet."""
+    try:
+        return str(client(config).get_model_version_by_alias(config.model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def version_info(config: RegistryConfig, version: str):
+    return client(config).get_model_version(config.model_name, version)
+
+
+def tag_version(config: RegistryConfig, version: str, tags: dict[str, str]) -> None:
+    mlflow_client = client(config)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(config.model_name, version, key, value)
+
+
+def load_run_frame(config: RegistryConfig, run_id: str, artifact_file: str) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as tmp:
+        client(config)
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file, dst_path=tmp,
+                                                    tracking_uri=config.tracking_uri)
+        return pd.read_parquet(local)
 
 
 def load_booster(config: RegistryConfig, alias: str = CHAMPION) -> tuple[lgb.Booster, str]:

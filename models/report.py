@@ -75,3 +75,36 @@ def all_figures(y: np.ndarray, score: np.ndarray, names: list[str], gain: np.nda
         "score_distribution.png": score_distribution(y, score),
         "feature_importance.png": feature_importance(names, gain),
     }
+
+
+def comparison(y: np.ndarray, scores: dict[str, np.ndarray]) -> Figure:
+    """Precision-recall curves of several models on the same rows (champion vs challenger)."""
+    y = np.asarray(y, dtype=int)
+    fig, ax = _figure("Same holdout, both models: precision-recall")
+    for name, score in scores.items():
+        precision, recall, _ = precision_recall_curve(y, score)
+        ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(y, score):.3f})")
+    ax.axhline(y.mean(), ls="--", c="grey", label=f"random ({y.mean():.4f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend()
+    return fig
+
+
+def drift_bars(features: list[str], psi: np.ndarray, threshold: float) -> Figure:
+    order = np.argsort(psi)
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(features) + 1), dpi=100)
+    ax.barh(np.array(features)[order], np.asarray(psi)[order], color=np.where(psi[order] > threshold, "C3", "C0"))
+    ax.axvline(threshold, ls="--", c="grey")
+    ax.set(title="Feature drift: PSI, recent traffic vs the champion's reference", xlabel="PSI")
+    fig.tight_layout()
+    return fig
+
+
+def score_shift(reference: np.ndarray, recent: np.ndarray) -> Figure:
+    fig, ax = _figure("Score distribution: champion's reference vs recent traffic")
+    bins = np.linspace(0, 1, 51)
+    ax.hist(reference, bins=bins, alpha=0.6, density=True, label="reference (holdout)", log=True)
+    ax.hist(recent, bins=bins, alpha=0.6, density=True, label="recent", log=True)
+    ax.set(xlabel="score", ylabel="density (log)")
+    ax.legend()
+    return fig

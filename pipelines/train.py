@@ -1,8 +1,14 @@
-"""Offline model build: features of a history, a time-ordered split, LightGBM, evaluation, MLflow version."""
+"""Train a challenger: a time-ordered split of a training set, LightGBM, evaluation, a registered MLflow version.
+
+The newest mature days are the holdout (after a gap as long as the label delay, as in deployment);
+the days before train. The holdout's rows and the new model's scores on them are logged with the version
+as its drift reference, and the split itself as tags, so validation reuses the very same holdout.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 
 import lightgbm as lgb
@@ -10,11 +16,14 @@ import numpy as np
 import pandas as pd
 
 from models import registry, report
-from models.features import FEATURE_NAMES, compute_features
+from models.features import FEATURE_NAMES
 from models.metrics import evaluate
 from models.training import TrainParams, predict, train
 from pipelines.cost import measure
 from pipelines.protocol import DAY, Split, split_masks
+
+REFERENCE_ARTIFACT = "reference/holdout.parquet"
+SPLIT_TAG = "holdout_split"
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,7 @@ class BuildConfig:
     train_days: int = 28
     delay_days: int = 7
     test_days: int = 7
+    maturity_days: float = 7.0  # a transaction younger than this may still be charged back
     params: TrainParams = field(default_factory=TrainParams)
 
 
@@ -38,47 +48,59 @@ def latest_split(time: np.ndarray, config: BuildConfig) -> Split:
     first_day, last_day = int(time.min()) // DAY, int(time.max()) // DAY
     needed = config.train_days + config.delay_days + config.test_days
     if last_day - first_day + 1 < needed:
-        raise ValueError(f"history spans {last_day - first_day + 1} days; the split needs {needed}")
+        raise ValueError(f"the training set spans {last_day - first_day + 1} days; the split needs {needed}")
     start = pd.Timestamp((last_day + 1 - needed) * DAY, unit="s").date().isoformat()
     return Split(start, config.train_days, config.delay_days, config.test_days)
+
+
+def holdout_masks(frame: pd.DataFrame, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    time, cards, is_fraud = (frame[c].to_numpy() for c in ("event_time", "card_id", "is_fraud"))
+    return split_masks(time, cards, is_fraud, split)
+
+
+def split_of_version(tags: dict[str, str]) -> Split:
+    return Split(**json.loads(tags[SPLIT_TAG]))
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
-def _describe(metrics: dict[str, float], split: dict[str, str], rows: dict[str, int]) -> str:
+def _describe(metrics: dict[str, float], split: dict[str, str], rows: dict[str, int], trained_by: str) -> str:
     return "\n".join([
-        "LightGBM card-fraud model, trained offline on a time-ordered split (train / label-delay gap / test).",
+        f"LightGBM card-fraud model trained by {trained_by} on a time-ordered split "
+        "(train / label-delay gap / holdout).",
         "",
         f"- train: {split['train']} ({rows['train']:,} rows, {rows['train_frauds']:,} frauds)",
-        f"- test: {split['test']} ({rows['test']:,} rows, {rows['test_frauds']:,} frauds; cards already known "
+        f"- holdout: {split['test']} ({rows['test']:,} rows, {rows['test_frauds']:,} frauds; cards already known "
         "compromised removed)",
         "",
-        "| metric (test) | value |",
+        "| metric (holdout) | value |",
         "|---|---|",
         *(f"| {k} | {metrics[k]:.4f} |" for k in ("roc_auc", "average_precision", "card_precision_at_100",
                                                    "recall_at_1pct_fpr")),
         f"| training CPU seconds | {metrics['training_cpu_seconds']:.1f} |",
         f"| training peak RSS (MB) | {metrics['training_peak_rss_mb']:.0f} |",
         "",
-        "Plots: run artifacts under evaluation/. Native LightGBM model file: model.lgb.",
+        "Validation against the champion is appended below when it runs. Plots: run artifacts under "
+        "evaluation/. Native LightGBM model file: model.lgb.",
     ])
 
 
-def build_model(history: pd.DataFrame, labels: pd.DataFrame, reg: registry.RegistryConfig,
-                config: BuildConfig = BuildConfig(), features: pd.DataFrame | None = None,
-                progress: bool = True) -> BuildResult:
-    """Train on the latest split of `history`, evaluate on its test period, register a new version."""
-    if features is None:
-        features = compute_features(history, labels, progress=progress)
-    time, cards, is_fraud = (history[c].to_numpy() for c in ("time", "card_id", "is_fraud"))
-    split = latest_split(time, config)
-    train_rows, test_rows = split_masks(time, cards, is_fraud, split)
+def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: BuildConfig = BuildConfig(),
+                     alias: str | None = registry.CHALLENGER, trained_by: str = "fraudloop train",
+                     source: str = "") -> BuildResult:
+    """Train on the training set's latest split, evaluate on its holdout, register a new version under `alias`."""
+    split = latest_split(frame["event_time"].to_numpy(), config)
+    train_rows, test_rows = holdout_masks(frame, split)
+    is_fraud = frame["is_fraud"].to_numpy()
+    if not is_fraud[train_rows].any() or not is_fraud[test_rows].any():
+        raise ValueError(f"no labelled fraud in the training or holdout period of {split.describe()}")
     with measure() as cost:
-        booster = train(features[train_rows], is_fraud[train_rows], config.params)
-    scores = predict(booster, features[test_rows])
-    metrics = evaluate(time[test_rows], cards[test_rows], is_fraud[test_rows], scores)
+        booster = train(frame[train_rows], is_fraud[train_rows], config.params)
+    holdout = frame[test_rows]
+    scores = predict(booster, holdout)
+    metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores)
     metrics.update(cost.as_metrics("training"))
     rows = {"train": int(train_rows.sum()), "train_frauds": int(is_fraud[train_rows].sum()),
             "test": int(test_rows.sum()), "test_frauds": int(is_fraud[test_rows].sum())}
@@ -86,22 +108,40 @@ def build_model(history: pd.DataFrame, labels: pd.DataFrame, reg: registry.Regis
     tags = {
         "train_period": span["train"],
         "test_period": span["test"],
+        SPLIT_TAG: json.dumps(asdict(split)),
         "train_rows": str(rows["train"]),
         "test_rows": str(rows["test"]),
-        "train_data_fingerprint": fingerprint(history.loc[train_rows, ["transaction_id", "is_fraud"]]),
+        "train_data_fingerprint": fingerprint(frame.loc[train_rows, ["transaction_id", "is_fraud"]]),
         "feature_count": str(len(FEATURE_NAMES)),
-        "trained_by": "fraudloop build",
+        "trained_by": trained_by,
+        "training_set": source,
+        "validation_status": "pending",
     }
     figures = report.all_figures(is_fraud[test_rows], scores, list(FEATURE_NAMES),
                                  booster.feature_importance("gain"))
+    reference = holdout[[*FEATURE_NAMES, "event_time"]].assign(score=scores)
     model = registry.log_and_register(
         reg, booster,
         params={**asdict(config.params), **{k: v for k, v in asdict(config).items() if k != "params"}},
         metrics={k: float(v) for k, v in metrics.items()},
         tags=tags,
         figures=figures,
-        input_example=features[train_rows].head(5),
-        description=_describe(metrics, span, rows),
-        run_name=f"build {span['train']}",
+        input_example=frame[train_rows].head(5),
+        description=_describe(metrics, span, rows, trained_by),
+        run_name=f"train {span['train']}",
+        frames={REFERENCE_ARTIFACT: reference},
     )
+    if alias:
+        registry.set_alias(reg, alias, model.version)
     return BuildResult(model, booster, metrics, span)
+
+
+def build_model(history: pd.DataFrame, labels: pd.DataFrame, reg: registry.RegistryConfig,
+                config: BuildConfig = BuildConfig(), features: pd.DataFrame | None = None,
+                progress: bool = True, alias: str | None = registry.CHALLENGER) -> BuildResult:
+    """A version trained on a simulated history, with the labels known at its end."""
+    from pipelines.training_set import history_rows, training_set_as_of
+
+    rows = history_rows(history, labels, features, progress=progress)
+    frame = training_set_as_of(rows, labels, float(history["time"].max()), config.maturity_days * DAY)
+    return train_challenger(frame, reg, config, alias=alias, trained_by="fraudloop train (history)")

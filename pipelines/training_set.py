@@ -1,34 +1,100 @@
-"""Training set as of a time T from what the scorer persisted: point-in-time correct.
+"""Training set as of a time T: point-in-time correct, from the scorer's store or from a simulated history.
 
-Rows are the stored decisions, with the feature values used at scoring time. Only what was known at T
-counts: decisions made by T, labels known by T. A transaction younger than the label maturity at T may
-still be charged back, so it is held out rather than counted as genuine.
+Rows are scored transactions with the feature values used at scoring time. Only what was known at T
+counts: transactions that happened by T, labels known by T. A transaction younger than the label maturity
+at T may still be charged back, so it is held out rather than counted as genuine.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from models.features import FEATURE_NAMES
+from models.features import FEATURE_NAMES, compute_features
+
+ROW_COLUMNS = ("transaction_id", "card_id", "event_time")
 
 
-def training_set_as_of(decisions: pd.DataFrame, labels: pd.DataFrame, as_of: float,
-                       maturity_seconds: float) -> pd.DataFrame:
-    """Decisions (transaction_id, card_id, event_time, decided_at, features JSON) labelled as known at `as_of`.
+def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, maturity_seconds: float) -> pd.DataFrame:
+    """`rows` (ROW_COLUMNS + FEATURE_NAMES) labelled as known at `as_of`, in time order.
 
-    Returns one row per mature transaction: its features (FEATURE_NAMES), is_fraud, card_id, event_time.
-    The latest label known by `as_of` wins (a fraud later confirmed genuine counts as genuine).
+    Returns the mature rows with an `is_fraud` column. The latest label known by `as_of` wins (a fraud
+    later confirmed genuine counts as genuine).
     """
+    outcome = outcomes_known_by(labels, as_of)
+    mature = rows[rows["event_time"] <= as_of - maturity_seconds]
+    mature = mature.sort_values(["event_time", "transaction_id"], kind="stable", ignore_index=True)
+    frame = mature[[*ROW_COLUMNS, *FEATURE_NAMES]].copy()
+    frame["is_fraud"] = frame["transaction_id"].map(outcome).fillna(False).astype(bool)
+    return frame
+
+
+def outcomes_known_by(labels: pd.DataFrame, as_of: float) -> pd.Series:
+    """is_fraud by transaction id: the latest label known by `as_of`."""
     known = labels[labels["known_at"] <= as_of].sort_values("known_at", kind="stable")
-    outcome = known.drop_duplicates("transaction_id", keep="last").set_index("transaction_id")["is_fraud"]
-    rows = decisions[(decisions["decided_at"] <= as_of) & (decisions["event_time"] <= as_of - maturity_seconds)]
-    rows = rows.sort_values(["event_time", "transaction_id"], kind="stable")
-    values = np.array([orjson.loads(f) for f in rows["features"]], dtype=float).reshape(len(rows), len(FEATURE_NAMES))
-    frame = pd.DataFrame(values, columns=list(FEATURE_NAMES))
-    frame["is_fraud"] = rows["transaction_id"].map(outcome).fillna(False).astype(bool).to_numpy()
-    frame["transaction_id"] = rows["transaction_id"].to_numpy()
-    frame["card_id"] = rows["card_id"].to_numpy()
-    frame["event_time"] = rows["event_time"].to_numpy()
+    return known.drop_duplicates("transaction_id", keep="last").set_index("transaction_id")["is_fraud"]
+
+
+def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
+    """Stored decisions (features as a JSON list) as rows with one float column per feature."""
+    values = np.array([orjson.loads(f) for f in decisions["features"]], dtype=float)
+    frame = pd.DataFrame(values.reshape(len(decisions), len(FEATURE_NAMES)), columns=list(FEATURE_NAMES))
+    for column in ROW_COLUMNS:
+        frame[column] = decisions[column].to_numpy()
+    return frame
+
+
+def history_rows(history: pd.DataFrame, labels: pd.DataFrame, features: pd.DataFrame | None = None,
+                 progress: bool = False) -> pd.DataFrame:
+    """A simulated history as scored rows: the features the scorer would have computed (same code)."""
+    if features is None:
+        features = compute_features(history, labels, progress=progress)
+    frame = features[list(FEATURE_NAMES)].reset_index(drop=True).copy()
+    frame["transaction_id"] = history["transaction_id"].to_numpy()
+    frame["card_id"] = history["card_id"].to_numpy()
+    frame["event_time"] = history["time"].to_numpy(float)
+    return frame
+
+
+def from_store(url: str, as_of: float, maturity_seconds: float) -> pd.DataFrame:
+    from streaming.store import Store
+
+    store = Store(url)
+    try:
+        decisions, labels = store.frames(until=as_of)
+    finally:
+        store.close()
+    if decisions.empty:
+        raise ValueError(f"the store holds no decisions up to {pd.Timestamp(as_of, unit='s')}")
+    return training_set_as_of(decode_decisions(decisions), labels, as_of, maturity_seconds)
+
+
+def from_history(folder: Path, as_of: float | None, maturity_seconds: float, progress: bool = False) -> pd.DataFrame:
+    """From a simulator history folder; `as_of` defaults to the end of the history."""
+    from pipelines.history import read_history
+
+    history, labels = read_history(folder)
+    if as_of is None:
+        as_of = float(history["time"].max())
+    return training_set_as_of(history_rows(history, labels, progress=progress), labels, as_of, maturity_seconds)
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    if frame.empty or not frame["is_fraud"].any():
+        raise ValueError("the training set has no labelled fraud: nothing to learn from")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def read(path: Path) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found (expected a file written by 'fraudloop training-set')")
+    frame = pd.read_parquet(path)
+    missing = {*ROW_COLUMNS, *FEATURE_NAMES, "is_fraud"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path} is not a training set: it lacks {sorted(missing)}")
     return frame

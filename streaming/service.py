@@ -70,6 +70,8 @@ class ScorerService:
                                       **{k: v for k, v in client.items() if k not in _CONSUMER_ONLY})
         self._lag_checked = 0.0
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
+        self._costs: dict[str, tuple[int, float]] = {}  # per model version, not yet in the store
+        self._costs_written = time.monotonic()
         # kafka-python 3 does its network I/O on a background thread; with the default 5 ms GIL switch
         # interval the CPU-bound batch work starves it and fetch responses wait (latency).
         sys.setswitchinterval(SWITCH_INTERVAL)
@@ -107,7 +109,7 @@ class ScorerService:
         messages = [Message(r.topic, r.partition, r.offset, r.timestamp, r.value)
                     for records in polled.values() for r in records]
         result = self.scorer.process(messages, self.model.current)
-        self.store.write(result.rows, result.labels)
+        self.store.write(result.rows, result.labels, self._take_costs())
         pending = [self.producer.send(self.config.decisions_topic, key=d["card_id"].encode(), value=orjson.dumps(d))
                    for d in result.decisions]
         pending += [self.producer.send(self.config.dead_letter_topic, value=dead.message.value, headers=[
@@ -126,7 +128,18 @@ class ScorerService:
         self._processed.update({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()})
         self.consumer.commit_async(dict(self._processed), callback=self._committed)
         self._observe(result, messages, started, cpu)
+        if result.decisions:
+            count, seconds = self._costs.get(self.model.current.version, (0, 0.0))
+            self._costs[self.model.current.version] = (count + len(result.decisions),
+                                                       seconds + time.process_time() - cpu)
         return result
+
+    def _take_costs(self, every_seconds: float = 10.0) -> dict[str, tuple[int, float]] | None:
+        """Serving cost per model version, written with a batch every few seconds (no extra round trip)."""
+        if not self._costs or time.monotonic() - self._costs_written < every_seconds:
+            return None
+        taken, self._costs, self._costs_written = self._costs, {}, time.monotonic()
+        return taken
 
     def _committed(self, offsets: dict, response: object) -> None:
         if isinstance(response, Exception):
@@ -163,6 +176,7 @@ class ScorerService:
 
     def close(self) -> None:
         self.producer.flush()
+        self.store.write([], [], self._take_costs(every_seconds=0))
         if self._processed:
             try:
                 self.consumer.commit(dict(self._processed))  # synchronous: the last batch is committed on exit

@@ -26,7 +26,7 @@ decisions = sa.Table(
     sa.Column("terminal_id", sa.String(64), nullable=False),
     sa.Column("event_time", sa.Float, nullable=False, index=True),
     sa.Column("amount_cents", sa.BigInteger, nullable=False),
-    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),  # null for history imported without a model
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False),
     sa.Column("features", sa.Text, nullable=False),  # JSON list in FEATURE_NAMES order (null for NaN)
@@ -38,6 +38,13 @@ labels = sa.Table(
     sa.Column("transaction_id", sa.String(64), primary_key=True),
     sa.Column("known_at", sa.Float, primary_key=True, index=True),
     sa.Column("is_fraud", sa.Boolean, nullable=False),
+)
+# What serving each model version cost: the scorer adds each batch's transactions and CPU seconds.
+serving_costs = sa.Table(
+    "serving_costs", metadata,
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("transactions", sa.BigInteger, nullable=False),
+    sa.Column("cpu_seconds", sa.Float, nullable=False),
 )
 feature_sets = sa.Table(
     "feature_sets", metadata,
@@ -71,27 +78,55 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
-        self._insert = _insert_ignoring_duplicates(self.engine.dialect.name)
+        self._upsert = _dialect_insert(self.engine.dialect.name)
+        self._insert = lambda table: self._upsert(table).on_conflict_do_nothing()
         with self.engine.begin() as db:
             names = orjson.dumps(FEATURE_NAMES).decode()
             db.execute(self._insert(feature_sets), [{"name": "current", "features": names}])
 
-    def write(self, rows: Sequence[DecisionRow], new_labels: Sequence[Label]) -> None:
-        """One transaction per batch; existing transaction ids are left as they are."""
+    def write(self, rows: Sequence[DecisionRow], new_labels: Sequence[Label],
+              costs: dict[str, tuple[int, float]] | None = None) -> None:
+        """One database transaction per batch; existing transaction ids are left as they are.
+
+        `costs`: transactions and CPU seconds spent per model version since the last write, added up.
+        """
         with self.engine.begin() as db:
-            if rows:
-                db.execute(self._insert(decisions), [
-                    {"transaction_id": r.tx.transaction_id, "card_id": r.tx.card_id, "terminal_id": r.tx.terminal_id,
-                     "event_time": r.tx.time, "amount_cents": r.tx.amount_cents, "score": r.score,
-                     "decision": r.decision, "model_version": r.model_version,
-                     "features": orjson.dumps(list(r.features)).decode(), "decided_at": r.decided_at}
-                    for r in rows
-                ])
-            if new_labels:
-                db.execute(self._insert(labels), [
-                    {"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud, "known_at": lb.known_at}
-                    for lb in new_labels
-                ])
+            self.insert(db, [
+                {"transaction_id": r.tx.transaction_id, "card_id": r.tx.card_id, "terminal_id": r.tx.terminal_id,
+                 "event_time": r.tx.time, "amount_cents": r.tx.amount_cents, "score": r.score,
+                 "decision": r.decision, "model_version": r.model_version,
+                 "features": orjson.dumps(list(r.features)).decode(), "decided_at": r.decided_at}
+                for r in rows
+            ], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud, "known_at": lb.known_at}
+                for lb in new_labels])
+            for version, (count, cpu) in (costs or {}).items():
+                upsert = self._upsert(serving_costs).values(model_version=version, transactions=count, cpu_seconds=cpu)
+                db.execute(upsert.on_conflict_do_update(index_elements=["model_version"], set_={
+                    "transactions": serving_costs.c.transactions + count,
+                    "cpu_seconds": serving_costs.c.cpu_seconds + cpu}))
+
+    def insert(self, db: sa.Connection, decision_records: list[dict], label_records: list[dict]) -> None:
+        if decision_records:
+            db.execute(self._insert(decisions), decision_records)
+        if label_records:
+            db.execute(self._insert(labels), label_records)
+
+    def decisions_between(self, start: float, end: float) -> pd.DataFrame:
+        """Decisions on transactions with start < event_time <= end."""
+        with self.engine.connect() as db:
+            return pd.read_sql(sa.select(decisions).where(decisions.c.event_time > start, decisions.c.event_time <= end)
+                               .order_by(decisions.c.event_time), db)
+
+    def labels_known_by(self, as_of: float) -> pd.DataFrame:
+        with self.engine.connect() as db:
+            return pd.read_sql(sa.select(labels).where(labels.c.known_at <= as_of), db)
+
+    def serving_cost(self, version: str) -> tuple[int, float]:
+        """(transactions, CPU seconds) the scorer spent serving `version`."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(serving_costs.c.transactions, serving_costs.c.cpu_seconds)
+                             .where(serving_costs.c.model_version == version)).first()
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
 
     def recent_transactions(self, horizon_seconds: float) -> Iterator[Transaction]:
         """Decided transactions within `horizon_seconds` of the newest, in time order (to rebuild state)."""
@@ -113,9 +148,9 @@ class Store:
             return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
 
     def frames(self, until: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Decisions made and labels known by `until`, for building a training set."""
+        """Decisions on transactions up to `until` and labels known by then, for building a training set."""
         with self.engine.connect() as db:
-            made = pd.read_sql(sa.select(decisions).where(decisions.c.decided_at <= until), db)
+            made = pd.read_sql(sa.select(decisions).where(decisions.c.event_time <= until), db)
             known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= until), db)
         return made, known
 
@@ -134,11 +169,11 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
-def _insert_ignoring_duplicates(dialect: str):
+def _dialect_insert(dialect: str):
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         raise ValueError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
-    return lambda table: insert(table).on_conflict_do_nothing()
+    return insert

@@ -6,7 +6,7 @@ import pytest
 
 from models.features import FEATURE_NAMES
 from models.schema import Label, Transaction
-from pipelines.training_set import training_set_as_of
+from pipelines.training_set import decode_decisions, training_set_as_of
 from streaming.store import DecisionRow, Store
 
 DAY = 86_400.0
@@ -39,13 +39,13 @@ def test_only_what_was_known_at_t_is_used(store):
         Label("young", True, T - 1 * DAY),
     ])
     decisions, labels = store.frames(until=T + 30 * DAY)
-    frame = training_set_as_of(decisions, labels, T, MATURITY).set_index("transaction_id")
+    frame = training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).set_index("transaction_id")
     assert set(frame.index) == {"old-fraud", "old-genuine", "late-label"}
     assert frame.loc["old-fraud", "is_fraud"] and not frame.loc["old-genuine", "is_fraud"]
     assert not frame.loc["late-label", "is_fraud"]  # the label from after T does not leak in
     assert frame.loc["old-fraud", "amount"] == 1.0 and math.isnan(frame.loc["old-fraud", FEATURE_NAMES[-1]])
 
-    later = training_set_as_of(decisions, labels, T + 5 * DAY, MATURITY).set_index("transaction_id")
+    later = training_set_as_of(decode_decisions(decisions), labels, T + 5 * DAY, MATURITY).set_index("transaction_id")
     assert later.loc["late-label", "is_fraud"] and later.loc["young", "is_fraud"]
 
 
@@ -55,8 +55,9 @@ def test_feature_values_are_those_used_at_scoring_time_and_the_latest_label_wins
     store.write([], [Label("tx", True, T - 25 * DAY)])
     store.write([], [Label("tx", True, T - 25 * DAY)])
     decisions, labels = store.frames(until=T)
-    assert training_set_as_of(decisions, labels, T, MATURITY).loc[0, "amount"] == 7.0
-    assert training_set_as_of(decisions, labels, T, MATURITY).loc[0, "is_fraud"]
+    assert training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).loc[0, "amount"] == 7.0
+    assert training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).loc[0, "is_fraud"]
     store.write([], [Label("tx", False, T - 20 * DAY)])  # the chargeback is reversed: confirmed genuine
     decisions, labels = store.frames(until=T)
-    assert len(labels) == 2 and not training_set_as_of(decisions, labels, T, MATURITY).loc[0, "is_fraud"]
+    assert len(labels) == 2
+    assert not training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).loc[0, "is_fraud"]

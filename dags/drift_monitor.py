@@ -1,0 +1,68 @@
+"""Drift monitor: recent traffic vs the champion's reference; confirmed drift triggers `retrain`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, task
+
+from pipelines.jobs import DRIFT_ASSET, run_as_of
+
+DOC = """
+### Watch the champion for drift and decay
+
+Hourly:
+
+1. **check_drift**: per-feature PSI / Jensen-Shannon of the last `window_days` of scored traffic against the
+   champion's reference (its holdout), PSI of its scores, and its Average Precision on transactions whose
+   labels have matured. A report (table, plots, verdict) is logged to MLflow (`card-fraud-monitoring`).
+2. **record_serving_cost**: CPU time per 1,000 transactions the scorer spent on the champion, as version tags.
+3. **drift_confirmed** → **signal_retrain**: only when the verdict says so, the `card_fraud_drift_confirmed`
+   asset is updated, which schedules `retrain` with this run's `as_of`.
+"""
+DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
+
+
+@dag(
+    dag_id="drift_monitor",
+    schedule=CronTriggerTimetable("@hourly", timezone="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fraudloop", "monitoring"],
+    doc_md=DOC,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    params={
+        "as_of": Param("", type="string", description="ISO time to check as of; empty: the run's time"),
+        "window_days": Param(1.0, type="number", minimum=0.01, description="recent traffic compared"),
+        "maturity_days": Param(7.0, type="number", minimum=0, description="label delay to wait for"),
+    },
+)
+def drift_monitor() -> None:
+    @task(doc_md="Data, score and performance drift of the champion; the report goes to MLflow.")
+    def check_drift(**context) -> dict:
+        from pipelines import jobs
+
+        p = context["params"]
+        return jobs.check_drift(as_of=run_as_of(context), window_days=p["window_days"],
+                                maturity_days=p["maturity_days"])
+
+    @task(doc_md="Serving CPU per 1,000 transactions, from the scorer's store, onto the champion's version.")
+    def record_serving_cost() -> dict:
+        from pipelines import jobs
+
+        return jobs.record_serving_cost()
+
+    @task.short_circuit(doc_md="Go on only when drift is confirmed.")
+    def drift_confirmed(report: dict) -> bool:
+        return report["retrain"]
+
+    @task(outlets=[DRIFT_CONFIRMED], doc_md="Update the drift asset: this schedules `retrain`.")
+    def signal_retrain(report: dict, **context) -> None:
+        context["outlet_events"][DRIFT_CONFIRMED].extra = {"as_of": report["as_of"], "summary": report["summary"]}
+
+    report = check_drift()
+    record_serving_cost()
+    drift_confirmed(report) >> signal_retrain(report)
+
+
+drift_monitor()

@@ -1,0 +1,94 @@
+"""Retrain: build a point-in-time training set, train a challenger, validate it, promote or reject it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from pipelines.jobs import DRIFT_ASSET, run_as_of
+
+DOC = """
+### Retrain the card-fraud model
+
+Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confirmed` asset):
+
+1. **build_training_set**: the scorer's stored decisions (feature values used at scoring time) joined with
+   the labels known at `as_of`; transactions younger than the label maturity are held out.
+2. **train_challenger**: LightGBM on a time-ordered split; a new MLflow version with alias `challenger`.
+3. **validate**: challenger and champion on the same holdout; floors and a margin (`pipelines/gates.py`).
+   The report, plot and verdict go to the version in the MLflow UI.
+4. **decide** → **promote** (move `champion`, keep `previous_champion`) or **reject** (champion stays).
+
+Every task is a function in `pipelines/jobs.py`; `fraudloop <command>` runs the same step by hand.
+Settings: `FRAUDLOOP_*` environment variables (store, MLflow) and the params below.
+"""
+DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
+
+
+@dag(
+    dag_id="retrain",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=[DRIFT_CONFIRMED]),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fraudloop", "training"],
+    doc_md=DOC,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={
+        "as_of": Param("", type="string", description="ISO time the training set is as of; empty: the run's time"),
+        "train_days": Param(28, type="integer", minimum=1),
+        "delay_days": Param(7, type="integer", minimum=0, description="gap between training and holdout"),
+        "test_days": Param(7, type="integer", minimum=1, description="holdout days"),
+        "maturity_days": Param(7.0, type="number", minimum=0, description="label delay to wait for"),
+        "num_boost_round": Param(600, type="integer", minimum=1),
+        "average_precision_margin": Param(0.0, type="number"),
+        "shuffle_labels": Param(False, type="boolean", description="sabotage: train on shuffled labels (tests)"),
+    },
+)
+def retrain() -> None:
+    @task(doc_md="Training set as of `as_of`, point-in-time correct, written to Parquet; returns its path.")
+    def build_training_set(**context) -> str:
+        from pipelines import jobs
+
+        return jobs.build_training_set(as_of=run_as_of(context), maturity_days=context["params"]["maturity_days"],
+                                       name=context["run_id"])["path"]
+
+    @task(doc_md="Train and register a challenger (alias `challenger`); returns its version.")
+    def train_challenger(training_set: str, **context) -> str:
+        from pipelines import jobs
+
+        p = context["params"]
+        return jobs.train(training_set, train_days=p["train_days"], delay_days=p["delay_days"],
+                          test_days=p["test_days"], maturity_days=p["maturity_days"],
+                          num_boost_round=p["num_boost_round"], shuffle_labels=p["shuffle_labels"],
+                          trained_by=f"airflow retrain {context['run_id']}")["version"]
+
+    @task(doc_md="Challenger vs champion on the challenger's holdout; the verdict is recorded in MLflow.")
+    def validate(training_set: str, version: str, **context) -> dict:
+        from pipelines import jobs
+
+        return jobs.validate(training_set, version,
+                             average_precision_margin=context["params"]["average_precision_margin"])
+
+    @task.branch(doc_md="Promote only a challenger that passed validation.")
+    def decide(verdict: dict) -> str:
+        return "promote" if verdict["passed"] else "reject"
+
+    @task(doc_md="Move `champion` to the challenger; the old champion becomes `previous_champion`.")
+    def promote(verdict: dict, **context) -> dict:
+        from pipelines import jobs
+
+        return jobs.promote(verdict["version"], reason=verdict["summary"], actor=f"airflow retrain {context['run_id']}")
+
+    @task(doc_md="Record why the challenger was not promoted; the champion stays.")
+    def reject(verdict: dict) -> None:
+        from pipelines import jobs
+
+        jobs.reject(verdict["version"], reason=verdict["summary"])
+
+    training_set = build_training_set()
+    verdict = validate(training_set, train_challenger(training_set))
+    decide(verdict) >> [promote(verdict), reject(verdict)]
+
+
+retrain()

@@ -1,0 +1,154 @@
+"""The retraining steps as plain functions of plain values: what each Airflow task and `fraudloop` command calls.
+
+Each returns a small JSON-able dict (Airflow passes it on as an XCom; the CLI prints it). Settings not
+given come from the environment: FRAUDLOOP_HOME, FRAUDLOOP_STORE_URL, MLFLOW_TRACKING_URI, ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DAY = 86_400.0
+
+
+def _home() -> Path:
+    return Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+
+
+def _store_url(store_url: str | None) -> str:
+    from streaming.store import default_url
+
+    return store_url or os.environ.get("FRAUDLOOP_STORE_URL") or default_url()
+
+
+def _registry():
+    from models.registry import RegistryConfig
+
+    return RegistryConfig.from_env()
+
+
+def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_url: str | None = None,
+                       history: str | None = None, out: str | None = None, name: str = "latest") -> dict:
+    """From the store (default) or a simulator history folder; `as_of` None means the newest data."""
+    from pipelines import training_set
+
+    maturity = maturity_days * DAY
+    if history:
+        frame = training_set.from_history(Path(history), as_of, maturity)
+    else:
+        frame = training_set.from_store(_store_url(store_url), as_of if as_of is not None else float("inf"), maturity)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = training_set.write(frame, Path(out) if out else _home() / "training-sets" / f"{safe}.parquet")
+    return {"path": str(path), "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),
+            "as_of": as_of, "newest_event": float(frame["event_time"].max())}
+
+
+def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_days: int = 7,
+          maturity_days: float = 7.0, num_boost_round: int = 600, shuffle_labels: bool = False,
+          trained_by: str = "fraudloop train", alias: str | None = "challenger") -> dict:
+    import numpy as np
+
+    from models.training import TrainParams
+    from pipelines import training_set as sets
+    from pipelines.train import BuildConfig, train_challenger
+
+    frame = sets.read(Path(training_set))
+    if shuffle_labels:  # a deliberately worse model, to show the gates hold
+        frame = frame.assign(is_fraud=np.random.default_rng(0).permutation(frame["is_fraud"].to_numpy()))
+        trained_by += " (shuffled labels)"
+    config = BuildConfig(train_days, delay_days, test_days, maturity_days, TrainParams(num_boost_round=num_boost_round))
+    result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by, source=training_set)
+    return {"version": result.model.version, "run_id": result.model.run_id, **result.split,
+            **{k: round(v, 4) for k, v in result.metrics.items()}}
+
+
+def validate(training_set: str, version: str, average_precision_margin: float = 0.0) -> dict:
+    from pipelines import training_set as sets
+    from pipelines.gates import Gates
+    from pipelines.validate import validate_challenger
+
+    result = validate_challenger(sets.read(Path(training_set)), _registry(), version,
+                                 Gates(average_precision_margin=average_precision_margin))
+    return {"version": version, "passed": result.verdict.passed, "summary": result.verdict.summary,
+            "champion_version": result.champion_version,
+            "challenger_average_precision": result.challenger["average_precision"],
+            "champion_average_precision": result.champion["average_precision"] if result.champion else None}
+
+
+def promote(version: str, reason: str, actor: str | None = None) -> dict:
+    from dataclasses import asdict
+
+    from pipelines.promote import promote as move
+
+    return asdict(move(_registry(), version, reason, actor))
+
+
+def reject(version: str, reason: str) -> dict:
+    from pipelines.promote import reject as refuse
+
+    refuse(_registry(), version, reason)
+    return {"version": version, "rejected": True, "reason": reason}
+
+
+def rollback(reason: str, actor: str | None = None) -> dict:
+    from dataclasses import asdict
+
+    from pipelines.promote import rollback as back
+
+    return asdict(back(_registry(), reason, actor))
+
+
+def check_drift(as_of: float, window_days: float = 1.0, maturity_days: float = 7.0,
+                store_url: str | None = None) -> dict:
+    from pipelines.monitor import MonitorConfig
+    from pipelines.monitor import check_drift as check
+
+    report = check(_store_url(store_url), _registry(), as_of,
+                   MonitorConfig(window_days=window_days, maturity_days=maturity_days))
+    return {"as_of": as_of, "retrain": report.retrain, "summary": report.summary, "rows": report.rows,
+            "champion_version": report.champion_version, "data_drift": report.data_drift,
+            "score_drift": report.score_drift, "performance_decay": report.performance_decay,
+            "drifted_features": report.table.loc[report.table["drifted"], "feature"].tolist()}
+
+
+def record_serving_cost(store_url: str | None = None) -> dict:
+    """What the scorer spent serving the champion: CPU milliseconds per 1,000 transactions, as version tags."""
+    from models import registry
+    from streaming.store import Store
+
+    reg = _registry()
+    version = registry.alias_version(reg, registry.CHAMPION)
+    if version is None:
+        return {"version": None}
+    store = Store(_store_url(store_url))
+    try:
+        served, cpu = store.serving_cost(version)
+    finally:
+        store.close()
+    result = {"version": version, "transactions_served": served,
+              "serving_cpu_ms_per_1k": round(cpu / served * 1e6, 2) if served else None}
+    if served:
+        registry.tag_version(reg, version, {"transactions_served": str(served),
+                                            "serving_cpu_ms_per_1k": f"{result['serving_cpu_ms_per_1k']:.2f}"})
+    return result
+
+
+# The Airflow asset drift_monitor updates when drift is confirmed, and retrain is scheduled on.
+DRIFT_ASSET = {"name": "card_fraud_drift_confirmed", "uri": "fraudloop://card-fraud/drift-confirmed"}
+
+
+def run_as_of(context) -> float:
+    """Epoch seconds a DAG run works as of: its `as_of` param, else the triggering drift event's, else its time.
+
+    Simulated or replayed data runs on its own clock, so a run can be told the time it works as of.
+    """
+    from datetime import datetime
+
+    if context["params"].get("as_of"):
+        return datetime.fromisoformat(context["params"]["as_of"]).timestamp()
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            if "as_of" in (event.extra or {}):
+                return float(event.extra["as_of"])
+    return context["dag_run"].run_after.timestamp()

@@ -1,0 +1,161 @@
+"""Drift monitor: recent scored traffic against the champion's reference, and performance once labels arrive.
+
+Three signals, each with its own threshold:
+- data drift: per-feature PSI / Jensen-Shannon of the last `window_days` of decisions against the
+  champion's holdout (logged with the version at training); drift when enough features move;
+- score drift: PSI of the champion's recent scores against its scores on that holdout;
+- performance decay: Average Precision of the champion's own decisions that are old enough to be labelled,
+  against its holdout AP.
+The report (table, plots, verdict) is one MLflow run in `<experiment>-monitoring`; the verdict is also a tag
+on the champion version, and it is what triggers retraining.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score
+
+from models import registry, report
+from models.features import FEATURE_NAMES
+from pipelines.drift import DriftThresholds, data_drifted, feature_drift, psi
+from pipelines.train import REFERENCE_ARTIFACT
+from pipelines.training_set import decode_decisions, outcomes_known_by
+
+DAY = 86_400.0
+# Set by the clock, not by the data: a one-day window is all weekend or all weekday.
+CALENDAR_FEATURES = ("is_weekend", "is_night")
+MONITORED = tuple(name for name in FEATURE_NAMES if name not in CALENDAR_FEATURES)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    window_days: float = 1.0
+    thresholds: DriftThresholds = field(default_factory=lambda: DriftThresholds(share_of_features=0.2))
+    score_psi: float = 0.25
+    maturity_days: float = 7.0
+    performance_window_days: float = 7.0
+    max_relative_ap_drop: float = 0.3  # decay when recent AP < holdout AP x (1 - this)
+    min_frauds: int = 10  # fewer labelled frauds than this: no performance verdict
+    min_rows: int = 200  # fewer recent decisions than this: no drift verdict
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    as_of: float
+    champion_version: str
+    rows: int
+    data_drift: bool
+    drifted_share: float
+    score_psi: float
+    score_drift: bool
+    recent_average_precision: float | None
+    reference_average_precision: float
+    performance_decay: bool
+    table: pd.DataFrame
+
+    @property
+    def retrain(self) -> bool:
+        return self.data_drift or self.score_drift or self.performance_decay
+
+    @property
+    def summary(self) -> str:
+        ap = "n/a" if self.recent_average_precision is None else f"{self.recent_average_precision:.3f}"
+        return (f"{'RETRAIN' if self.retrain else 'stable'}: {self.drifted_share:.0%} of features drifted"
+                f"{' (data drift)' if self.data_drift else ''}; score PSI {self.score_psi:.3f}"
+                f"{' (score drift)' if self.score_drift else ''}; labelled AP {ap} vs holdout "
+                f"{self.reference_average_precision:.3f}{' (decay)' if self.performance_decay else ''}")
+
+
+def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndarray, labelled: pd.DataFrame,
+           reference_ap: float, as_of: float, version: str, config: MonitorConfig = MonitorConfig()) -> DriftReport:
+    """Pure: the three signals from frames. `labelled` holds mature decisions with `score` and `is_fraud`."""
+    enough = len(recent) >= config.min_rows
+    enough_scores = len(recent_scores) >= config.min_rows
+    table = feature_drift(reference[list(MONITORED)], recent[list(MONITORED)], config.thresholds)
+    score_psi = psi(reference["score"].to_numpy(), recent_scores) if len(recent_scores) else 0.0
+    recent_ap = None
+    if int(labelled["is_fraud"].sum()) >= config.min_frauds:
+        recent_ap = float(average_precision_score(labelled["is_fraud"], labelled["score"]))
+    return DriftReport(
+        as_of=as_of, champion_version=version, rows=len(recent),
+        data_drift=enough and data_drifted(table, config.thresholds),
+        drifted_share=float(table["drifted"].mean()) if len(table) else 0.0,
+        score_psi=score_psi, score_drift=enough_scores and score_psi > config.score_psi,
+        recent_average_precision=recent_ap, reference_average_precision=reference_ap,
+        performance_decay=recent_ap is not None and recent_ap < reference_ap * (1 - config.max_relative_ap_drop),
+        table=table,
+    )
+
+
+def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
+                config: MonitorConfig = MonitorConfig(), log: bool = True) -> DriftReport:
+    """Read the store and the champion's reference, assess, and log the report to MLflow."""
+    from streaming.store import Store
+
+    version = registry.alias_version(reg, registry.CHAMPION)
+    if version is None:
+        raise ValueError(f"no '{registry.CHAMPION}' version of {reg.model_name} to monitor")
+    info = registry.version_info(reg, version)
+    reference = registry.load_run_frame(reg, info.run_id, REFERENCE_ARTIFACT)
+    reference_ap = registry.client(reg).get_run(info.run_id).data.metrics["average_precision"]
+
+    store = Store(store_url)
+    try:
+        maturity = config.maturity_days * DAY
+        start = min(as_of - config.window_days * DAY, as_of - maturity - config.performance_window_days * DAY)
+        decisions = store.decisions_between(start, as_of)
+        labels = store.labels_known_by(as_of)
+    finally:
+        store.close()
+    recent_decisions = decisions[decisions["event_time"] > as_of - config.window_days * DAY]
+    recent = decode_decisions(recent_decisions)
+    recent_scores = recent_decisions.loc[recent_decisions["model_version"] == version, "score"].to_numpy(float)
+    own = decisions[(decisions["model_version"] == version) & (decisions["event_time"] <= as_of - maturity)
+                    & (decisions["event_time"] > as_of - maturity - config.performance_window_days * DAY)]
+    outcome = outcomes_known_by(labels, as_of)
+    labelled = pd.DataFrame({"score": own["score"].to_numpy(float),
+                             "is_fraud": own["transaction_id"].map(outcome).fillna(False).astype(bool).to_numpy()})
+    result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config)
+    if log:
+        _log(reg, result, reference["score"].to_numpy(), recent_scores, config)
+    return result
+
+
+def _log(reg: registry.RegistryConfig, result: DriftReport, reference_scores: np.ndarray, recent_scores: np.ndarray,
+         config: MonitorConfig) -> None:
+    client = registry.client(reg)
+    name = f"{reg.experiment}-monitoring"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (experiment.experiment_id if experiment else
+                     client.create_experiment(name, artifact_location=f"{reg.artifact_root}/{name}"))
+    when = pd.Timestamp(result.as_of, unit="s").strftime("%Y-%m-%d %H:%M")
+    run = client.create_run(experiment_id, run_name=f"drift {when}", tags={
+        "champion_version": result.champion_version, "verdict": "retrain" if result.retrain else "stable",
+        "summary": result.summary, "as_of": when})
+    run_id = run.info.run_id
+    metrics = {"rows": result.rows, "drifted_share": result.drifted_share, "score_psi": result.score_psi,
+               "reference_average_precision": result.reference_average_precision}
+    if result.recent_average_precision is not None:
+        metrics["recent_average_precision"] = result.recent_average_precision
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in asdict(config).items():
+        client.log_param(run_id, key, value)
+    client.log_text(run_id, f"# Drift report, {when} (champion v{result.champion_version})\n\n{result.summary}\n\n"
+                    + result.table.to_markdown(index=False, floatfmt=".4f"), "drift/report.md")
+    figures = {"drift/feature_psi.png": report.drift_bars(result.table["feature"].tolist(),
+                                                          result.table["psi"].to_numpy(), config.thresholds.psi)}
+    if len(recent_scores):
+        figures["drift/scores.png"] = report.score_shift(reference_scores, recent_scores)
+    for path, figure in figures.items():
+        client.log_figure(run_id, figure, path)
+        plt.close(figure)
+    client.set_terminated(run_id)
+    registry.tag_version(reg, result.champion_version, {
+        "last_drift_check": when, "drift_verdict": result.summary[:4900],
+        "drift_checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
