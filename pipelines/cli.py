@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from models.registry import CHAMPION, RegistryConfig, set_alias
+from models.registry import CHAMPION, RegistryConfig
 from models.schema import InvalidRecord
 from pipelines.simulate import SimulationConfig
 
@@ -41,35 +41,114 @@ def cmd_simulate(args: argparse.Namespace) -> None:
           f"({stats['fraud_rate']:.3%})")
 
 
+def _as_of(text: str | None) -> float | None:
+    from datetime import UTC, datetime
+
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--as-of {text!r} is not an ISO date or time (e.g. 2018-06-01 or 2018-06-01T12:00)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _print_json(result: dict) -> None:
+    import json
+
+    print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_training_set(args: argparse.Namespace) -> None:
+    from pipelines import jobs
+
+    _print_json(jobs.build_training_set(_as_of(args.as_of), args.maturity_days, store_url=args.store,
+                                        history=str(args.history) if args.history else None,
+                                        out=str(args.out) if args.out else None))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from pipelines import jobs
+
+    path = args.training_set
+    if args.history:
+        path = jobs.build_training_set(None, args.maturity_days, history=str(args.history))["path"]
+    result = jobs.train(str(path), train_days=args.train_days, delay_days=args.delay_days, test_days=args.test_days,
+                        maturity_days=args.maturity_days, num_boost_round=args.num_boost_round)
+    _print_json(result)
+    if args.promote:
+        verdict = jobs.validate(str(path), result["version"])
+        print(verdict["summary"])
+        if not verdict["passed"]:
+            raise RuntimeError(f"version {result['version']} failed validation; the champion stays")
+        _print_json(jobs.promote(result["version"], reason="fraudloop train --promote: " + verdict["summary"]))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from pipelines import jobs
+
+    _print_json(jobs.validate(str(args.training_set), args.version, args.margin))
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from pipelines import jobs
+
+    _print_json(jobs.promote(args.version, args.reason))
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from pipelines import jobs
+
+    _print_json(jobs.rollback(args.reason))
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    import time
+
+    from pipelines import jobs
+
+    as_of = _as_of(args.as_of) or time.time()
+    _print_json(jobs.check_drift(as_of, args.window_days, args.maturity_days, store_url=args.store))
+
+
+def cmd_backfill(args: argparse.Namespace) -> None:
+    from pipelines.backfill import backfill
     from pipelines.history import read_history
-    from pipelines.train import BuildConfig, build_model
+    from pipelines.training_set import history_rows
+    from streaming.store import Store
 
     history, labels = read_history(args.history)
-    config = BuildConfig(train_days=args.train_days, delay_days=args.delay_days, test_days=args.test_days)
-    reg = RegistryConfig.from_env()
-    result = build_model(history, labels, reg, config, progress=not args.quiet)
-    if args.promote:
-        set_alias(reg, CHAMPION, result.model.version)
-    _print_build(result, reg, promoted=args.promote)
+    store = Store(args.store or "")
+    try:
+        written = backfill(store, history, history_rows(history, labels, progress=not args.quiet),
+                           labels[labels["known_at"] <= history["time"].max()])
+    finally:
+        store.close()
+    print(f"backfilled {written:,} transactions into the store")
 
 
-def _print_build(result, reg: RegistryConfig, promoted: bool) -> None:
-    m = result.metrics
-    print(f"registered {result.model.name} version {result.model.version} (run {result.model.run_id})"
-          + (f", alias '{CHAMPION}'" if promoted else ""))
-    print(f"  train {result.split['train']}, test {result.split['test']}")
-    print(f"  test ROC AUC {m['roc_auc']:.3f}  AP {m['average_precision']:.3f}  "
-          f"CP@100 {m['card_precision_at_100']:.3f}  recall@1%FPR {m['recall_at_1pct_fpr']:.3f}")
-    print(f"  training cost: {m['training_wall_seconds']:.1f} s wall, {m['training_cpu_seconds']:.1f} s CPU, "
-          f"{m['training_peak_rss_mb']:.0f} MB peak RSS")
+def cmd_dag(args: argparse.Namespace) -> None:
+    import json
+
+    from pipelines import airflow_local
+
+    conf = json.loads(args.conf) if args.conf else {}
+    airflow_local.prepare(Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "airflow")
+    airflow_local.migrate()
+    states = airflow_local.run(args.dag_id, conf)
+    _print_json(states)
+    if any(state == "failed" or state == "upstream_failed" for state in states.values()):
+        raise RuntimeError(f"DAG {args.dag_id} had failed tasks")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on embedded defaults: simulate a history, build the first model, promote it."""
+    """The main job on embedded defaults: simulate a history, backfill the store, build and promote the first model."""
+    from pipelines import jobs
+    from pipelines.backfill import backfill
     from pipelines.history import write_history
     from pipelines.simulate import labels_of, simulate, summary
-    from pipelines.train import build_model
+    from pipelines.training_set import history_rows
+    from streaming.store import Store
 
     home = Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
     history = simulate(_simulation_config(args), progress=True)
@@ -77,10 +156,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     write_history(home / "history", history, labels)
     stats = summary(history)
     print(f"simulated {stats['transactions']:,} transactions, {stats['frauds']:,} frauds -> {home / 'history'}")
-    reg = RegistryConfig.from_env(home)
-    result = build_model(history, labels, reg)
-    set_alias(reg, CHAMPION, result.model.version)
-    _print_build(result, reg, promoted=True)
+    store = Store("")
+    known = labels[labels["known_at"] <= history["time"].max()]
+    backfill(store, history, history_rows(history, labels, progress=True), known)
+    store.close()
+    built = jobs.build_training_set(None, maturity_days=7.0)
+    print(f"training set: {built['rows']:,} mature transactions, {built['frauds']:,} labelled frauds")
+    result = jobs.train(built["path"], trained_by="fraudloop demo")
+    verdict = jobs.validate(built["path"], result["version"])
+    print(f"version {result['version']}: train {result['train']}, holdout {result['test']}: AP "
+          f"{result['average_precision']:.3f}, CP@100 {result['card_precision_at_100']:.3f}, training "
+          f"{result['training_cpu_seconds']:.1f} CPU s / {result['training_peak_rss_mb']:.0f} MB; {verdict['summary']}")
+    if verdict["passed"]:
+        jobs.promote(result["version"], reason="first model (fraudloop demo): " + verdict["summary"])
+        print(f"version {result['version']} is the champion")
     here = os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else "fraudloop"
     print("\nReview it in the MLflow UI:\n  " + shlex.join([here, "ui"]) + "   (then open http://127.0.0.1:5000)")
 
@@ -175,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fraudloop", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="main job: simulate, train and promote the first model (embedded defaults)")
+    p = sub.add_parser("demo", help="main job: simulate, backfill, train, validate and promote the first model")
     _add_simulation_options(p, customers=2_000, terminals=4_000, days=70)
     p.set_defaults(func=cmd_demo)
 
@@ -185,14 +274,58 @@ def parser() -> argparse.ArgumentParser:
     _add_simulation_options(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train, evaluate and register a model version from a history folder")
-    p.add_argument("--history", type=Path, required=True, help="folder written by 'fraudloop simulate'")
+    p = sub.add_parser("training-set", help="point-in-time training set from the scorer's store (or a history)")
+    p.add_argument("--as-of", help="ISO date/time; default: everything stored")
+    p.add_argument("--maturity-days", type=float, default=7.0, help="label delay to wait for (default: 7)")
+    p.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or SQLite under FRAUDLOOP_HOME)")
+    p.add_argument("--history", type=Path, help="a folder written by 'fraudloop simulate' instead of the store")
+    p.add_argument("--out", type=Path, help="Parquet file (default: FRAUDLOOP_HOME/training-sets/latest.parquet)")
+    p.set_defaults(func=cmd_training_set)
+
+    p = sub.add_parser("train", help="train a challenger on a training set; register it (alias 'challenger')")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--training-set", type=Path, help="file written by 'fraudloop training-set'")
+    source.add_argument("--history", type=Path, help="folder written by 'fraudloop simulate'")
     p.add_argument("--train-days", type=int, default=28)
-    p.add_argument("--delay-days", type=int, default=7)
-    p.add_argument("--test-days", type=int, default=7)
-    p.add_argument("--promote", action="store_true", help=f"point the '{CHAMPION}' alias at the new version")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--delay-days", type=int, default=7, help="gap between training and holdout")
+    p.add_argument("--test-days", type=int, default=7, help="holdout days")
+    p.add_argument("--maturity-days", type=float, default=7.0)
+    p.add_argument("--num-boost-round", type=int, default=600)
+    p.add_argument("--promote", action="store_true", help=f"validate, then move '{CHAMPION}' if it passed")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="challenger vs champion on the challenger's holdout; verdict to MLflow")
+    p.add_argument("--training-set", type=Path, required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--margin", type=float, default=0.0, help="AP the challenger must add to the champion's")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("promote", help=f"move '{CHAMPION}' to a version that passed validation")
+    p.add_argument("--version", required=True)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help=f"move '{CHAMPION}' back to 'previous_champion'")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("drift", help="drift and decay of the champion on recent traffic; report to MLflow")
+    p.add_argument("--as-of", help="ISO date/time (default: now)")
+    p.add_argument("--window-days", type=float, default=1.0)
+    p.add_argument("--maturity-days", type=float, default=7.0)
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("backfill", help="write a simulated history into the scorer's store (warm start)")
+    p.add_argument("--history", type=Path, required=True)
+    p.add_argument("--store")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("dag", help="run a DAG (retrain, drift_monitor) once with Airflow's dag.test() runner")
+    p.add_argument("dag_id", choices=["retrain", "drift_monitor"])
+    p.add_argument("--conf", help='JSON params, e.g. \'{"as_of": "2018-06-01", "num_boost_round": 300}\'')
+    p.set_defaults(func=cmd_dag)
 
     p = sub.add_parser("benchmark", help="benchmarks (model: the reference protocol vs the published table)")
     bench = p.add_subparsers(dest="benchmark", required=True)

@@ -37,7 +37,7 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
     if history:
         frame = training_set.from_history(Path(history), as_of, maturity)
     else:
-        frame = training_set.from_store(_store_url(store_url), as_of if as_of is not None else float("inf"), maturity)
+        frame = training_set.from_store(_store_url(store_url), as_of, maturity)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = training_set.write(frame, Path(out) if out else _home() / "training-sets" / f"{safe}.parquet")
     return {"path": str(path), "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),

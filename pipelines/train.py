@@ -116,6 +116,8 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
         "trained_by": trained_by,
         "training_set": source,
         "validation_status": "pending",
+        "training_cpu_seconds": f"{metrics['training_cpu_seconds']:.2f}",
+        "training_peak_rss_mb": f"{metrics['training_peak_rss_mb']:.0f}",
     }
     figures = report.all_figures(is_fraud[test_rows], scores, list(FEATURE_NAMES),
                                  booster.feature_importance("gain"))

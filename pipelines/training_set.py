@@ -59,11 +59,16 @@ def history_rows(history: pd.DataFrame, labels: pd.DataFrame, features: pd.DataF
     return frame
 
 
-def from_store(url: str, as_of: float, maturity_seconds: float) -> pd.DataFrame:
+def from_store(url: str, as_of: float | None, maturity_seconds: float) -> pd.DataFrame:
+    """From the scorer's store; `as_of` defaults to the newest stored transaction."""
     from streaming.store import Store
 
     store = Store(url)
     try:
+        if as_of is None:
+            as_of = store.newest_event_time()
+            if as_of is None:
+                raise ValueError("the store holds no decisions yet")
         decisions, labels = store.frames(until=as_of)
     finally:
         store.close()

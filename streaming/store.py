@@ -128,12 +128,16 @@ class Store:
                              .where(serving_costs.c.model_version == version)).first()
         return (int(row[0]), float(row[1])) if row else (0, 0.0)
 
+    def newest_event_time(self) -> float | None:
+        with self.engine.connect() as db:
+            return db.execute(sa.select(sa.func.max(decisions.c.event_time))).scalar()
+
     def recent_transactions(self, horizon_seconds: float) -> Iterator[Transaction]:
         """Decided transactions within `horizon_seconds` of the newest, in time order (to rebuild state)."""
+        newest = self.newest_event_time()
+        if newest is None:
+            return
         with self.engine.connect() as db:
-            newest = db.execute(sa.select(sa.func.max(decisions.c.event_time))).scalar()
-            if newest is None:
-                return
             query = (sa.select(decisions.c.transaction_id, decisions.c.card_id, decisions.c.terminal_id,
                                decisions.c.event_time, decisions.c.amount_cents)
                      .where(decisions.c.event_time > newest - horizon_seconds)

@@ -58,6 +58,15 @@ def test_simulate_then_train_registers_a_version(tmp_path):
     made = run("simulate", "--out", str(out), "--customers", "300", "--terminals", "600", "--days", "50", "--quiet")
     assert made.returncode == 0, made.stderr
     assert len(pd.read_parquet(out / "transactions.parquet")) > 20_000
-    trained = run("train", "--history", str(out), "--train-days", "14", "--promote", "--quiet", env=env)
+    trained = run("train", "--history", str(out), "--train-days", "14", "--num-boost-round", "100", "--promote",
+                  env=env)
     assert trained.returncode == 0, trained.stderr
-    assert "registered card-fraud version 1" in trained.stdout and "alias 'champion'" in trained.stdout
+    assert '"version": "1"' in trained.stdout and '"to_version": "1"' in trained.stdout
+    rollback = run("rollback", "--reason", "nothing before it", env=env)
+    assert rollback.returncode == 2 and rollback.stderr.strip() == (
+        "fraudloop rollback: error: no 'previous_champion' alias on card-fraud: nothing to roll back to")
+
+
+def test_a_bad_time_is_one_clear_line():
+    result = run("training-set", "--as-of", "yesterday")
+    assert result.returncode == 2 and result.stderr.strip().startswith("fraudloop training-set: error: --as-of")

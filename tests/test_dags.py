@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.registry import CHALLENGER, CHAMPION, RegistryConfig, alias_version, client, load_version, version_info
 from models.metrics import evaluate
+from models.registry import CHALLENGER, CHAMPION, RegistryConfig, alias_version, client, load_version, version_info
 from models.training import predict
 from pipelines import airflow_local, jobs, promote
 from pipelines.backfill import backfill
@@ -148,10 +148,14 @@ def test_drift_is_flagged_within_two_days_and_retraining_recovers_the_average_pr
     assert any(extra.get("as_of") == start + first_flag * DAY for extra in extras)
 
     retrain_day = 70
+    started = time.perf_counter()
     states = airflow.run("retrain", {"as_of": iso(start + retrain_day * DAY), "train_days": 21, "delay_days": 0,
                                      "test_days": 3, "maturity_days": 4.0, "num_boost_round": 300})
     assert states["promote"] == "success", states
-    new = load_version(reg, alias_version(reg, CHAMPION))
+    retrain_seconds = time.perf_counter() - started
+    new_version = alias_version(reg, CHAMPION)
+    new = load_version(reg, new_version)
+    cost = version_info(reg, new_version).tags
 
     def ap(model, lo: int, hi: int) -> float:
         m = (day >= lo) & (day < hi)
@@ -161,7 +165,9 @@ def test_drift_is_flagged_within_two_days_and_retraining_recovers_the_average_pr
     before, old_after, new_after = ap(booster, 50, 60), ap(booster, retrain_day, 80), ap(new, retrain_day, 80)
     recovered = (new_after - old_after) / (before - old_after)
     print(f"\nAP before drift {before:.3f}; after drift, old model {old_after:.3f}, retrained {new_after:.3f}; "
-          f"recovered {recovered:.0%} of the loss; drift flagged on day {first_flag} (drift day {DRIFT.drift_day})")
+          f"recovered {recovered:.0%} of the loss; drift flagged on day {first_flag} (drift day {DRIFT.drift_day}); "
+          f"retrain DAG run {retrain_seconds:.0f} s, training {cost['training_cpu_seconds']} CPU s, "
+          f"{cost['training_peak_rss_mb']} MB peak RSS, {cost['train_rows']} training rows")
     assert before - old_after > 0.2  # the drift really hurt
     assert recovered > 0.5  # most of the loss is recovered
     assert np.isfinite(recovered)

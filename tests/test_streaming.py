@@ -201,7 +201,7 @@ def test_promotion_mid_stream_is_picked_up_and_a_broken_version_refused(
             time.sleep(0.1)
 
         better = build_model(small_history, small_labels, registry,
-                             BuildConfig(21, 7, 7, TrainParams(num_boost_round=90)), progress=False)
+                             BuildConfig(21, 7, 7, params=TrainParams(num_boost_round=90)), progress=False)
         set_alias(registry, CHAMPION, better.model.version)
         deadline = time.monotonic() + 30
         while service.model.current.version != better.model.version and time.monotonic() < deadline:

@@ -18,12 +18,14 @@ FAST = BuildConfig(train_days=21, delay_days=7, test_days=7, params=TrainParams(
 
 
 @pytest.fixture(scope="module")
-def small_features(small_history, small_labels):
-    return compute_features(small_history, small_labels)
+def calm(small_history, small_labels):
+    """The days before the small history's injected drift, with the features the shared code computes."""
+    history = small_history[small_history["time"] < small_history["time"].min() + 58 * 86_400]
+    return history, small_labels, compute_features(history, small_labels)
 
 
-def test_build_registers_a_reviewable_version(registry, small_history, small_labels, small_features):
-    result = build_model(small_history, small_labels, registry, FAST, features=small_features, progress=False)
+def test_build_registers_a_reviewable_version(registry, calm):
+    result = build_model(*calm[:2], registry, FAST, features=calm[2], progress=False)
     assert result.model.version == "1"
     assert result.metrics["roc_auc"] > 0.75 and result.metrics["average_precision"] > 0.3
     assert result.metrics["training_cpu_seconds"] > 0 and result.metrics["training_peak_rss_mb"] > 50
@@ -40,10 +42,8 @@ def test_build_registers_a_reviewable_version(registry, small_history, small_lab
                                                        "feature_importance")}
 
 
-def test_champion_is_stored_natively_and_scores_like_the_trained_booster(
-    registry, small_history, small_labels, small_features, tmp_path
-):
-    result = build_model(small_history, small_labels, registry, FAST, features=small_features, progress=False)
+def test_champion_is_stored_natively_and_scores_like_the_trained_booster(registry, calm, tmp_path):
+    result = build_model(*calm[:2], registry, FAST, features=calm[2], progress=False)
     set_alias(registry, CHAMPION, result.model.version)
 
     booster, version = load_booster(registry, CHAMPION)
@@ -51,11 +51,12 @@ def test_champion_is_stored_natively_and_scores_like_the_trained_booster(
     files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{registry.model_name}/{version}",
                                                                       dst_path=str(tmp_path))).rglob("*")}
     assert "model.lgb" in files and not any(name.endswith((".pkl", ".pickle")) for name in files)
-    rows = small_features.tail(2_000)
+    rows = calm[2].tail(2_000)
     assert np.array_equal(predict(booster, rows), predict(result.booster, rows))  # the round trip is exact
 
 
-def test_a_version_computed_on_other_features_is_refused(registry, small_history, small_features):
+def test_a_version_computed_on_other_features_is_refused(registry, small_history, calm):
+    small_features = calm[2]
     registry.activate()
     labels = small_history["is_fraud"].iloc[:2000].to_numpy()
     data = lgb.Dataset(small_features.iloc[:2000, :3].to_numpy(), label=labels, feature_name=list(FEATURE_NAMES[:3]))
