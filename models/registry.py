@@ -122,20 +122,27 @@ def log_and_register(
     return RegisteredModel(config.model_name, version, run.info.run_id)
 
 
-def _log_frame(frame: pd.DataFrame, artifact_file: str, run_id: str | None = None) -> None:
+def _log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, Path(artifact_file).name)
         frame.to_parquet(path, index=False)
         folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-        if run_id:
-            MlflowClient().log_artifact(run_id, str(path), folder)
-        else:
-            mlflow.log_artifact(str(path), folder)
+        mlflow.log_artifact(str(path), folder)
 
 
 def client(config: RegistryConfig) -> MlflowClient:
     config.point_mlflow()
     return MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
+
+
+def side_experiment(config: RegistryConfig, suffix: str) -> str:
+    """The id of `<experiment>-<suffix>` (monitoring reports, alias moves), created on first use."""
+    mlflow_client = client(config)
+    name = f"{config.experiment}-{suffix}"
+    found = mlflow_client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    return mlflow_client.create_experiment(name, artifact_location=f"{config.artifact_root}/{name}")
 
 
 def set_alias(config: RegistryConfig, alias: str, version: str) -> None:

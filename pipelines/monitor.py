@@ -129,10 +129,7 @@ def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
 def _log(reg: registry.RegistryConfig, result: DriftReport, reference_scores: np.ndarray, recent_scores: np.ndarray,
          config: MonitorConfig) -> None:
     client = registry.client(reg)
-    name = f"{reg.experiment}-monitoring"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment else
-                     client.create_experiment(name, artifact_location=f"{reg.artifact_root}/{name}"))
+    experiment_id = registry.side_experiment(reg, "monitoring")
     when = pd.Timestamp(result.as_of, unit="s").strftime("%Y-%m-%d %H:%M")
     run = client.create_run(experiment_id, run_name=f"drift {when}", tags={
         "champion_version": result.champion_version, "verdict": "retrain" if result.retrain else "stable",

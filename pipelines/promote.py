@@ -42,13 +42,10 @@ def _now() -> str:
 
 def _record(reg: registry.RegistryConfig, move: Move) -> None:
     client = registry.client(reg)
-    name = f"{reg.experiment}-alias-moves"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment else
-                     client.create_experiment(name, artifact_location=f"{reg.artifact_root}/{name}"))
+    experiment_id = registry.side_experiment(reg, "alias-moves")
     run = client.create_run(experiment_id, run_name=f"{move.action} v{move.to_version}", tags={
         "action": move.action, "from_version": move.from_version or "none", "to_version": move.to_version,
-        "actor": move.actor, "reason": move.reason, "at": move.at, "model": reg.model_name})
+        "actor": move.actor, "reason": move.reason[:4900], "at": move.at, "model": reg.model_name})
     client.set_terminated(run.info.run_id)
 
 
