@@ -35,6 +35,11 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
         "as_of": Param("", type="string", description="ISO time to check as of; empty: the run's time"),
         "window_days": Param(1.0, type="number", minimum=0.01, description="recent traffic compared"),
         "maturity_days": Param(7.0, type="number", minimum=0, description="label delay to wait for"),
+        "feature_psi": Param(0.2, type="number", minimum=0, description="a feature drifts above this PSI"),
+        "share_of_features": Param(0.2, type="number", minimum=0, maximum=1, description="data drift from here"),
+        "score_psi": Param(0.25, type="number", minimum=0, description="score drift above this PSI"),
+        "max_relative_ap_drop": Param(0.3, type="number", minimum=0, maximum=1,
+                                      description="decay: labelled AP below holdout AP x (1 - this)"),
     },
 )
 def drift_monitor() -> None:
@@ -44,7 +49,9 @@ def drift_monitor() -> None:
 
         p = context["params"]
         return jobs.check_drift(as_of=run_as_of(context), window_days=p["window_days"],
-                                maturity_days=p["maturity_days"])
+                                maturity_days=p["maturity_days"], feature_psi=p["feature_psi"],
+                                share_of_features=p["share_of_features"], score_psi=p["score_psi"],
+                                max_relative_ap_drop=p["max_relative_ap_drop"])
 
     @task(doc_md="Serving CPU per 1,000 transactions, from the scorer's store, onto the champion's version.")
     def record_serving_cost() -> dict:

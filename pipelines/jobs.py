@@ -99,13 +99,17 @@ def rollback(reason: str, actor: str | None = None) -> dict:
     return asdict(back(_registry(), reason, actor))
 
 
-def check_drift(as_of: float, window_days: float = 1.0, maturity_days: float = 7.0,
-                store_url: str | None = None) -> dict:
+def check_drift(as_of: float, window_days: float = 1.0, maturity_days: float = 7.0, store_url: str | None = None,
+                feature_psi: float = 0.2, share_of_features: float = 0.2, score_psi: float = 0.25,
+                max_relative_ap_drop: float = 0.3) -> dict:
+    from pipelines.drift import DriftThresholds
     from pipelines.monitor import MonitorConfig
     from pipelines.monitor import check_drift as check
 
-    report = check(_store_url(store_url), _registry(), as_of,
-                   MonitorConfig(window_days=window_days, maturity_days=maturity_days))
+    config = MonitorConfig(window_days=window_days, maturity_days=maturity_days, score_psi=score_psi,
+                           max_relative_ap_drop=max_relative_ap_drop,
+                           thresholds=DriftThresholds(psi=feature_psi, share_of_features=share_of_features))
+    report = check(_store_url(store_url), _registry(), as_of, config)
     return {"as_of": as_of, "retrain": report.retrain, "summary": report.summary, "rows": report.rows,
             "champion_version": report.champion_version, "data_drift": report.data_drift,
             "score_drift": report.score_drift, "performance_decay": report.performance_decay,

@@ -78,6 +78,10 @@ def test_n_in_n_out_with_offline_identical_features_and_scores(broker, served, s
     online = np.array([orjson.loads(stored[t].features) for t in stream["transaction_id"]], dtype=float)
     assert np.array_equal(online, offline.to_numpy(), equal_nan=True)
     assert np.array_equal([stored[t].score for t in stream["transaction_id"]], offline_scores)
+    served_store = Store(config.store_url)
+    transactions_served, cpu_seconds = served_store.serving_cost("1")  # what the MLflow version tag is made of
+    served_store.close()
+    assert transactions_served == len(stream) and 0 < cpu_seconds < 60
     for tx_id, score in zip(stream["transaction_id"], offline_scores, strict=True):
         message = decided[tx_id]
         assert message["score"] == round(float(score), 6) and message["model_version"] == "1"
