@@ -130,6 +130,14 @@ def _log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
         mlflow.log_artifact(str(path), folder)
 
 
+def server_command(config: RegistryConfig, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """`mlflow server` over this store: the review UI (and a tracking server for other processes)."""
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", config.tracking_uri,
+            "--default-artifact-root", config.artifact_root, "--host", host, "--port", str(port), "--workers", "1"]
+
+
 def client(config: RegistryConfig) -> MlflowClient:
     config.point_mlflow()
     return MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)

@@ -142,36 +142,15 @@ def cmd_dag(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on embedded defaults: simulate a history, backfill the store, build and promote the first model."""
-    from pipelines import jobs
-    from pipelines.backfill import backfill
-    from pipelines.history import write_history
-    from pipelines.simulate import labels_of, simulate, summary
-    from pipelines.training_set import history_rows
-    from streaming.store import Store
+    """The whole system on embedded defaults: broker, MLflow UI, scorer, replay with drift, DAGs, hot swap, report."""
+    from pipelines.demo import DemoConfig, run
 
-    home = Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
-    history = simulate(_simulation_config(args), progress=True)
-    labels = labels_of(history)
-    write_history(home / "history", history, labels)
-    stats = summary(history)
-    print(f"simulated {stats['transactions']:,} transactions, {stats['frauds']:,} frauds -> {home / 'history'}")
-    store = Store("")
-    known = labels[labels["known_at"] <= history["time"].max()]
-    backfill(store, history, history_rows(history, labels, progress=True), known)
-    store.close()
-    built = jobs.build_training_set(None, maturity_days=7.0)
-    print(f"training set: {built['rows']:,} mature transactions, {built['frauds']:,} labelled frauds")
-    result = jobs.train(built["path"], trained_by="fraudloop demo")
-    verdict = jobs.validate(built["path"], result["version"])
-    print(f"version {result['version']}: train {result['train']}, holdout {result['test']}: AP "
-          f"{result['average_precision']:.3f}, CP@100 {result['card_precision_at_100']:.3f}, training "
-          f"{result['training_cpu_seconds']:.1f} CPU s / {result['training_peak_rss_mb']:.0f} MB; {verdict['summary']}")
-    if verdict["passed"]:
-        jobs.promote(result["version"], reason="first model (fraudloop demo): " + verdict["summary"])
-        print(f"version {result['version']} is the champion")
-    here = os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else "fraudloop"
-    print("\nReview it in the MLflow UI:\n  " + shlex.join([here, "ui"]) + "   (then open http://127.0.0.1:5000)")
+    if args.drift_after_days >= args.stream_days:
+        raise ValueError("--drift-after-days must fall inside --stream-days")
+    run(DemoConfig(customers=args.customers, terminals=args.terminals, history_days=args.history_days,
+                   stream_days=args.stream_days, drift_after_days=args.drift_after_days,
+                   seconds_per_day=args.seconds_per_day, seed=args.seed, ui_port=args.ui_port,
+                   keep_running=args.keep_running))
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -253,9 +232,9 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    reg = RegistryConfig.from_env()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reg.tracking_uri, "--default-artifact-root",
-               reg.artifact_root, "--host", args.host, "--port", str(args.port)]
+    from models.registry import server_command
+
+    command = server_command(RegistryConfig.from_env(), args.host, args.port)
     print("$ " + shlex.join(command), flush=True)
     os.execv(command[0], command)
 
@@ -264,8 +243,23 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fraudloop", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="main job: simulate, backfill, train, validate and promote the first model")
-    _add_simulation_options(p, customers=2_000, terminals=4_000, days=70)
+    p = sub.add_parser("demo", help="main job: the whole system end to end on loopback, then a report")
+    from pipelines.demo import DemoConfig
+
+    demo = DemoConfig()
+    p.add_argument("--customers", type=int, default=demo.customers, help=f"(default: {demo.customers})")
+    p.add_argument("--terminals", type=int, default=demo.terminals, help=f"(default: {demo.terminals})")
+    p.add_argument("--history-days", type=int, default=demo.history_days,
+                   help=f"simulated days before the stream (default: {demo.history_days})")
+    p.add_argument("--stream-days", type=int, default=demo.stream_days,
+                   help=f"simulated days streamed: a shorter or longer run (default: {demo.stream_days})")
+    p.add_argument("--drift-after-days", type=int, default=demo.drift_after_days,
+                   help=f"drift starts this far into the stream (default: {demo.drift_after_days})")
+    p.add_argument("--seconds-per-day", type=float, default=demo.seconds_per_day,
+                   help=f"wall seconds per streamed day (default: {demo.seconds_per_day:g})")
+    p.add_argument("--seed", type=int, default=demo.seed)
+    p.add_argument("--ui-port", type=int, default=demo.ui_port, help=f"MLflow server port (default: {demo.ui_port})")
+    p.add_argument("--keep-running", action="store_true", help="leave the broker, scorer and MLflow UI up")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="write a simulated history (Parquet) to a folder")

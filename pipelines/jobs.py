@@ -58,7 +58,9 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
         frame = frame.assign(is_fraud=np.random.default_rng(0).permutation(frame["is_fraud"].to_numpy()))
         trained_by += " (shuffled labels)"
     config = BuildConfig(train_days, delay_days, test_days, maturity_days, TrainParams(num_boost_round=num_boost_round))
-    result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by, source=training_set)
+    source = Path(training_set).resolve()
+    source = source.relative_to(_home()) if source.is_relative_to(_home()) else source
+    result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by, source=str(source))
     return {"version": result.model.version, "run_id": result.model.run_id, **result.split,
             **{k: round(v, 4) for k, v in result.metrics.items()}}
 

@@ -1,0 +1,388 @@
+"""The end-to-end demo: every real component on loopback, simulated days replayed at accelerated time.
+
+Development broker (Tansu), MLflow tracking server (the review UI), the scorer as its own process,
+labels arriving after their delay, drift injected part-way, and Airflow's `drift_monitor` and `retrain`
+DAGs run by Airflow's own runner as each simulated day closes. The scorer hot-swaps the champion the
+DAGs promote. Everything started here is stopped on exit or Ctrl-C unless asked to stay up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+
+DAY = 86_400.0
+TOPICS = ("transactions", "labels", "decisions", "transactions-dlq")
+# Retraining settings for a short run: 21 training days, 3 holdout days, labels mature after 4 days.
+RETRAIN = {"train_days": 21, "delay_days": 0, "test_days": 3, "maturity_days": 4.0, "num_boost_round": 300}
+MALFORMED = [b"not json", b'{"schema_version": 1, "transaction_id": "X1"}',
+             b'{"schema_version": 1, "transaction_id": "X2", "card_id": "C1", "terminal_id": "T1", '
+             b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": -5, "currency": "EUR"}']
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    customers: int = 2_000
+    terminals: int = 4_000
+    history_days: int = 35  # before the stream: the first champion's training data
+    stream_days: int = 15
+    drift_after_days: int = 3  # drift starts this many days into the stream
+    seconds_per_day: float = 5.0  # wall-clock seconds per simulated day while streaming
+    seed: int = 0
+    ui_port: int = 5000
+    keep_running: bool = False
+    home: Path = field(default_factory=lambda: Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "demo")
+
+
+@dataclass
+class Services:
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    closers: list = field(default_factory=list)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for close in reversed(self.closers):
+            close()
+
+
+def say(text: str) -> None:
+    print(f"\r\033[K[demo] {text}", flush=True)
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not answer on {url} within {timeout:.0f} s")
+
+
+def start_mlflow(config: DemoConfig, services: Services) -> str:
+    from models import registry
+
+    reg = registry.RegistryConfig.from_env(config.home)
+    log = open(config.home / "mlflow-server.log", "ab")  # noqa: SIM115 (closed with the services)
+    services.closers.append(log.close)
+    process = subprocess.Popen(registry.server_command(reg, "127.0.0.1", config.ui_port),
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    services.processes.append(process)
+    url = f"http://127.0.0.1:{config.ui_port}"
+    wait_http(f"{url}/health", process, 90, "the MLflow server")
+    return url
+
+
+def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics_port: int) -> None:
+    env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_MODEL_CHECK_SECONDS": "2"}
+    log = open(config.home / "scorer.log", "ab")  # noqa: SIM115 (closed with the services)
+    services.closers.append(log.close)
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--bootstrap", bootstrap,
+                                "--metrics-port", str(metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    services.processes.append(process)
+    wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process, 120, "the scorer")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The scorer's Prometheus metrics, flattened: name{labels} -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def histogram_quantile(values: dict[str, float], name: str, q: float) -> float | None:
+    """Upper bucket bound holding the q-quantile (Prometheus buckets are cumulative)."""
+    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in values.items()
+                     if k.startswith(f"{name}_bucket") and 'le="+Inf"' not in k)
+    total = values.get(f"{name}_count", 0.0)
+    if not total:
+        return None
+    return next((bound for bound, count in buckets if count >= q * total), float("inf"))
+
+
+class StatusLine(threading.Thread):
+    """One live line while streaming: transactions/s, p99, decisions by outcome, model version."""
+
+    def __init__(self, port: int, clock) -> None:
+        super().__init__(daemon=True)
+        self.port, self.clock, self.stop = port, clock, threading.Event()
+        self.extra = ""
+
+    def run(self) -> None:
+        last, last_at = 0.0, time.monotonic()
+        while not self.stop.wait(1.0):
+            with contextlib.suppress(OSError, ValueError):
+                m = scrape(self.port)
+                now = time.monotonic()
+                done = m.get("fraud_transactions_total", 0.0)
+                rate, last, last_at = (done - last) / (now - last_at), done, now
+                p99 = histogram_quantile(m, "fraud_end_to_end_seconds", 0.99)
+                outcome = {d: int(m.get(f'fraud_decisions_total{{decision="{d}"}}', 0))
+                           for d in ("approve", "review", "decline")}
+                version = next((int(v) for k, v in m.items() if k.startswith("fraud_model_version")), 0)
+                print(f"\r\033[K  {self.clock()} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 <= "
+                      f"{(p99 or 0) * 1000:.0f} ms | approve {outcome['approve']:,} review {outcome['review']:,} "
+                      f"decline {outcome['decline']:,} | model v{version}{self.extra}", end="", flush=True)
+
+
+@contextlib.contextmanager
+def running(config: DemoConfig) -> Iterator[Services]:
+    services = Services()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        yield services
+    finally:
+        if not config.keep_running:
+            say("stopping the scorer, the MLflow server and the broker")
+            services.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(config: DemoConfig) -> dict:
+    """The whole system, end to end; returns the report's numbers."""
+    from kafka import KafkaProducer
+
+    from pipelines import airflow_local, jobs
+    from pipelines.backfill import backfill
+    from pipelines.simulate import SimulationConfig, labels_of, simulate
+    from pipelines.training_set import history_rows
+    from streaming.broker import create_topics, free_port, start_broker
+    from streaming.replay import replay
+    from streaming.store import Store
+
+    shutil.rmtree(config.home, ignore_errors=True)
+    config.home.mkdir(parents=True)
+    os.environ["FRAUDLOOP_HOME"] = str(config.home)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "kafka", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    airflow_local.prepare(config.home / "airflow")
+    started = time.monotonic()
+
+    days = config.history_days + config.stream_days
+    sim = SimulationConfig(customers=config.customers, terminals=config.terminals, days=days, seed=config.seed,
+                           drift_day=config.history_days + config.drift_after_days, label_delay_days=2.0,
+                           label_delay_sigma=0.5)
+    history = simulate(sim, progress=True)
+    labels = labels_of(history)
+    start = float(history["time"].min()) // DAY * DAY
+    cut = start + config.history_days * DAY
+    past, stream = history[history["time"] < cut], history[history["time"] >= cut]
+    say(f"simulated {len(history):,} transactions over {days} days ({config.history_days} of history, "
+        f"{config.stream_days} to stream; drift from day {config.drift_after_days} of the stream)")
+
+    with running(config) as services:
+        broker = start_broker(log=config.home / "broker.log")
+        services.closers.append(broker.stop)
+        create_topics(broker.bootstrap, TOPICS, partitions=3)
+        ui = start_mlflow(config, services)
+        say(f"broker on {broker.bootstrap}; MLflow server (review UI) on {ui}")
+
+        store = Store("")
+        backfill(store, past, history_rows(past, labels, progress=True), labels[labels["known_at"] <= cut])
+        store.close()
+        first = jobs.build_training_set(cut, maturity_days=RETRAIN["maturity_days"], name="first")
+        model = jobs.train(first["path"], **{k: v for k, v in RETRAIN.items()}, trained_by="fraudloop demo")
+        verdict = jobs.validate(first["path"], model["version"])
+        if not verdict["passed"]:
+            raise RuntimeError(f"the first model failed validation: {verdict['summary']}")
+        jobs.promote(model["version"], reason="first model: " + verdict["summary"])
+        say(f"first champion: version {model['version']} (holdout AP {model['average_precision']:.3f}, "
+            f"{model['training_cpu_seconds']:.1f} CPU s to train)")
+        airflow_local.migrate()
+
+        metrics_port = free_port()
+        start_scorer(config, services, broker.bootstrap, metrics_port)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+        for value in MALFORMED:
+            producer.send("transactions", value=value)
+        stream_labels = labels[(labels["known_at"] >= cut) & (labels["known_at"] < start + days * DAY)]
+        status = StatusLine(metrics_port, lambda: status_day[0])
+        status_day = ["day 0"]
+        status.start()
+        replay_started = time.monotonic()
+        sent, runs = len(MALFORMED), []
+        for day in range(1, config.stream_days + 1):
+            status_day[0] = f"day {day:>2}/{config.stream_days}"
+            lo, hi = cut + (day - 1) * DAY, cut + day * DAY
+            today = replay(producer, stream[(stream["time"] >= lo) & (stream["time"] < hi)],
+                           stream_labels[(stream_labels["known_at"] >= lo) & (stream_labels["known_at"] < hi)],
+                           transactions_topic="transactions", labels_topic="labels",
+                           speedup=DAY / config.seconds_per_day, progress=False)
+            sent += today["transaction"] + today["label"]
+            wait_until_consumed(metrics_port, sent)
+            runs.append(close_day(day, hi, status, airflow_local))
+        producer.close()
+        status.stop.set()
+        status.join()
+        stream_seconds = time.monotonic() - replay_started
+        report = build_report(config, stream, cut, scrape(metrics_port), runs, stream_seconds,
+                              time.monotonic() - started, ui, broker.bootstrap)
+        print_report(report)
+        if config.keep_running:
+            say(f"services left running (MLflow UI {ui}, broker {broker.bootstrap}); stop them with Ctrl-C")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+            services.stop()
+        return report
+
+
+def close_day(day: int, as_of: float, status: StatusLine, airflow_local) -> dict:
+    """The simulated clock stops while the day's DAGs run: drift_monitor, then retrain if it confirmed drift
+    (what the scheduler does on the asset event). Their wall time is not the simulated system's."""
+    from datetime import UTC, datetime
+
+    conf = {"as_of": datetime.fromtimestamp(as_of, UTC).isoformat(), "maturity_days": RETRAIN["maturity_days"]}
+    status.extra = " | drift_monitor..."
+    monitor = airflow_local.run("drift_monitor", conf)
+    entry = {"day": day, "drift": monitor.get("signal_retrain") == "success", "retrain": None}
+    if entry["drift"]:
+        status.extra = " | drift confirmed: retrain..."
+        states = airflow_local.run("retrain", {**conf, **RETRAIN})
+        entry["retrain"] = "promoted" if states.get("promote") == "success" else (
+            "rejected" if states.get("reject") == "success" else "failed")
+    status.extra = ""
+    say(f"day {day} closed: drift {'confirmed' if entry['drift'] else 'not seen'}"
+        + (f"; retrain: challenger {entry['retrain']}" if entry["retrain"] else ""))
+    return entry
+
+
+def wait_until_consumed(port: int, expected: int, timeout: float = 120) -> None:
+    """Until the scorer has consumed `expected` messages (transactions, labels, dead letters)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = scrape(port)
+        if m.get("fraud_transactions_total", 0) + m.get("fraud_labels_total", 0) >= expected:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the scorer did not consume all {expected:,} messages within {timeout:.0f} s")
+
+
+def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
+    from models.metrics import evaluate
+
+    part = decisions[mask]
+    if part.empty or not part["is_fraud"].any():
+        return {"period": name, "transactions": int(len(part)), "frauds": int(part["is_fraud"].sum())}
+    scores = evaluate(part["event_time"].to_numpy(), part["card_id"].to_numpy(), part["is_fraud"].to_numpy(),
+                      part["score"].to_numpy())
+    return {"period": name, "transactions": int(len(part)), "frauds": int(part["is_fraud"].sum()),
+            "average_precision": scores["average_precision"], "card_precision_at_100": scores["card_precision_at_100"],
+            "versions": ", ".join(sorted(part["model_version"].unique()))}
+
+
+def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: dict[str, float], runs: list[dict],
+                 stream_seconds: float, total_seconds: float, ui: str, bootstrap: str) -> dict:
+    """Every number from this run: the store, the scorer's metrics, the registry."""
+    from models import registry
+    from pipelines import promote
+    from streaming.store import Store
+
+    store = Store("")
+    decisions = store.decisions_between(cut - 1, float("inf"))
+    costs = {v: store.serving_cost(v) for v in decisions["model_version"].unique()}
+    store.close()
+    truth = stream.set_index("transaction_id")["is_fraud"]
+    decisions["is_fraud"] = decisions["transaction_id"].map(truth).fillna(False).astype(bool)
+    drift_at = cut + config.drift_after_days * DAY
+    first_version = decisions.loc[decisions["event_time"].idxmin(), "model_version"]
+    old = (decisions["model_version"] == first_version).to_numpy()
+    when = decisions["event_time"].to_numpy()
+    final = decisions.loc[decisions["event_time"].idxmax(), "model_version"]
+    periods = [_period(decisions, old & (when < drift_at), "before drift, first champion"),
+               _period(decisions, old & (when >= drift_at), "after drift, first champion"),
+               _period(decisions, (decisions["model_version"] == final).to_numpy() & (when >= drift_at),
+                       "after retraining, last champion")]
+    by_version = [_period(decisions, (decisions["model_version"] == v).to_numpy(), f"served by v{v}")
+                  for v in sorted(decisions["model_version"].unique(), key=int)]
+    reg = registry.RegistryConfig.from_env()
+    versions = []
+    for version in sorted({*decisions["model_version"].unique(), *(registry.alias_version(reg, a) or "" for a in
+                                                                    (registry.CHAMPION, registry.CHALLENGER))} - {""},
+                          key=int):
+        tags = registry.version_info(reg, version).tags
+        served, cpu = costs.get(version, (0, 0.0))
+        versions.append({"version": version, "validation": tags.get("validation_status", "?"),
+                         "training_cpu_seconds": float(tags.get("training_cpu_seconds", "nan")),
+                         "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
+                         "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
+    latency = [histogram_quantile(metrics, "fraud_end_to_end_seconds", q) for q in (0.5, 0.99)]
+    return {
+        "scored": int(len(decisions)), "dead_letters": int(sum(v for k, v in metrics.items()
+                                                               if k.startswith("fraud_dead_letters_total"))),
+        "stream_seconds": stream_seconds, "throughput": len(decisions) / stream_seconds,
+        "latency_p50_ms": (latency[0] or 0) * 1000, "latency_p99_ms": (latency[1] or 0) * 1000,
+        "periods": periods, "by_version": by_version, "runs": runs, "moves": promote.history(reg)[::-1],
+        "versions": versions,
+        "total_seconds": total_seconds, "ui": ui, "bootstrap": bootstrap, "home": str(config.home),
+    }
+
+
+def print_report(r: dict) -> None:
+    print()
+    print("\n================ fraudloop demo: report (all numbers measured in this run) ================")
+    print(f"transactions scored: {r['scored']:,} in {r['stream_seconds']:.0f} s of streaming "
+          f"({r['throughput']:,.0f} tx/s, the replay's pace); dead letters: {r['dead_letters']}")
+    print(f"end-to-end latency (broker timestamp to decision acknowledged, histogram bucket bounds): "
+          f"p50 <= {r['latency_p50_ms']:.0f} ms, p99 <= {r['latency_p99_ms']:.0f} ms")
+    print("\nquality per period and per served version (ground truth from the simulator):")
+    for p in r["periods"] + r["by_version"]:
+        if "average_precision" in p:
+            print(f"  {p['period']:<40} AP {p['average_precision']:.3f}  CP@100 {p['card_precision_at_100']:.3f}"
+                  f"  ({p['transactions']:,} transactions, {p['frauds']:,} frauds; model v{p['versions']})")
+        else:
+            print(f"  {p['period']:<40} not measured ({p['transactions']:,} transactions, {p['frauds']} frauds)")
+    days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
+            for e in r["runs"]]
+    print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
+    print("\nchampion moves:")
+    for move in r["moves"]:
+        print(f"  {move.get('at', '?')} {move.get('action')} v{move.get('from_version')} -> v{move.get('to_version')}"
+              f" by {move.get('actor')}: {move.get('reason', '')[:160]}")
+    print("\ncost per model version:")
+    for v in r["versions"]:
+        serving = f"{v['serving_cpu_ms_per_1k']:.0f} CPU ms per 1,000 scored" if v["serving_cpu_ms_per_1k"] else "-"
+        print(f"  v{v['version']} ({v['validation']}): training {v['training_cpu_seconds']:.1f} CPU s, "
+              f"{v['training_peak_rss_mb']:.0f} MB peak RSS; served {v['served']:,}: {serving}")
+    print(f"\ndemo took {r['total_seconds']:.0f} s. Everything is under {r['home']}.")
+    print(f"Review the models in the MLflow UI: {r['ui']}/#/models/card-fraud (while it runs; `./dev demo "
+          "--keep-running` leaves it up, or `FRAUDLOOP_HOME=" + r["home"] + " .venv/bin/fraudloop ui` later)")
