@@ -43,3 +43,69 @@ def run(dag_id: str, conf: dict | None = None) -> dict[str, str]:
         raise ValueError(f"no DAG {dag_id!r} in {DAGS_FOLDER} (found: {', '.join(sorted(bag.dags))})")
     dag_run = bag.dags[dag_id].test(run_conf=conf or {})
     return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+RESULT_MARK = "@@dag-run "
+
+
+def serve() -> None:
+    """Run DAGs on request, one per stdin line `{"dag_id": ..., "conf": {...}}`, until stdin closes.
+
+    Each result is one stdout line starting with RESULT_MARK (Airflow may print other lines). A process of
+    its own, so the caller's Ctrl-C never lands inside a task (Airflow would record it as a task failure
+    and retry), and the caller can stop it at any time.
+    """
+    import json
+    import sys
+
+    migrate()
+    print(RESULT_MARK + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            states = run(request["dag_id"], request.get("conf"))
+            print(RESULT_MARK + json.dumps({"states": states}), flush=True)
+        except Exception as error:  # reported to the caller, which decides
+            print(RESULT_MARK + json.dumps({"error": f"{type(error).__name__}: {error}"}), flush=True)
+
+
+class Runner:
+    """The caller's side of `serve()`: a child process that runs DAGs on request."""
+
+    def __init__(self, home: Path, log) -> None:
+        import subprocess
+        import sys
+
+        env = {**os.environ}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"from pipelines import airflow_local as a; a.prepare(__import__('pathlib').Path("
+                                   f"{str(home)!r})); a.serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
+        self._answer()
+
+    def _answer(self) -> dict:
+        import json
+
+        for line in self.process.stdout:
+            if line.startswith(RESULT_MARK):
+                return json.loads(line[len(RESULT_MARK):])
+        raise RuntimeError(f"the DAG runner exited with code {self.process.wait()}")
+
+    def run(self, dag_id: str, conf: dict) -> dict[str, str]:
+        import json
+
+        self.process.stdin.write(json.dumps({"dag_id": dag_id, "conf": conf}) + "\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        if "error" in answer:
+            raise RuntimeError(f"DAG {dag_id}: {answer['error']}")
+        return answer["states"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except Exception:
+                self.process.kill()
+                self.process.wait()

@@ -98,7 +98,7 @@ def start_mlflow(config: DemoConfig, services: Services) -> str:
     return url
 
 
-def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics_port: int) -> None:
+def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics_port: int) -> subprocess.Popen:
     env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_MODEL_CHECK_SECONDS": "2"}
     log = open(config.home / "scorer.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
@@ -107,6 +107,7 @@ def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics
                                start_new_session=True)
     services.processes.append(process)
     wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process, 120, "the scorer")
+    return process
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -121,11 +122,14 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-def histogram_quantile(values: dict[str, float], name: str, q: float) -> float | None:
-    """Upper bucket bound holding the q-quantile (Prometheus buckets are cumulative)."""
-    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in values.items()
+def histogram_quantile(values: dict[str, float], name: str, q: float,
+                       since: dict[str, float] | None = None) -> float | None:
+    """Upper bucket bound holding the q-quantile (Prometheus buckets are cumulative); `since`: an earlier
+    scrape, for the quantile of what was observed in between."""
+    since = since or {}
+    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v - since.get(k, 0.0)) for k, v in values.items()
                      if k.startswith(f"{name}_bucket") and 'le="+Inf"' not in k)
-    total = values.get(f"{name}_count", 0.0)
+    total = values.get(f"{name}_count", 0.0) - since.get(f"{name}_count", 0.0)
     if not total:
         return None
     return next((bound for bound, count in buckets if count >= q * total), float("inf"))
@@ -140,18 +144,19 @@ class StatusLine(threading.Thread):
         self.extra = ""
 
     def run(self) -> None:
-        last, last_at = 0.0, time.monotonic()
+        last, last_at, recent = 0.0, time.monotonic(), [{}] * 5
         while not self.stop.wait(1.0):
             with contextlib.suppress(OSError, ValueError):
                 m = scrape(self.port)
                 now = time.monotonic()
                 done = m.get("fraud_transactions_total", 0.0)
                 rate, last, last_at = (done - last) / (now - last_at), done, now
-                p99 = histogram_quantile(m, "fraud_end_to_end_seconds", 0.99)
+                p99 = histogram_quantile(m, "fraud_end_to_end_seconds", 0.99, since=recent[0])  # last 5 s
+                recent = [*recent[1:], m]
                 outcome = {d: int(m.get(f'fraud_decisions_total{{decision="{d}"}}', 0))
                            for d in ("approve", "review", "decline")}
                 version = next((int(v) for k, v in m.items() if k.startswith("fraud_model_version")), 0)
-                print(f"\r\033[K  {self.clock()} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 <= "
+                print(f"\r\033[K  {self.clock()} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 (5 s) <= "
                       f"{(p99 or 0) * 1000:.0f} ms | approve {outcome['approve']:,} review {outcome['review']:,} "
                       f"decline {outcome['decline']:,} | model v{version}{self.extra}", end="", flush=True)
 
@@ -195,7 +200,6 @@ def run(config: DemoConfig) -> dict:
     for name in ("mlflow", "kafka", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    airflow_local.prepare(config.home / "airflow")
     started = time.monotonic()
 
     days = config.history_days + config.stream_days
@@ -228,13 +232,17 @@ def run(config: DemoConfig) -> dict:
         jobs.promote(model["version"], reason="first model: " + verdict["summary"])
         say(f"first champion: version {model['version']} (holdout AP {model['average_precision']:.3f}, "
             f"{model['training_cpu_seconds']:.1f} CPU s to train)")
-        airflow_local.migrate()
+        dag_log = open(config.home / "airflow-runs.log", "ab")  # noqa: SIM115 (closed with the services)
+        dags = airflow_local.Runner(config.home / "airflow", dag_log)
+        services.closers += [dag_log.close, dags.stop]
 
         metrics_port = free_port()
-        start_scorer(config, services, broker.bootstrap, metrics_port)
+        scorer = start_scorer(config, services, broker.bootstrap, metrics_port)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
         for value in MALFORMED:
             producer.send("transactions", value=value)
+        producer.flush()
+        wait_until_consumed(metrics_port, len(MALFORMED))  # the scorer has joined its group and is consuming
         stream_labels = labels[(labels["known_at"] >= cut) & (labels["known_at"] < start + days * DAY)]
         status = StatusLine(metrics_port, lambda: status_day[0])
         status_day = ["day 0"]
@@ -250,12 +258,16 @@ def run(config: DemoConfig) -> dict:
                            speedup=DAY / config.seconds_per_day, progress=False)
             sent += today["transaction"] + today["label"]
             wait_until_consumed(metrics_port, sent)
-            runs.append(close_day(day, hi, status, airflow_local))
+            runs.append(close_day(day, hi, status, dags))
         producer.close()
         status.stop.set()
         status.join()
         stream_seconds = time.monotonic() - replay_started
-        report = build_report(config, stream, cut, scrape(metrics_port), runs, stream_seconds,
+        metrics = scrape(metrics_port)
+        if not config.keep_running:  # a graceful stop also writes the scorer's last serving costs
+            scorer.send_signal(signal.SIGTERM)
+            scorer.wait(timeout=60)
+        report = build_report(config, stream, cut, metrics, runs, stream_seconds,
                               time.monotonic() - started, ui, broker.bootstrap)
         print_report(report)
         if config.keep_running:
@@ -266,18 +278,18 @@ def run(config: DemoConfig) -> dict:
         return report
 
 
-def close_day(day: int, as_of: float, status: StatusLine, airflow_local) -> dict:
+def close_day(day: int, as_of: float, status: StatusLine, dags) -> dict:
     """The simulated clock stops while the day's DAGs run: drift_monitor, then retrain if it confirmed drift
     (what the scheduler does on the asset event). Their wall time is not the simulated system's."""
     from datetime import UTC, datetime
 
     conf = {"as_of": datetime.fromtimestamp(as_of, UTC).isoformat(), "maturity_days": RETRAIN["maturity_days"]}
     status.extra = " | drift_monitor..."
-    monitor = airflow_local.run("drift_monitor", conf)
+    monitor = dags.run("drift_monitor", conf)
     entry = {"day": day, "drift": monitor.get("signal_retrain") == "success", "retrain": None}
     if entry["drift"]:
         status.extra = " | drift confirmed: retrain..."
-        states = airflow_local.run("retrain", {**conf, **RETRAIN})
+        states = dags.run("retrain", {**conf, **RETRAIN})
         entry["retrain"] = "promoted" if states.get("promote") == "success" else (
             "rejected" if states.get("reject") == "success" else "failed")
     status.extra = ""
@@ -376,7 +388,8 @@ def print_report(r: dict) -> None:
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
     print("\nchampion moves:")
     for move in r["moves"]:
-        print(f"  {move.get('at', '?')} {move.get('action')} v{move.get('from_version')} -> v{move.get('to_version')}"
+        before = "" if move.get("from_version") in (None, "none") else f"v{move.get('from_version')} -> "
+        print(f"  {move.get('at', '?')} {move.get('action')} {before}v{move.get('to_version')}"
               f" by {move.get('actor')}: {move.get('reason', '')[:160]}")
     print("\ncost per model version:")
     for v in r["versions"]:
@@ -384,5 +397,5 @@ def print_report(r: dict) -> None:
         print(f"  v{v['version']} ({v['validation']}): training {v['training_cpu_seconds']:.1f} CPU s, "
               f"{v['training_peak_rss_mb']:.0f} MB peak RSS; served {v['served']:,}: {serving}")
     print(f"\ndemo took {r['total_seconds']:.0f} s. Everything is under {r['home']}.")
-    print(f"Review the models in the MLflow UI: {r['ui']}/#/models/card-fraud (while it runs; `./dev demo "
-          "--keep-running` leaves it up, or `FRAUDLOOP_HOME=" + r["home"] + " .venv/bin/fraudloop ui` later)")
+    print(f"The review UI: {r['ui']}/#/models/card-fraud while the demo runs; `./dev demo --keep-running` leaves "
+          f"it up, or later: FRAUDLOOP_HOME={r['home']} .venv/bin/fraudloop ui")
