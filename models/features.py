@@ -144,6 +144,11 @@ class FeatureState:
         if self.watermark - self._swept_at > SWEEP_EVERY:
             self.prune()
 
+    def record(self, tx: Transaction) -> None:
+        """Take `tx` into the state without computing its features (another scorer instance scored it)."""
+        if tx.transaction_id not in self.seen:
+            self._record(tx)
+
     def transform(self, tx: Transaction) -> list[float]:
         """Features of `tx` given everything seen so far (itself included); records it once."""
         if tx.transaction_id not in self.seen:

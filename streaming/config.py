@@ -34,6 +34,7 @@ class ScorerConfig:
     model_alias: str = "champion"
     model_check_seconds: float = 5.0
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
+    shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     kafka: dict[str, Any] = field(default_factory=lambda: dict(CONSUMER_DEFAULTS))  # extra kafka-python settings

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from models.features import CARD_RETENTION, TERMINAL_RETENTION, FeatureState, replay
@@ -27,6 +27,7 @@ from streaming.config import ScorerConfig
 from streaming.metrics import ScorerMetrics
 from streaming.model import ModelHolder
 from streaming.scorer import BatchResult, Message, Scorer
+from streaming.shared_state import SharedEvents
 from streaming.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,18 @@ class ScorerService:
         self.model = ModelHolder.from_registry(registry, config.model_alias, config.model_check_seconds,
                                                on_event=self._model_event)
         self.scorer = Scorer(config, FeatureState())
+        # Several instances in one group share their events through Redis (see shared_state.py).
+        self.shared = (SharedEvents(config.shared_state_url, stream=f"fraudloop:{config.group_id}:feature-events")
+                       if config.shared_state_url else None)
+        if self.shared:
+            self.shared.mark_start()  # before the rebuild: what is published meanwhile is applied after it
         self.adopt_state(rebuild_state(self.store))
+        if self.shared:
+            log.info("applied %d events shared by other instances", self.shared.apply_others(self.scorer.state))
         client = config.client_settings()
-        self.consumer = KafkaConsumer(
-            config.transactions_topic, config.labels_topic, group_id=config.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=config.batch_size, **client)
+        self.consumer = KafkaConsumer(group_id=config.group_id, enable_auto_commit=False,
+                                      auto_offset_reset="earliest", max_poll_records=config.batch_size, **client)
+        self.consumer.subscribe([config.transactions_topic, config.labels_topic], listener=_Rebalance(self))
         self.producer = KafkaProducer(acks="all", linger_ms=2, batch_size=256 * 1024,
                                       **{k: v for k, v in client.items() if k not in _CONSUMER_ONLY})
         self._lag_checked = 0.0
@@ -108,8 +116,12 @@ class ScorerService:
         started, cpu = time.perf_counter(), time.process_time()
         messages = [Message(r.topic, r.partition, r.offset, r.timestamp, r.value)
                     for records in polled.values() for r in records]
+        if self.shared:
+            self.shared.apply_others(self.scorer.state)
         result = self.scorer.process(messages, self.model.current)
         self.store.write(result.rows, result.labels, self._take_costs())
+        if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
+            self.shared.publish([row.tx for row in result.rows], result.labels)
         pending = [self.producer.send(self.config.decisions_topic, key=d["card_id"].encode(), value=orjson.dumps(d))
                    for d in result.decisions]
         pending += [self.producer.send(self.config.dead_letter_topic, value=dead.message.value, headers=[
@@ -140,6 +152,17 @@ class ScorerService:
             return None
         taken, self._costs, self._costs_written = self._costs, {}, time.monotonic()
         return taken
+
+    def hand_over(self, revoked: set[TopicPartition]) -> None:
+        """Partitions leave this instance: commit what it processed of them, and forget them."""
+        offsets = {tp: offset for tp, offset in self._processed.items() if tp in revoked}
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except Exception as error:  # the new owner will get the batch again; the state absorbs it
+                log.warning("commit on revocation failed: %s", error)
+        for tp in revoked:
+            self._processed.pop(tp, None)
 
     def _committed(self, offsets: dict, response: object) -> None:
         if isinstance(response, Exception):
@@ -185,7 +208,20 @@ class ScorerService:
         self.consumer.close(autocommit=False)
         self.producer.close()
         self.store.close()
+        if self.shared:
+            self.shared.close()
         log.info("scorer stopped")
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: ScorerService) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.service.hand_over(set(revoked))
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 
 _CONSUMER_ONLY = {"session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "max_poll_records",

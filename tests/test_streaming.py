@@ -220,3 +220,31 @@ def test_promotion_mid_stream_is_picked_up_and_a_broken_version_refused(
     assert {decided[t]["model_version"] for t in third["transaction_id"]} == {better.model.version}
     assert service.metrics.model_events.labels("refused")._value.get() == 1
     assert service.metrics.model_events.labels("swapped")._value.get() == 2
+
+
+def test_two_instances_share_state_through_redis_and_a_rebalance_loses_nothing(
+    broker, served, small_history, tmp_path, redis_url
+):
+    registry, booster, _ = served
+    stream = small_history.head(6_000)
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", shared_state_url=redis_url)
+    with RunningScorer(config, registry) as survivor:
+        with RunningScorer(config, registry) as leaving:
+            deadline = time.monotonic() + 60
+            while not (survivor.consumer.assignment() and leaving.consumer.assignment()):
+                assert time.monotonic() < deadline, "the two instances did not share the partitions"
+                time.sleep(0.2)
+            send_transactions(broker.bootstrap, config.transactions_topic, stream.iloc[:3_000])
+            read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(decisions_by_id(r)) >= 3_000)
+            assert leaving.metrics.transactions._value.get() > 0 and survivor.metrics.transactions._value.get() > 0
+        # The second instance leaves: a rebalance gives the survivor its partitions, and their cards.
+        send_transactions(broker.bootstrap, config.transactions_topic, stream.iloc[3_000:])
+        records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(decisions_by_id(r)) >= 6_000)
+    decided = decisions_by_id(records)
+    assert set(decided) == set(stream["transaction_id"])  # nothing lost across the rebalance
+
+    offline = compute_features(stream, small_history.iloc[:0][["transaction_id"]].assign(is_fraud=True, known_at=0.0))
+    stored = stored_rows(config.store_url)
+    online = np.array([orjson.loads(stored[t].features) for t in stream["transaction_id"]], dtype=float)
+    # Every card's history was known to whichever instance scored it: the features of one state.
+    assert np.array_equal(online, offline.to_numpy(), equal_nan=True)
