@@ -31,7 +31,7 @@ from models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay
 from models.registry import CHAMPION, RegistryConfig, set_alias
 from models.schema import parse_transaction, transaction_record
 from pipelines.simulate import SimulationConfig, labels_of, simulate
-from pipelines.train import build_model
+from pipelines.train import BuildConfig, build_model
 from streaming.broker import create_topics, start_broker
 from streaming.config import CONSUMER_DEFAULTS, ScorerConfig
 from streaming.service import ScorerService
@@ -169,7 +169,7 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
     labels = labels_of(history)
     warm_end = len(history) - n - naive_n  # everything before the benchmarked stream warms the feature state
     built = build_model(history.iloc[:warm_end], labels[labels["known_at"] <= history["time"].iloc[warm_end - 1]],
-                        registry, progress=False)
+                        registry, BuildConfig(train_days=21), progress=False)
     set_alias(registry, CHAMPION, built.model.version)
 
     def warm_state() -> FeatureState:

@@ -154,13 +154,14 @@ class ScorerService:
         return taken
 
     def hand_over(self, revoked: set[TopicPartition]) -> None:
-        """Partitions leave this instance: commit what it processed of them, and forget them."""
+        """Partitions leave this instance: commit what it processed of them, and forget them.
+
+        kafka-python 3 calls rebalance listeners on its IO thread, where a blocking commit is refused: the
+        commit is sent asynchronously, ahead of the group's rejoin. Were it lost, the new owner would get
+        the batch again, which the idempotent state and store absorb."""
         offsets = {tp: offset for tp, offset in self._processed.items() if tp in revoked}
         if offsets:
-            try:
-                self.consumer.commit(offsets)
-            except Exception as error:  # the new owner will get the batch again; the state absorbs it
-                log.warning("commit on revocation failed: %s", error)
+            self.consumer.commit_async(offsets, callback=self._committed)
         for tp in revoked:
             self._processed.pop(tp, None)
 
