@@ -156,8 +156,9 @@ class StatusLine(threading.Thread):
                 outcome = {d: int(m.get(f'fraud_decisions_total{{decision="{d}"}}', 0))
                            for d in ("approve", "review", "decline")}
                 version = next((int(v) for k, v in m.items() if k.startswith("fraud_model_version")), 0)
-                print(f"\r\033[K  {self.clock()} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 (5 s) <= "
-                      f"{(p99 or 0) * 1000:.0f} ms | approve {outcome['approve']:,} review {outcome['review']:,} "
+                latency = f"<= {p99 * 1000:.0f} ms" if p99 else "-"
+                print(f"\r\033[K  {self.clock()} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 (5 s) {latency}"
+                      f" | approve {outcome['approve']:,} review {outcome['review']:,} "
                       f"decline {outcome['decline']:,} | model v{version}{self.extra}", end="", flush=True)
 
 
