@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -87,6 +88,9 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, what: str) ->
 def start_mlflow(config: DemoConfig, services: Services) -> str:
     from models import registry
 
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", config.ui_port)) == 0:
+            raise RuntimeError(f"port {config.ui_port} is already in use: choose another with --ui-port")
     reg = registry.RegistryConfig.from_env(config.home)
     log = open(config.home / "mlflow-server.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
