@@ -80,6 +80,10 @@ class Store:
         metadata.create_all(self.engine)
         self._upsert = _dialect_insert(self.engine.dialect.name)
         self._insert = lambda table: self._upsert(table).on_conflict_do_nothing()
+        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        columns = [c.name for c in decisions.columns]
+        self._insert_decisions_sql = (f"INSERT INTO decisions ({', '.join(columns)}) VALUES "
+                                      f"({', '.join([marker] * len(columns))}) ON CONFLICT DO NOTHING")
         with self.engine.begin() as db:
             names = orjson.dumps(FEATURE_NAMES).decode()
             db.execute(self._insert(feature_sets), [{"name": "current", "features": names}])
@@ -91,14 +95,13 @@ class Store:
         `costs`: transactions and CPU seconds spent per model version since the last write, added up.
         """
         with self.engine.begin() as db:
-            self.insert(db, [
-                {"transaction_id": r.tx.transaction_id, "card_id": r.tx.card_id, "terminal_id": r.tx.terminal_id,
-                 "event_time": r.tx.time, "amount_cents": r.tx.amount_cents, "score": r.score,
-                 "decision": r.decision, "model_version": r.model_version,
-                 "features": orjson.dumps(list(r.features)).decode(), "decided_at": r.decided_at}
-                for r in rows
-            ], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud, "known_at": lb.known_at}
-                for lb in new_labels])
+            if rows:  # the hot path: one driver-level executemany, no per-row parameter building
+                db.exec_driver_sql(self._insert_decisions_sql, [
+                    (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
+                     r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at)
+                    for r in rows])
+            self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
+                                  "known_at": lb.known_at} for lb in new_labels])
             for version, (count, cpu) in (costs or {}).items():
                 upsert = self._upsert(serving_costs).values(model_version=version, transactions=count, cpu_seconds=cpu)
                 db.execute(upsert.on_conflict_do_update(index_elements=["model_version"], set_={
