@@ -22,12 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-
+from pipelines.demo_report import build_report, histogram_quantile, print_report, scrape
 
 DAY = 86_400.0
 TOPICS = ("transactions", "labels", "decisions", "transactions-dlq")
@@ -112,31 +108,6 @@ def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics
     services.processes.append(process)
     wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process, 120, "the scorer")
     return process
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The scorer's Prometheus metrics, flattened: name{labels} -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
-def histogram_quantile(values: dict[str, float], name: str, q: float,
-                       since: dict[str, float] | None = None) -> float | None:
-    """Upper bucket bound holding the q-quantile (Prometheus buckets are cumulative); `since`: an earlier
-    scrape, for the quantile of what was observed in between."""
-    since = since or {}
-    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v - since.get(k, 0.0)) for k, v in values.items()
-                     if k.startswith(f"{name}_bucket") and 'le="+Inf"' not in k)
-    total = values.get(f"{name}_count", 0.0) - since.get(f"{name}_count", 0.0)
-    if not total:
-        return None
-    return next((bound for bound, count in buckets if count >= q * total), float("inf"))
 
 
 class StatusLine(threading.Thread):
@@ -312,95 +283,3 @@ def wait_until_consumed(port: int, expected: int, timeout: float = 120) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError(f"the scorer did not consume all {expected:,} messages within {timeout:.0f} s")
-
-
-def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
-    from models.metrics import evaluate
-
-    part = decisions[mask]
-    if part.empty or not part["is_fraud"].any():
-        return {"period": name, "transactions": int(len(part)), "frauds": int(part["is_fraud"].sum())}
-    scores = evaluate(part["event_time"].to_numpy(), part["card_id"].to_numpy(), part["is_fraud"].to_numpy(),
-                      part["score"].to_numpy())
-    return {"period": name, "transactions": int(len(part)), "frauds": int(part["is_fraud"].sum()),
-            "average_precision": scores["average_precision"], "card_precision_at_100": scores["card_precision_at_100"],
-            "versions": ", ".join(sorted(part["model_version"].unique()))}
-
-
-def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: dict[str, float], runs: list[dict],
-                 stream_seconds: float, total_seconds: float, ui: str, bootstrap: str) -> dict:
-    """Every number from this run: the store, the scorer's metrics, the registry."""
-    from models import registry
-    from pipelines import promote
-    from streaming.store import Store
-
-    store = Store("")
-    decisions = store.decisions_between(cut - 1, float("inf"))
-    costs = {v: store.serving_cost(v) for v in decisions["model_version"].unique()}
-    store.close()
-    truth = stream.set_index("transaction_id")["is_fraud"]
-    decisions["is_fraud"] = decisions["transaction_id"].map(truth).fillna(False).astype(bool)
-    drift_at = cut + config.drift_after_days * DAY
-    first_version = decisions.loc[decisions["event_time"].idxmin(), "model_version"]
-    old = (decisions["model_version"] == first_version).to_numpy()
-    when = decisions["event_time"].to_numpy()
-    final = decisions.loc[decisions["event_time"].idxmax(), "model_version"]
-    periods = [_period(decisions, old & (when < drift_at), "before drift, first champion"),
-               _period(decisions, old & (when >= drift_at), "after drift, first champion"),
-               _period(decisions, (decisions["model_version"] == final).to_numpy() & (when >= drift_at),
-                       "after retraining, last champion")]
-    by_version = [_period(decisions, (decisions["model_version"] == v).to_numpy(), f"served by v{v}")
-                  for v in sorted(decisions["model_version"].unique(), key=int)]
-    reg = registry.RegistryConfig.from_env()
-    versions = []
-    for version in sorted({*decisions["model_version"].unique(), *(registry.alias_version(reg, a) or "" for a in
-                                                                    (registry.CHAMPION, registry.CHALLENGER))} - {""},
-                          key=int):
-        tags = registry.version_info(reg, version).tags
-        served, cpu = costs.get(version, (0, 0.0))
-        versions.append({"version": version, "validation": tags.get("validation_status", "?"),
-                         "training_cpu_seconds": float(tags.get("training_cpu_seconds", "nan")),
-                         "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
-                         "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
-    latency = [histogram_quantile(metrics, "fraud_end_to_end_seconds", q) for q in (0.5, 0.99)]
-    return {
-        "scored": int(len(decisions)), "dead_letters": int(sum(v for k, v in metrics.items()
-                                                               if k.startswith("fraud_dead_letters_total"))),
-        "stream_seconds": stream_seconds, "throughput": len(decisions) / stream_seconds,
-        "latency_p50_ms": (latency[0] or 0) * 1000, "latency_p99_ms": (latency[1] or 0) * 1000,
-        "periods": periods, "by_version": by_version, "runs": runs, "moves": promote.history(reg)[::-1],
-        "versions": versions,
-        "total_seconds": total_seconds, "ui": ui, "bootstrap": bootstrap, "home": str(config.home),
-    }
-
-
-def print_report(r: dict) -> None:
-    print()
-    print("\n================ fraudloop demo: report (all numbers measured in this run) ================")
-    print(f"transactions scored: {r['scored']:,} in {r['stream_seconds']:.0f} s of streaming "
-          f"({r['throughput']:,.0f} tx/s, the replay's pace); dead letters: {r['dead_letters']}")
-    print(f"end-to-end latency (broker timestamp to decision acknowledged, histogram bucket bounds): "
-          f"p50 <= {r['latency_p50_ms']:.0f} ms, p99 <= {r['latency_p99_ms']:.0f} ms")
-    print("\nquality per period and per served version (ground truth from the simulator):")
-    for p in r["periods"] + r["by_version"]:
-        if "average_precision" in p:
-            print(f"  {p['period']:<40} AP {p['average_precision']:.3f}  CP@100 {p['card_precision_at_100']:.3f}"
-                  f"  ({p['transactions']:,} transactions, {p['frauds']:,} frauds; model v{p['versions']})")
-        else:
-            print(f"  {p['period']:<40} not measured ({p['transactions']:,} transactions, {p['frauds']} frauds)")
-    days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
-            for e in r["runs"]]
-    print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
-    print("\nchampion moves:")
-    for move in r["moves"]:
-        before = "" if move.get("from_version") in (None, "none") else f"v{move.get('from_version')} -> "
-        print(f"  {move.get('at', '?')} {move.get('action')} {before}v{move.get('to_version')}"
-              f" by {move.get('actor')}: {move.get('reason', '')[:160]}")
-    print("\ncost per model version:")
-    for v in r["versions"]:
-        serving = f"{v['serving_cpu_ms_per_1k']:.0f} CPU ms per 1,000 scored" if v["serving_cpu_ms_per_1k"] else "-"
-        print(f"  v{v['version']} ({v['validation']}): training {v['training_cpu_seconds']:.1f} CPU s, "
-              f"{v['training_peak_rss_mb']:.0f} MB peak RSS; served {v['served']:,}: {serving}")
-    print(f"\ndemo took {r['total_seconds']:.0f} s. Everything is under {r['home']}.")
-    print(f"The review UI: {r['ui']}/#/models/card-fraud while the demo runs; `./dev demo --keep-running` leaves "
-          f"it up, or later: FRAUDLOOP_HOME={r['home']} .venv/bin/fraudloop ui")
