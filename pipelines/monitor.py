@@ -83,11 +83,12 @@ def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndar
         recent_ap = float(average_precision_score(labelled["is_fraud"], labelled["score"]))
     return DriftReport(
         as_of=as_of, champion_version=version, rows=len(recent),
-        data_drift=enough and data_drifted(table, config.thresholds),
+        data_drift=bool(enough and data_drifted(table, config.thresholds)),
         drifted_share=float(table["drifted"].mean()) if len(table) else 0.0,
-        score_psi=score_psi, score_drift=enough_scores and score_psi > config.score_psi,
+        score_psi=score_psi, score_drift=bool(enough_scores and score_psi > config.score_psi),
         recent_average_precision=recent_ap, reference_average_precision=reference_ap,
-        performance_decay=recent_ap is not None and recent_ap < reference_ap * (1 - config.max_relative_ap_drop),
+        performance_decay=bool(recent_ap is not None
+                               and recent_ap < reference_ap * (1 - config.max_relative_ap_drop)),
         table=table,
     )
 

@@ -47,3 +47,35 @@ def test_the_simulators_drift_is_flagged_and_its_absence_is_not():
     assert calm["psi"].max() < drifted["psi"].max()
     assert isinstance(drifted, pd.DataFrame) and list(drifted.columns) == ["feature", "psi", "jensen_shannon", "ks",
                                                                            "drifted"]
+
+
+def _traffic(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    from models.features import FEATURE_NAMES
+
+    values = np.random.default_rng(seed).normal(shift, 1, (n, len(FEATURE_NAMES)))
+    return pd.DataFrame(values, columns=list(FEATURE_NAMES))
+
+
+def test_the_monitor_verdict_combines_data_score_and_performance_signals():
+    from pipelines.monitor import MonitorConfig, assess
+
+    rng = np.random.default_rng(3)
+    reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000))
+    labelled_well = pd.DataFrame({"score": np.r_[rng.uniform(0.5, 1, 30), rng.uniform(0, 0.5, 970)],
+                                  "is_fraud": np.r_[np.ones(30, bool), np.zeros(970, bool)]})
+    calm = assess(reference, _traffic(2_000, seed=1), rng.beta(1, 20, 2_000), labelled_well, 0.8, 0.0, "1")
+    assert not calm.retrain and calm.summary.startswith("stable")
+
+    moved = assess(reference, _traffic(2_000, shift=1.0, seed=2), rng.beta(1, 20, 2_000), labelled_well, 0.8, 0.0, "1")
+    assert moved.data_drift and moved.retrain and not moved.score_drift
+
+    scores_up = assess(reference, _traffic(2_000, seed=4), rng.beta(5, 5, 2_000), labelled_well, 0.8, 0.0, "1")
+    assert scores_up.score_drift and not scores_up.data_drift
+
+    labelled_badly = labelled_well.assign(score=rng.uniform(0, 1, 1_000))
+    decayed = assess(reference, _traffic(2_000, seed=5), rng.beta(1, 20, 2_000), labelled_badly, 0.8, 0.0, "1")
+    assert decayed.performance_decay and decayed.retrain and decayed.recent_average_precision < 0.2
+
+    few = assess(reference, _traffic(50, shift=3.0, seed=6), rng.beta(5, 5, 50), labelled_well.head(5), 0.8, 0.0, "1",
+                 MonitorConfig(min_rows=200))
+    assert not few.retrain and few.recent_average_precision is None  # too little to judge, not an alarm
