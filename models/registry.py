@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
 from models.features import FEATURE_NAMES
 
 DEFAULT_MODEL_NAME = "card-fraud"
-CHAMPION, CHALLENGER = "champion", "challenger"
 FEATURE_SPEC_FILE = "feature_spec.json"
 
 

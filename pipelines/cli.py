@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from models.registry import CHAMPION, RegistryConfig
+from models.aliases import CHAMPION, PREVIOUS_CHAMPION
 from models.schema import InvalidRecord
 from pipelines.simulate import SimulationConfig
 
@@ -196,6 +196,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap, metrics_port=args.metrics_port,
                                group_id=args.group_id)
     stop = stop_on_signals()
+    from models.registry import RegistryConfig
+
     ScorerService(config, RegistryConfig.from_env()).run(stop)
 
 
@@ -232,7 +234,7 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from models.registry import server_command
+    from models.registry import RegistryConfig, server_command
 
     command = server_command(RegistryConfig.from_env(), args.host, args.port)
     print("$ " + shlex.join(command), flush=True)
@@ -299,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("rollback", help=f"move '{CHAMPION}' back to 'previous_champion'")
+    p = sub.add_parser("rollback", help=f"move '{CHAMPION}' back to '{PREVIOUS_CHAMPION}'")
     p.add_argument("--reason", required=True)
     p.set_defaults(func=cmd_rollback)
 

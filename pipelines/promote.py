@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import mlflow
 
 from models import registry
-
-PREVIOUS_CHAMPION = "previous_champion"
+from models.aliases import PREVIOUS_CHAMPION
 
 
 @dataclass(frozen=True)
