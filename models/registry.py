@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
 from models.features import FEATURE_NAMES
+from models.home import fraudloop_home
 
 DEFAULT_MODEL_NAME = "card-fraud"
 FEATURE_SPEC_FILE = "feature_spec.json"
@@ -39,7 +40,7 @@ class RegistryConfig:
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None) -> RegistryConfig:
-        base = Path(home or os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+        base = Path(home).resolve() if home else fraudloop_home()
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
             base.mkdir(parents=True, exist_ok=True)
@@ -176,8 +177,8 @@ def tag_version(config: RegistryConfig, version: str, tags: dict[str, str]) -> N
 
 
 def load_run_frame(config: RegistryConfig, run_id: str, artifact_file: str) -> pd.DataFrame:
+    config.point_mlflow()
     with tempfile.TemporaryDirectory() as tmp:
-        client(config)
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file, dst_path=tmp,
                                                     tracking_uri=config.tracking_uri)
         return pd.read_parquet(local)
@@ -185,8 +186,7 @@ def load_run_frame(config: RegistryConfig, run_id: str, artifact_file: str) -> p
 
 def load_booster(config: RegistryConfig, alias: str = CHAMPION) -> tuple[lgb.Booster, str]:
     """The native LightGBM booster behind `models:/<name>@<alias>` and its version number."""
-    client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
-    version = client.get_model_version_by_alias(config.model_name, alias).version
+    version = client(config).get_model_version_by_alias(config.model_name, alias).version
     return load_version(config, version), str(version)
 
 

@@ -133,7 +133,9 @@ def cmd_dag(args: argparse.Namespace) -> None:
     from pipelines import airflow_local
 
     conf = json.loads(args.conf) if args.conf else {}
-    airflow_local.prepare(Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "airflow")
+    from models.home import fraudloop_home
+
+    airflow_local.prepare(fraudloop_home() / "airflow")
     airflow_local.migrate()
     states = airflow_local.run(args.dag_id, conf)
     _print_json(states)

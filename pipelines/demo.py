@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.home import fraudloop_home
 from pipelines.demo_report import build_report, histogram_quantile, print_report, scrape
 
 DAY = 86_400.0
@@ -45,7 +46,7 @@ class DemoConfig:
     seed: int = 0
     ui_port: int = 5000
     keep_running: bool = False
-    home: Path = field(default_factory=lambda: Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "demo")
+    home: Path = field(default_factory=lambda: fraudloop_home() / "demo")
 
 
 @dataclass
@@ -113,10 +114,10 @@ def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics
 class StatusLine(threading.Thread):
     """One live line while streaming: transactions/s, p99, decisions by outcome, model version."""
 
-    def __init__(self, port: int, clock) -> None:
+    def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
-        self.port, self.clock, self.stop = port, clock, threading.Event()
-        self.extra = ""
+        self.port, self.stop = port, threading.Event()
+        self.day, self.extra = "day 0", ""  # set by the demo as it goes
 
     def run(self) -> None:
         last, last_at, recent = 0.0, time.monotonic(), [{}] * 5
@@ -132,7 +133,7 @@ class StatusLine(threading.Thread):
                            for d in ("approve", "review", "decline")}
                 version = next((int(v) for k, v in m.items() if k.startswith("fraud_model_version")), 0)
                 latency = f"<= {p99 * 1000:.0f} ms" if p99 else "-"
-                print(f"\r\033[K  {self.clock()} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 (5 s) {latency}"
+                print(f"\r\033[K  {self.day} | {done:>8,.0f} scored, {rate:>6,.0f} tx/s | p99 (5 s) {latency}"
                       f" | approve {outcome['approve']:,} review {outcome['review']:,} "
                       f"decline {outcome['decline']:,} | model v{version}{self.extra}", end="", flush=True)
 
@@ -201,7 +202,7 @@ def run(config: DemoConfig) -> dict:
         backfill(store, past, history_rows(past, labels, progress=True), labels[labels["known_at"] <= cut])
         store.close()
         first = jobs.build_training_set(cut, maturity_days=RETRAIN["maturity_days"], name="first")
-        model = jobs.train(first["path"], **{k: v for k, v in RETRAIN.items()}, trained_by="fraudloop demo")
+        model = jobs.train(first["path"], **RETRAIN, trained_by="fraudloop demo")
         verdict = jobs.validate(first["path"], model["version"])
         if not verdict["passed"]:
             raise RuntimeError(f"the first model failed validation: {verdict['summary']}")
@@ -220,13 +221,12 @@ def run(config: DemoConfig) -> dict:
         producer.flush()
         wait_until_consumed(metrics_port, len(MALFORMED))  # the scorer has joined its group and is consuming
         stream_labels = labels[(labels["known_at"] >= cut) & (labels["known_at"] < start + days * DAY)]
-        status = StatusLine(metrics_port, lambda: status_day[0])
-        status_day = ["day 0"]
+        status = StatusLine(metrics_port)
         status.start()
         replay_started = time.monotonic()
         sent, runs = len(MALFORMED), []
         for day in range(1, config.stream_days + 1):
-            status_day[0] = f"day {day:>2}/{config.stream_days}"
+            status.day = f"day {day:>2}/{config.stream_days}"
             lo, hi = cut + (day - 1) * DAY, cut + day * DAY
             today = replay(producer, stream[(stream["time"] >= lo) & (stream["time"] < hi)],
                            stream_labels[(stream_labels["known_at"] >= lo) & (stream_labels["known_at"] < hi)],

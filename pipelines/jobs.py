@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from models.home import fraudloop_home
+
 DAY = 86_400.0
-
-
-def _home() -> Path:
-    return Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
 
 
 def _store_url(store_url: str | None) -> str:
@@ -39,7 +37,7 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
     else:
         frame = training_set.from_store(_store_url(store_url), as_of, maturity)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    path = training_set.write(frame, Path(out) if out else _home() / "training-sets" / f"{safe}.parquet")
+    path = training_set.write(frame, Path(out) if out else fraudloop_home() / "training-sets" / f"{safe}.parquet")
     return {"path": str(path), "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),
             "as_of": as_of, "newest_event": float(frame["event_time"].max())}
 
@@ -59,7 +57,7 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
         trained_by += " (shuffled labels)"
     config = BuildConfig(train_days, delay_days, test_days, maturity_days, TrainParams(num_boost_round=num_boost_round))
     source = Path(training_set).resolve()
-    source = source.relative_to(_home()) if source.is_relative_to(_home()) else source
+    source = source.relative_to(fraudloop_home()) if source.is_relative_to(fraudloop_home()) else source
     result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by, source=str(source))
     return {"version": result.model.version, "run_id": result.model.run_id, **result.split,
             **{k: round(v, 4) for k, v in result.metrics.items()}}

@@ -6,16 +6,15 @@ Writes are idempotent by transaction id: a batch replayed after a crash changes 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import pandas as pd
 import sqlalchemy as sa
 
 from models.features import FEATURE_NAMES
+from models.home import fraudloop_home
 from models.schema import Label, Transaction
 
 metadata = sa.MetaData()
@@ -64,7 +63,7 @@ class DecisionRow:
 
 
 def default_url() -> str:
-    home = Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+    home = fraudloop_home()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'scoring.db'}"
 
