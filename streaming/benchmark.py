@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,14 +28,17 @@ import pandas as pd
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
+from models.features import FEATURE_NAMES, FeatureState, compute_features, labels_in_order, replay, transactions_of
 from models.registry import CHAMPION, RegistryConfig, set_alias
 from models.schema import parse_transaction, transaction_record
+from pipelines.backfill import backfill
 from pipelines.simulate import SimulationConfig, labels_of, simulate
 from pipelines.train import BuildConfig, build_model
+from streaming import compiled
 from streaming.broker import create_topics, start_broker
 from streaming.config import CONSUMER_DEFAULTS, ScorerConfig
 from streaming.service import ScorerService
+from streaming.store import Store
 
 
 @dataclass
@@ -119,23 +123,21 @@ def pass_through(bootstrap: str, topic: str, out: str, n: int, batch: int,
 
 
 def scorer(service: ScorerService, n: int, name: str = "our scorer", patience: float = 60.0) -> ModeResult:
-    """The real batch path of ScorerService.run(), timed."""
+    """The real loop of ScorerService.run(), timed: from the first record polled to the last batch committed."""
     latencies, done, first = [], 0, None
     last_progress = time.monotonic()
     while done < n:
-        polled = service.consumer.poll(timeout_ms=100, max_records=service.config.batch_size)
-        service.model.refresh()
-        if not polled:
+        finished = service.step()
+        if not finished:
             if time.monotonic() - last_progress > patience:
                 raise TimeoutError(f"{name}: {done} of {n} messages after {patience:.0f} s without progress")
             continue
         last_progress = time.monotonic()
-        first = first or time.perf_counter()
-        service.handle(polled)
         now_ms = time.time() * 1000
-        records = [r for rs in polled.values() for r in rs]
-        latencies.extend(now_ms - r.timestamp for r in records)
-        done += len(records)
+        for batch in finished:
+            first = batch.polled_at if first is None else min(first, batch.polled_at)
+            latencies.extend(now_ms - r.timestamp for r in batch.records)
+            done += len(batch.records)
     return ModeResult(name, done, time.perf_counter() - first, np.array(latencies))
 
 
@@ -177,13 +179,32 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
                         registry, BuildConfig(train_days=21), progress=False)
     set_alias(registry, CHAMPION, built.model.version)
 
+    past = history.iloc[:warm_end]
+    known = labels[labels["known_at"] <= past["time"].max()]
+
     def warm_state() -> FeatureState:
         state = FeatureState()
-        past = history.iloc[:warm_end]
-        known = labels_in_order(labels[labels["known_at"] <= past["time"].max()])
-        for _ in replay(state, transactions_of(past), known):
+        for _ in replay(state, transactions_of(past), labels_in_order(known)):
             pass
         return state
+
+    # The scorer's worker rebuilds its feature state from the store, as after any restart: backfill it.
+    warm_store = work / "warm.db"
+    store = Store(f"sqlite:///{warm_store}")
+    backfill(store, past, compute_features(past, known), known)
+    store.close()
+
+    def scorer_config(**settings) -> ScorerConfig:
+        name = settings["group_id"]
+        shutil.copyfile(warm_store, work / f"{name}.db")
+        return ScorerConfig(bootstrap_servers=boot, labels_topic="labels", decisions_topic="decisions",
+                            dead_letter_topic="dlq", store_url=f"sqlite:///{work / name}.db", batch_size=500,
+                            **settings)
+
+    compiling = compiled.start(built.booster)  # served compiled from the first batch, as after a restart
+    while not compiling.done():
+        time.sleep(0.1)
+    compiling.result(built.booster)
 
     stream = history.iloc[warm_end:]
     messages = [(tx.card_id.encode(), orjson.dumps(transaction_record(tx))) for tx in transactions_of(stream)]
@@ -197,12 +218,8 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
         results["pass"] = pass_through(boot, "pass-in", "pass-out", n, batch=500)
         _say(f"pass-through: {results['pass'].throughput:,.0f} msg/s")
 
-        config = ScorerConfig(bootstrap_servers=boot, transactions_topic="score-in", labels_topic="labels",
-                              decisions_topic="decisions", dead_letter_topic="dlq", group_id="bench-scorer",
-                              store_url=f"sqlite:///{work / 'scoring.db'}", batch_size=500)
-        service = ScorerService(config, registry)
-        service.model.require()
-        service.adopt_state(warm_state())
+        service = ScorerService(scorer_config(transactions_topic="score-in", group_id="bench-scorer"), registry)
+        _join(service.consumer)
         _produce(boot, "score-in", messages[:n])
         results["scorer"] = scorer(service, n)
         service.close()
@@ -216,11 +233,7 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
         rate = results["scorer"].throughput / 2
         paced_n = min(int(rate * latency_seconds), n)
         paced = messages[:paced_n]
-        config = ScorerConfig(**{**config.__dict__, "transactions_topic": "paced-in", "group_id": "bench-paced",
-                                 "store_url": f"sqlite:///{work / 'paced.db'}"})
-        service = ScorerService(config, registry)
-        service.model.require()
-        service.adopt_state(warm_state())
+        service = ScorerService(scorer_config(transactions_topic="paced-in", group_id="bench-paced"), registry)
         _join(service.consumer)  # the group is joined and partitions assigned before the clock starts
         producer = multiprocessing.get_context("spawn").Process(target=_produce, args=(boot, "paced-in", paced, rate))
         producer.start()

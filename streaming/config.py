@@ -31,6 +31,7 @@ class ScorerConfig:
     review_threshold: float = 0.3
     decline_threshold: float = 0.7
     reasons: int = 3
+    compile_models: bool = True  # serve each version compiled (lleaves) once built; LightGBM until then
     model_alias: str = "champion"
     model_check_seconds: float = 5.0
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
@@ -77,11 +78,18 @@ class ScorerConfig:
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
+    if str(kind) == "bool":
+        if raw.lower() not in _BOOLEANS:
+            raise ValueError(f"FRAUDLOOP_{name.upper()}={raw!r} is not true or false")
+        return _BOOLEANS[raw.lower()]
     kind = {"int": int, "float": float, "str": str}.get(str(kind), str)
     try:
         return kind(raw)
     except ValueError:
         raise ValueError(f"FRAUDLOOP_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _number_or_text(raw: str) -> int | float | str:

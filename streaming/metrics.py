@@ -17,14 +17,15 @@ class ScorerMetrics:
                                     registry=r)
         self.end_to_end = Histogram("fraud_end_to_end_seconds", "Broker timestamp of a transaction to its decision "
                                     "acknowledged", buckets=LATENCY_BUCKETS, registry=r)
-        self.model_seconds = Histogram("fraud_model_seconds_per_batch", "Booster.predict per batch",
+        self.model_seconds = Histogram("fraud_model_seconds_per_batch", "Model prediction per batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.batch_seconds = Histogram("fraud_batch_seconds", "Whole batch: decode, features, model, store, produce, "
                                        "commit", buckets=LATENCY_BUCKETS, registry=r)
-        self.scoring_cpu = Counter("fraud_scoring_cpu_seconds", "Process CPU seconds spent on batches", registry=r)
+        self.scoring_cpu = Counter("fraud_scoring_cpu_seconds", "CPU seconds of the Kafka loop and the scoring worker",
+                                   registry=r)
         self.model_version = Gauge("fraud_model_version", "Model version in use", ["model"], registry=r)
-        self.model_events = Counter("fraud_model_events", "Model swaps, refusals, registry errors", ["event"],
-                                    registry=r)
+        self.model_events = Counter("fraud_model_events", "Model swaps, compilations, refusals, registry errors",
+                                    ["event"], registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:

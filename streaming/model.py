@@ -2,6 +2,8 @@
 
 A new version is loaded and smoke-tested before it replaces the old; one that fails is refused (and not
 retried) while the old keeps serving. If the registry cannot be reached the scorer keeps the model in hand.
+A new version serves through LightGBM at once and through its compiled form (streaming/compiled.py) as
+soon as that is built and checked; a failed compilation leaves LightGBM serving.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -17,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from models.features import N_FEATURES
 from models.registry import RegistryConfig, load_version
+from streaming import compiled
 
 log = logging.getLogger(__name__)
 # Smoke rows: all-missing, all-zero and a typical-looking transaction.
@@ -28,6 +32,12 @@ class ServingModel:
     name: str
     version: str
     booster: lgb.Booster
+    compiled: Any = None  # the lleaves model, once built
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        if self.compiled is not None:
+            return self.compiled.predict(features, n_jobs=1)
+        return self.booster.predict(features, num_threads=1)
 
 
 def smoke_test(booster: lgb.Booster) -> None:
@@ -38,12 +48,14 @@ def smoke_test(booster: lgb.Booster) -> None:
 
 class ModelHolder:
     def __init__(self, name: str, resolve: Callable[[], str], load: Callable[[str], lgb.Booster],
-                 check_every: float = 5.0, on_event: Callable[[str, str], None] = lambda kind, version: None):
+                 check_every: float = 5.0, on_event: Callable[[str, str], None] = lambda kind, version: None,
+                 compile_models: bool = True):
         self.name, self._resolve, self._load = name, resolve, load
-        self.check_every, self._on_event = check_every, on_event
+        self.check_every, self._on_event, self.compile_models = check_every, on_event, compile_models
         self.current: ServingModel | None = None
         self.refused: dict[str, str] = {}
         self._checked = -float("inf")
+        self._compiling: compiled.Compilation | None = None
 
     @classmethod
     def from_registry(cls, config: RegistryConfig, alias: str, check_every: float, **kwargs) -> ModelHolder:
@@ -56,6 +68,7 @@ class ModelHolder:
 
     def refresh(self, force: bool = False) -> bool:
         """Check the alias (at most every check_every seconds); swap if it names a new, healthy version."""
+        self._adopt_compiled()
         now = time.monotonic()
         if not force and now - self._checked < self.check_every:
             return False
@@ -81,7 +94,40 @@ class ModelHolder:
         self.current = ServingModel(self.name, version, booster)
         log.info("serving %s version %s (was %s)", self.name, version, previous)
         self._on_event("swapped", version)
+        self._start_compiling(booster)
         return True
+
+    def _start_compiling(self, booster: lgb.Booster) -> None:
+        self.cancel_compiling()
+        if not self.compile_models:
+            return
+        try:
+            self._compiling = compiled.start(booster)
+        except Exception as error:
+            log.warning("version %s will serve through LightGBM: cannot start compiling (%s)",
+                        self.current.version, error)
+        else:
+            self._adopt_compiled()  # already in the cache: serve it at once
+
+    def _adopt_compiled(self) -> None:
+        job = self._compiling
+        if job is None or not job.done() or self.current is None:
+            return
+        self._compiling = None
+        try:
+            model = job.result(self.current.booster)
+        except Exception as error:
+            log.warning("version %s keeps serving through LightGBM: %s", self.current.version, error)
+            self._on_event("compile_failed", self.current.version)
+            return
+        self.current = replace(self.current, compiled=model)
+        log.info("version %s now serves compiled", self.current.version)
+        self._on_event("compiled", self.current.version)
+
+    def cancel_compiling(self) -> None:
+        if self._compiling is not None:
+            self._compiling.cancel()
+            self._compiling = None
 
     def require(self) -> ServingModel:
         if self.current is None:

@@ -89,7 +89,7 @@ class Scorer:
             return result
         features = np.array(rows)
         started = time.perf_counter()
-        scores = model.booster.predict(features, num_threads=1)
+        scores = model.predict(features)
         result.model_seconds = time.perf_counter() - started
         decided = outcomes(scores, self.config.review_threshold, self.config.decline_threshold)
         flagged = [i for i, d in enumerate(decided) if d != APPROVE]

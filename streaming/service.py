@@ -1,164 +1,144 @@
 """The scorer process: an explicit kafka-python consume -> score -> produce loop with manual commits.
 
-Delivery is at-least-once with no loss: a batch's decisions and labels are written to the store, its
+Scoring (validation, features, model, store) runs in a worker process (worker.py), one batch ahead of
+this loop: while the worker scores batch k+1, this loop produces batch k's decisions and waits for their
+acks. Delivery is at-least-once with no loss: a batch's decisions and labels are written to the store, its
 decisions and dead letters are acknowledged by the broker (acks=all), and only then are its offsets
-committed. After a crash the uncommitted batch is delivered again; the feature state, rebuilt from the
-store on start, already holds those transactions, so they are neither counted twice nor lost, and their
-decisions (same transaction ids) are produced again.
+committed, in order. After a crash the uncommitted batches are delivered again; the feature state,
+rebuilt from the store on start, already holds those transactions, so they are neither counted twice nor
+lost, and their decisions (same transaction ids) are produced again.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import deque
+from dataclasses import dataclass, field
 
-import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from models.features import CARD_RETENTION, TERMINAL_RETENTION, FeatureState, replay
 from models.registry import RegistryConfig
 from streaming.config import ScorerConfig
 from streaming.metrics import ScorerMetrics
-from streaming.model import ModelHolder
-from streaming.scorer import BatchResult, Message, Scorer
-from streaming.shared_state import SharedEvents
-from streaming.store import Store
+from streaming.worker import Scored, ScoringProcess
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005
-STATE_HORIZON = max(CARD_RETENTION, TERMINAL_RETENTION)
-
-
-def rebuild_state(store: Store) -> FeatureState:
-    """The feature state as of the last stored decision: the stored window of transactions and labels replayed."""
-    state = FeatureState()
-    transactions = list(store.recent_transactions(STATE_HORIZON))
-    if transactions:
-        for _ in replay(state, transactions, store.all_labels(since=transactions[0].time)):
-            pass
-    log.info("feature state rebuilt from %d stored transactions", len(transactions))
-    return state
 
 
 def stop_on_signals() -> threading.Event:
-    """SIGTERM / SIGINT ask the loop to finish its batch, commit and close."""
+    """SIGTERM / SIGINT ask the loop to finish its batches, commit and close."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
 
 
+@dataclass
+class Batch:
+    """A polled batch on its way: handed to the worker, then produced, acknowledged and committed."""
+
+    records: list  # kafka-python ConsumerRecords
+    polled_at: float = field(default_factory=time.perf_counter)
+
+
 class ScorerService:
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
         self.config = config
         self.metrics = ScorerMetrics()
-        self.store = Store(config.store_url)
-        self.model = ModelHolder.from_registry(registry, config.model_alias, config.model_check_seconds,
-                                               on_event=self._model_event)
-        self.scorer = Scorer(config, FeatureState())
-        # Several instances in one group share their events through Redis (see shared_state.py).
-        self.shared = (SharedEvents(config.shared_state_url, stream=f"fraudloop:{config.group_id}:feature-events")
-                       if config.shared_state_url else None)
-        if self.shared:
-            self.shared.mark_start()  # before the rebuild: what is published meanwhile is applied after it
-        self.adopt_state(rebuild_state(self.store))
-        if self.shared:
-            log.info("applied %d events shared by other instances", self.shared.apply_others(self.scorer.state))
+        self.model_name = registry.model_name
+        self.model_version = ""
+        self.refused: dict[str, str] = {}  # model versions the worker would not serve, and why
+        self.worker = ScoringProcess(config, registry)  # rebuilds the feature state; raises if no model serves
+        self._take(self.worker.ready)
         client = config.client_settings()
         self.consumer = KafkaConsumer(group_id=config.group_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest", max_poll_records=config.batch_size, **client)
         self.consumer.subscribe([config.transactions_topic, config.labels_topic], listener=_Rebalance(self))
         self.producer = KafkaProducer(acks="all", linger_ms=2, batch_size=256 * 1024,
                                       **{k: v for k, v in client.items() if k not in _CONSUMER_ONLY})
+        self.in_flight: deque[Batch] = deque()
         self._lag_checked = 0.0
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
-        self._costs: dict[str, tuple[int, float]] = {}  # per model version, not yet in the store
-        self._costs_written = time.monotonic()
+        self._kafka_cpu = 0.0  # this process's CPU seconds not yet reported to the worker's cost account
         # kafka-python 3 does its network I/O on a background thread; with the default 5 ms GIL switch
-        # interval the CPU-bound batch work starves it and fetch responses wait (latency).
+        # interval the main thread's work starves it and fetch responses wait (latency).
         sys.setswitchinterval(SWITCH_INTERVAL)
 
-    def adopt_state(self, state: FeatureState) -> None:
-        """Serve from `state`. Its (long-lived) objects are moved out of the cyclic GC's reach: a full
-        collection walking hundreds of thousands of them shows up as a p99 latency spike."""
-        self.scorer.state = state
-        gc.collect()
-        gc.freeze()
-
-    def _model_event(self, event: str, version: str) -> None:
-        self.metrics.model_events.labels(event).inc()
-        if event == "swapped":
-            self.metrics.model_version.labels(self.model.name).set(float(version))
-
     def run(self, stop: threading.Event) -> None:
-        self.model.require()
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-        log.info("scoring %s with %s version %s", self.config.transactions_topic, self.model.name,
-                 self.model.current.version)
+        log.info("scoring %s with %s version %s", self.config.transactions_topic, self.model_name, self.model_version)
         try:
             while not stop.is_set():
-                polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
-                self.model.refresh()  # between batches: a swap never splits one
-                if polled:
-                    self.handle(polled)
-                self._update_lag()
+                self.step()
         finally:
             self.close()
 
-    def handle(self, polled: dict) -> BatchResult:
-        started, cpu = time.perf_counter(), time.process_time()
-        messages = [Message(r.topic, r.partition, r.offset, r.timestamp, r.value)
-                    for records in polled.values() for r in records]
-        if self.shared:
-            self.shared.apply_others(self.scorer.state)
-        result = self.scorer.process(messages, self.model.current)
-        self.store.write(result.rows, result.labels, self._take_costs())
-        if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
-            self.shared.publish([row.tx for row in result.rows], result.labels)
-        pending = [self.producer.send(self.config.decisions_topic, key=d["card_id"].encode(), value=orjson.dumps(d))
-                   for d in result.decisions]
+    def step(self) -> list[Batch]:
+        """Poll once and hand the batch to the worker; finish the oldest batch in flight when a newer one
+        waits behind it or nothing new came. Returns the batches finished (acknowledged, committed)."""
+        cpu = time.process_time()
+        polled = self.consumer.poll(timeout_ms=0 if self.in_flight else self.config.poll_timeout_ms,
+                                    max_records=self.config.batch_size)
+        records = [r for rs in polled.values() for r in rs]
+        if records:
+            self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
+                               self._kafka_cpu)
+            self._kafka_cpu = 0.0
+            self.in_flight.append(Batch(records))
+        finished = []
+        while self.in_flight and (len(self.in_flight) > 1 or not records):
+            finished.append(self._finish(self.in_flight.popleft(), self.worker.result()))
+        if not self.in_flight and not records:
+            self._take(self.worker.status())  # model events while idle
+        self._update_lag()
+        spent = time.process_time() - cpu
+        self._kafka_cpu += spent
+        self.metrics.scoring_cpu.inc(spent)
+        return finished
+
+    def _finish(self, batch: Batch, scored: Scored) -> Batch:
+        """Produce the batch's decisions and dead letters, wait for the acks, then commit its offsets."""
+        self._take(scored)
+        topic = self.config.decisions_topic
+        pending = [self.producer.send(topic, key=key, value=value) for key, value in scored.decisions]
         pending += [self.producer.send(self.config.dead_letter_topic, value=dead.message.value, headers=[
             ("error.reason", dead.reason.encode()), ("source.topic", dead.message.topic.encode()),
             ("source.partition", str(dead.message.partition).encode()),
-            ("source.offset", str(dead.message.offset).encode())]) for dead in result.dead_letters]
+            ("source.offset", str(dead.message.offset).encode())]) for dead in scored.dead_letters]
         self.producer.flush()
         for future in pending:
             future.get(timeout=0)  # raises if the broker refused: offsets stay uncommitted
-        next_offsets: dict[TopicPartition, int] = defaultdict(int)
-        for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            next_offsets[tp] = max(next_offsets[tp], m.offset + 1)
+        for r in batch.records:
+            self._processed[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "", -1)
         # Only after the acks; asynchronous, so the next batch does not wait a round trip. A failed commit
         # means a redelivery, which the idempotent state and store absorb.
-        self._processed.update({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()})
         self.consumer.commit_async(dict(self._processed), callback=self._committed)
-        self._observe(result, messages, started, cpu)
-        if result.decisions:
-            count, seconds = self._costs.get(self.model.current.version, (0, 0.0))
-            self._costs[self.model.current.version] = (count + len(result.decisions),
-                                                       seconds + time.process_time() - cpu)
-        return result
+        self._observe(batch, scored)
+        return batch
 
-    def _take_costs(self, every_seconds: float = 10.0) -> dict[str, tuple[int, float]] | None:
-        """Serving cost per model version, written with a batch every few seconds (no extra round trip)."""
-        if not self._costs or time.monotonic() - self._costs_written < every_seconds:
-            return None
-        taken, self._costs, self._costs_written = self._costs, {}, time.monotonic()
-        return taken
+    def _take(self, scored: Scored) -> None:
+        """Model events reported by the worker."""
+        for event, version, detail in scored.model_events:
+            self.metrics.model_events.labels(event).inc()
+            if event == "refused":
+                self.refused[version] = detail
+        if scored.model_version and scored.model_version != self.model_version:
+            self.model_version = scored.model_version
+            self.metrics.model_version.labels(self.model_name).set(float(scored.model_version))
 
     def hand_over(self, revoked: set[TopicPartition]) -> None:
         """Partitions leave this instance: commit what it processed of them, and forget them.
 
         kafka-python 3 calls rebalance listeners on its IO thread, where a blocking commit is refused: the
-        commit is sent asynchronously, ahead of the group's rejoin. Were it lost, the new owner would get
-        the batch again, which the idempotent state and store absorb."""
+        commit is sent asynchronously, ahead of the group's rejoin. Were it lost, or a batch of them still
+        in flight, the new owner would get those messages again, which the idempotent state and store absorb."""
         offsets = {tp: offset for tp, offset in self._processed.items() if tp in revoked}
         if offsets:
             self.consumer.commit_async(offsets, callback=self._committed)
@@ -169,23 +149,22 @@ class ScorerService:
         if isinstance(response, Exception):
             log.warning("offset commit failed (%s); the batch will be delivered again", response)
 
-    def _observe(self, result: BatchResult, messages: list[Message], started: float, cpu: float) -> None:
+    def _observe(self, batch: Batch, scored: Scored) -> None:
         m = self.metrics
         acked_ms = time.time() * 1000
-        m.transactions.inc(len(result.decisions) + sum(d.message.topic != self.config.labels_topic
-                                                       for d in result.dead_letters))
-        m.labels.inc(len(result.labels))
-        for decision in result.decisions:
-            m.decisions.labels(decision["decision"]).inc()
-        for message in messages:
-            if message.topic == self.config.transactions_topic:
-                m.end_to_end.observe(max(acked_ms - message.timestamp_ms, 0) / 1000)
-        for dead in result.dead_letters:
+        transactions = [r for r in batch.records if r.topic == self.config.transactions_topic]
+        m.transactions.inc(len(transactions))
+        m.labels.inc(scored.labels)
+        for outcome, count in scored.outcomes.items():
+            m.decisions.labels(outcome).inc(count)
+        for r in transactions:
+            m.end_to_end.observe(max(acked_ms - r.timestamp, 0) / 1000)
+        for dead in scored.dead_letters:
             m.dead_letters.labels(dead.message.topic).inc()
-        if result.decisions:
-            m.model_seconds.observe(result.model_seconds)
-        m.batch_seconds.observe(time.perf_counter() - started)
-        m.scoring_cpu.inc(time.process_time() - cpu)
+        if scored.decisions:
+            m.model_seconds.observe(scored.model_seconds)
+        m.scoring_cpu.inc(scored.cpu_seconds)
+        m.batch_seconds.observe(time.perf_counter() - batch.polled_at)
 
     def _update_lag(self) -> None:
         if time.monotonic() - self._lag_checked < 5:
@@ -199,8 +178,13 @@ class ScorerService:
         self.metrics.lag.set(lag)
 
     def close(self) -> None:
+        try:
+            while self.in_flight:  # finish what the worker has; a failed worker leaves them uncommitted
+                self._finish(self.in_flight.popleft(), self.worker.result())
+        except Exception as error:
+            log.warning("batches left uncommitted (%s); they will be delivered again", error)
+            self.in_flight.clear()
         self.producer.flush()
-        self.store.write([], [], self._take_costs(every_seconds=0))
         if self._processed:
             try:
                 self.consumer.commit(dict(self._processed))  # synchronous: the last batch is committed on exit
@@ -208,9 +192,7 @@ class ScorerService:
                 log.warning("final offset commit failed: %s", error)
         self.consumer.close(autocommit=False)
         self.producer.close()
-        self.store.close()
-        if self.shared:
-            self.shared.close()
+        self.worker.close()
         log.info("scorer stopped")
 
 

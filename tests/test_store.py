@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
 from models.schema import Label, Transaction
-from streaming.service import rebuild_state
 from streaming.store import DecisionRow, Store, decisions, labels
+from streaming.worker import rebuild_state
 
 pytestmark = pytest.mark.integration
 
