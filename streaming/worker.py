@@ -6,7 +6,7 @@ GIL. So the Kafka loop (service.py) hands each polled batch to this process and,
 produces the previous batch's decisions and waits for their acks. A batch comes back with its decisions
 already serialized; the Kafka side commits its offsets only after the decisions are acknowledged.
 
-Protocol over a pipe, one reply per request: ("score", messages, kafka_cpu_seconds) -> Scored,
+Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds) -> Scored,
 ("status",) -> Scored without decisions (model events while idle), ("stop",). If the Kafka side dies,
 the pipe closes and this process exits after the batch in hand.
 """
@@ -16,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import multiprocessing
+import os
+import queue
 import signal
+import subprocess
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 import orjson
 
@@ -132,10 +137,11 @@ class ScoringCore:
             self.shared.close()
 
 
-def _serve(connection, config: ScorerConfig, registry: RegistryConfig, log_level: int) -> None:
+def _serve(connection: _Duplex) -> None:
     # Ctrl-C and SIGTERM reach the whole process group: the Kafka side decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    config, registry, log_level = connection.recv()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         core = ScoringCore(config, registry)
@@ -144,12 +150,13 @@ def _serve(connection, config: ScorerConfig, registry: RegistryConfig, log_level
         connection.send(("error", str(error)))
         return
     connection.send(("ok", core.status()))
+    # Requests are read on a thread of their own: the Kafka side sends the next batch while this process
+    # sends the previous result, and with nobody reading, both would block on a full pipe.
+    requests: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+    threading.Thread(target=_read_requests, args=(connection, requests), daemon=True).start()
     try:
         while True:
-            try:
-                request = connection.recv()
-            except EOFError:  # the Kafka side is gone
-                break
+            request = requests.get()
             if request[0] == "stop":
                 break
             reply = core.score(*request[1:]) if request[0] == "score" else core.status()
@@ -164,16 +171,31 @@ def _serve(connection, config: ScorerConfig, registry: RegistryConfig, log_level
         core.close()
 
 
+def _read_requests(connection: _Duplex, requests: queue.SimpleQueue) -> None:
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):  # the Kafka side is gone
+            requests.put(("stop",))
+            return
+        requests.put(request)
+        if request[0] == "stop":
+            return
+
+
 class ScoringProcess:
-    """The Kafka side's handle on the worker: submit a batch, then take its result (in submission order)."""
+    """The Kafka side's handle on the worker (`python -m streaming.worker`, talking over two pipes): submit
+    a batch, then take its result, in submission order."""
 
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process with Kafka client threads
-        self._connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, name="fraudloop-scoring", daemon=True,
-                                       args=(child, config, registry, logging.getLogger().getEffectiveLevel()))
-        self.process.start()
-        child.close()
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        self.process = subprocess.Popen([sys.executable, "-m", "streaming.worker", str(to_child), str(from_child)],
+                                        pass_fds=(to_child, from_child))
+        os.close(to_child)
+        os.close(from_child)
+        self._connection = _Duplex(Connection(to_parent, writable=False), Connection(from_parent, readable=False))
+        self._connection.send((config, registry, logging.getLogger().getEffectiveLevel()))
         self.pending = 0  # batches submitted whose result has not been taken
         self.ready = self._reply()
 
@@ -192,12 +214,12 @@ class ScoringProcess:
 
     def _reply(self) -> Scored:
         while not self._connection.poll(1.0):
-            if not self.process.is_alive():
-                raise RuntimeError(f"the scoring process exited (code {self.process.exitcode})")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the scoring process exited (code {self.process.returncode})")
         try:
             kind, value = self._connection.recv()
         except EOFError:
-            raise RuntimeError(f"the scoring process exited (code {self.process.exitcode})") from None
+            raise RuntimeError(f"the scoring process exited (code {self.process.wait()})") from None
         if kind == "error":
             raise RuntimeError(value)
         return value
@@ -208,8 +230,37 @@ class ScoringProcess:
             self.process.kill()
         with contextlib.suppress(OSError):
             self._connection.send(("stop",))
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self._connection.close()
+
+
+@dataclass
+class _Duplex:
+    """One end of a request/reply channel made of two one-way pipes (no sockets, no forking)."""
+
+    reader: Connection
+    writer: Connection
+
+    def send(self, value: object) -> None:
+        self.writer.send(value)
+
+    def recv(self) -> object:
+        return self.reader.recv()
+
+    def poll(self, timeout: float) -> bool:
+        return self.reader.poll(timeout)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+if __name__ == "__main__":
+    from streaming import worker  # the module by its name, so what is pickled back is streaming.worker.Scored
+
+    worker._serve(worker._Duplex(Connection(int(sys.argv[1]), writable=False),
+                                 Connection(int(sys.argv[2]), readable=False)))
