@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import lightgbm as lgb
 import numpy as np
 import orjson
@@ -9,6 +13,7 @@ import pytest
 
 from models.features import FEATURE_NAMES, N_FEATURES, FeatureState
 from models.schema import Label, Transaction, label_record, transaction_record
+from streaming import compiled
 from streaming.config import ScorerConfig
 from streaming.decide import outcomes, top_reasons
 from streaming.model import ModelHolder, ServingModel
@@ -57,7 +62,7 @@ def test_holder_swaps_refuses_and_survives_an_unreachable_registry(booster):
     events = []
     registry = Registry({"1": booster, "2": booster})
     holder = ModelHolder("m", registry.resolve, registry.load, check_every=0,
-                         on_event=lambda kind, version: events.append((kind, version)))
+                         on_event=lambda kind, version: events.append((kind, version)), compile_models=False)
     assert holder.require().version == "1"
     registry.alias = "3"  # not loadable
     assert not holder.refresh() and holder.current.version == "1" and "3" in holder.refused
@@ -73,19 +78,60 @@ def test_holder_refuses_a_model_that_fails_the_smoke_prediction():
     data = lgb.Dataset(np.random.default_rng(1).random((200, N_FEATURES)), label=np.arange(200) % 3,
                        feature_name=list(FEATURE_NAMES))
     multiclass = lgb.train({"objective": "multiclass", "num_class": 3, "verbosity": -1}, data, num_boost_round=2)
-    holder = ModelHolder("m", lambda: "7", lambda version: multiclass, check_every=0)
+    holder = ModelHolder("m", lambda: "7", lambda version: multiclass, check_every=0, compile_models=False)
     with pytest.raises(RuntimeError, match="no servable version"):
         holder.require()
     assert "smoke prediction" in holder.refused["7"]
+
+
+def _refresh_until(holder: ModelHolder, events: list, event: tuple, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while event not in events:
+        assert time.monotonic() < deadline, f"no {event} after {timeout:.0f} s: {events}"
+        time.sleep(0.05)
+        holder.refresh()
+
+
+def test_holder_serves_lightgbm_at_once_then_the_compiled_model(booster, tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAUDLOOP_HOME", str(tmp_path))
+    events: list = []
+    holder = ModelHolder("m", lambda: "1", lambda version: booster, check_every=60,
+                         on_event=lambda kind, version: events.append((kind, version)))
+    assert holder.require().compiled is None  # LightGBM serves while the compiler runs in a child process
+    _refresh_until(holder, events, ("compiled", "1"))
+    rows = np.random.default_rng(2).random((500, N_FEATURES)) * 1_000
+    rows[::7, 3] = np.nan
+    served = holder.current
+    assert served.compiled is not None and served.version == "1"
+    assert np.allclose(served.predict(rows), booster.predict(rows, num_threads=1), rtol=0, atol=1e-12)
+    again = ModelHolder("m", lambda: "1", lambda version: booster)  # a restart finds it compiled
+    assert again.require().compiled is not None
+
+
+def test_a_failed_compilation_leaves_lightgbm_serving(booster, tmp_path, monkeypatch):
+    def failing(model: lgb.Booster) -> compiled.Compilation:
+        process = subprocess.Popen([sys.executable, "-c", "raise SystemExit('no LLVM here')"], stderr=subprocess.PIPE)
+        return compiled.Compilation(tmp_path / "m.txt", tmp_path / "m.so", process)
+
+    monkeypatch.setattr(compiled, "start", failing)
+    events: list = []
+    holder = ModelHolder("m", lambda: "1", lambda version: booster, check_every=60,
+                         on_event=lambda kind, version: events.append((kind, version)))
+    holder.require()
+    _refresh_until(holder, events, ("compile_failed", "1"))
+    assert holder.current.compiled is None and holder.current.version == "1"
+    rows = np.random.default_rng(3).random((5, N_FEATURES))
+    assert np.array_equal(holder.current.predict(rows), booster.predict(rows, num_threads=1))
 
 
 def test_config_from_file_environment_and_overrides(tmp_path):
     path = tmp_path / "scorer.toml"
     path.write_text('group_id = "from-file"\nbatch_size = 100\n[kafka]\nsecurity_protocol = "SASL_SSL"\n')
     env = {"FRAUDLOOP_BATCH_SIZE": "250", "FRAUDLOOP_KAFKA_SASL_MECHANISM": "PLAIN",
-           "FRAUDLOOP_DECLINE_THRESHOLD": "0.9"}
+           "FRAUDLOOP_DECLINE_THRESHOLD": "0.9", "FRAUDLOOP_COMPILE_MODELS": "false"}
     config = ScorerConfig.load(path, env=env, bootstrap_servers="kafka-1:9093,kafka-2:9093")
     assert (config.group_id, config.batch_size, config.decline_threshold) == ("from-file", 250, 0.9)
+    assert config.compile_models is False
     settings = config.client_settings()
     assert settings["bootstrap_servers"] == ["kafka-1:9093", "kafka-2:9093"]
     assert settings["security_protocol"] == "SASL_SSL" and settings["sasl_mechanism"] == "PLAIN"
@@ -97,6 +143,7 @@ def test_config_from_file_environment_and_overrides(tmp_path):
     ("", {"FRAUDLOOP_BATCH_SIZE": "many"}, "FRAUDLOOP_BATCH_SIZE='many' is not a valid int"),
     ("review_threshold = 0.9\ndecline_threshold = 0.5\n", {}, "thresholds must satisfy"),
     ("batch_size = [", {}, "scorer.toml"),
+    ("", {"FRAUDLOOP_COMPILE_MODELS": "maybe"}, "FRAUDLOOP_COMPILE_MODELS='maybe' is not true or false"),
 ])
 def test_bad_config_says_what_is_wrong(tmp_path, text, env, message):
     path = tmp_path / "scorer.toml"
