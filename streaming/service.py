@@ -81,8 +81,8 @@ class ScorerService:
             self.close()
 
     def step(self) -> list[Batch]:
-        """Poll once and hand the batch to the worker; finish the oldest batch in flight when a newer one
-        waits behind it or nothing new came. Returns the batches finished (acknowledged, committed)."""
+        """Poll once and hand the batch to the worker; finish (produce, wait for the acks, commit) the batches
+        ahead of it, and it too when it is ready. Returns the batches finished."""
         cpu = time.process_time()
         polled = self.consumer.poll(timeout_ms=0 if self.in_flight else self.config.poll_timeout_ms,
                                     max_records=self.config.batch_size)
@@ -93,7 +93,9 @@ class ScorerService:
             self._kafka_cpu = 0.0
             self.in_flight.append(Batch(records))
         finished = []
-        while self.in_flight and (len(self.in_flight) > 1 or not records):
+        # The newest batch is finished at once too when nothing new came, or when the worker is already
+        # done with it (light load: latency); otherwise it is scored while the next poll happens (throughput).
+        while self.in_flight and (len(self.in_flight) > 1 or not records or self.worker.has_result()):
             finished.append(self._finish(self.in_flight.popleft(), self.worker.result()))
         if not self.in_flight and not records:
             self._take(self.worker.status())  # model events while idle

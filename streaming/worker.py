@@ -208,6 +208,10 @@ class ScoringProcess:
         self.pending -= 1
         return scored
 
+    def has_result(self) -> bool:
+        """Whether the oldest submitted batch's result is there to take now."""
+        return self.pending > 0 and self._connection.poll(0)
+
     def status(self) -> Scored:
         self._connection.send(("status",))
         return self._reply()

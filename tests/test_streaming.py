@@ -13,6 +13,7 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import orjson
+import psutil
 import pytest
 
 from models.features import FEATURE_NAMES, compute_features, transactions_of
@@ -145,9 +146,12 @@ def test_a_scorer_killed_mid_stream_loses_nothing_and_counts_nothing_twice(broke
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 3_000, timeout=90)
+        worker = [p for p in psutil.Process(first.pid).children() if "streaming.worker" in " ".join(p.cmdline())]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    assert len(worker) == 1
+    worker[0].wait(timeout=30)  # the scoring worker sees its pipe close and exits: nothing is left running
     killed_at = len(stored_rows(config.store_url))
     assert 0 < killed_at < len(stream)
 
