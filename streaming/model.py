@@ -9,6 +9,8 @@ soon as that is built and checked; a failed compilation leaves LightGBM serving.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,6 +49,10 @@ def smoke_test(booster: lgb.Booster) -> None:
 
 
 class ModelHolder:
+    """The served model. `refresh()` between batches swaps in a new healthy version of the alias: checked
+    there and then, or, once `watch()` is called, checked and loaded on a thread of its own so a slow or
+    unreachable registry (an HTTP client retrying for minutes) never holds up a batch."""
+
     def __init__(self, name: str, resolve: Callable[[], str], load: Callable[[str], lgb.Booster],
                  check_every: float = 5.0, on_event: Callable[[str, str], None] = lambda kind, version: None,
                  compile_models: bool = True):
@@ -56,6 +62,8 @@ class ModelHolder:
         self.refused: dict[str, str] = {}
         self._checked = -float("inf")
         self._compiling: compiled.Compilation | None = None
+        self._loaded: queue.SimpleQueue[ServingModel] = queue.SimpleQueue()  # by the watcher, not yet served
+        self._watching: threading.Event | None = None  # set: stop watching
 
     @classmethod
     def from_registry(cls, config: RegistryConfig, alias: str, check_every: float, **kwargs) -> ModelHolder:
@@ -67,21 +75,45 @@ class ModelHolder:
         return cls(config.model_name, resolve, lambda version: load_version(config, version), check_every, **kwargs)
 
     def refresh(self, force: bool = False) -> bool:
-        """Check the alias (at most every check_every seconds); swap if it names a new, healthy version."""
+        """Between batches: swap if the alias names a new, healthy version (checked at most every check_every
+        seconds, or by the watcher). Returns whether it swapped."""
         self._adopt_compiled()
+        if self._watching is not None and not force:
+            newest = None
+            while not self._loaded.empty():
+                newest = self._loaded.get()
+            return newest is not None and self._serve(newest)
         now = time.monotonic()
         if not force and now - self._checked < self.check_every:
             return False
         self._checked = now
+        candidate = self._check(self.current.version if self.current else None)
+        return candidate is not None and self._serve(candidate)
+
+    def watch(self) -> None:
+        """Check and load new versions on a daemon thread from now on; `refresh()` only swaps them in."""
+        if self._watching is None:
+            self._watching = threading.Event()
+            threading.Thread(target=self._watch, args=(self._watching,), name="model-watch", daemon=True).start()
+
+    def _watch(self, stop: threading.Event) -> None:
+        loaded = self.current.version if self.current else None
+        while not stop.wait(self.check_every):
+            candidate = self._check(loaded)
+            if candidate is not None:
+                loaded = candidate.version
+                self._loaded.put(candidate)
+
+    def _check(self, serving: str | None) -> ServingModel | None:
+        """The alias's version, loaded and smoke-tested, if it is neither `serving` nor refused before."""
         try:
             version = self._resolve()
         except Exception as error:  # registry down or alias missing: keep serving what we have
-            log.warning("model registry check failed (%s); serving version %s",
-                        error, self.current.version if self.current else "none")
+            log.warning("model registry check failed (%s); serving version %s", error, serving or "none")
             self._on_event("registry_error", "")
-            return False
-        if (self.current and version == self.current.version) or version in self.refused:
-            return False
+            return None
+        if version == serving or version in self.refused:
+            return None
         try:
             booster = self._load(version)
             smoke_test(booster)
@@ -89,12 +121,17 @@ class ModelHolder:
             self.refused[version] = str(error)
             log.error("refused %s version %s: %s", self.name, version, error)
             self._on_event("refused", version)
+            return None
+        return ServingModel(self.name, version, booster)
+
+    def _serve(self, model: ServingModel) -> bool:
+        if self.current is not None and model.version == self.current.version:
             return False
         previous = self.current.version if self.current else None
-        self.current = ServingModel(self.name, version, booster)
-        log.info("serving %s version %s (was %s)", self.name, version, previous)
-        self._on_event("swapped", version)
-        self._start_compiling(booster)
+        self.current = model
+        log.info("serving %s version %s (was %s)", self.name, model.version, previous)
+        self._on_event("swapped", model.version)
+        self._start_compiling(model.booster)
         return True
 
     def _start_compiling(self, booster: lgb.Booster) -> None:
@@ -123,6 +160,12 @@ class ModelHolder:
         self.current = replace(self.current, compiled=model)
         log.info("version %s now serves compiled", self.current.version)
         self._on_event("compiled", self.current.version)
+
+    def close(self) -> None:
+        """Stop watching the registry and compiling."""
+        if self._watching is not None:
+            self._watching.set()
+        self.cancel_compiling()
 
     def cancel_compiling(self) -> None:
         if self._compiling is not None:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -72,7 +73,7 @@ class ScoringCore:
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
         self.config = config
         self.store = Store(config.store_url)
-        self.events: list[tuple[str, str, str]] = []
+        self.events: deque[tuple[str, str, str]] = deque()  # appended by the model watcher's thread too
         self.model = ModelHolder.from_registry(registry, config.model_alias, config.model_check_seconds,
                                                on_event=self._model_event, compile_models=config.compile_models)
         # Several instances in one group share their events through Redis (see shared_state.py).
@@ -95,7 +96,7 @@ class ScoringCore:
 
     def status(self) -> Scored:
         self.model.refresh()
-        events, self.events = self.events, []
+        events = [self.events.popleft() for _ in range(len(self.events))]
         version = self.model.current.version if self.model.current else ""
         return Scored(model_events=events, model_version=version)
 
@@ -130,7 +131,7 @@ class ScoringCore:
         return taken
 
     def close(self) -> None:
-        self.model.cancel_compiling()
+        self.model.close()
         self.store.write([], [], self._take_costs(every_seconds=0))
         self.store.close()
         if self.shared:
@@ -146,6 +147,7 @@ def _serve(connection: _Duplex) -> None:
     try:
         core = ScoringCore(config, registry)
         core.model.require()
+        core.model.watch()  # the registry is checked off the scoring path from here on
     except Exception as error:
         connection.send(("error", str(error)))
         return

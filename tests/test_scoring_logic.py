@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import lightgbm as lgb
@@ -72,6 +73,36 @@ def test_holder_swaps_refuses_and_survives_an_unreachable_registry(booster):
     registry.down, registry.alias = False, "2"
     assert holder.refresh() and holder.current.version == "2"
     assert events == [("swapped", "1"), ("refused", "3"), ("registry_error", ""), ("swapped", "2")]
+
+
+def test_a_watched_holder_never_waits_for_a_hung_registry(booster):
+    events: list = []
+    registry = Registry({"1": booster, "2": booster})
+    hung = threading.Event()
+
+    def resolve() -> str:
+        if registry.down:
+            hung.set()
+            while registry.down:  # a registry that does not answer (an HTTP client retrying)
+                time.sleep(0.01)
+        return registry.resolve()
+
+    holder = ModelHolder("m", resolve, registry.load, check_every=0.01,
+                         on_event=lambda kind, version: events.append((kind, version)), compile_models=False)
+    holder.require()
+    holder.watch()
+    registry.down, registry.alias = True, "2"
+    assert hung.wait(5)
+    started = time.perf_counter()
+    assert not holder.refresh() and holder.current.version == "1"  # between batches: no wait, the model in hand
+    assert time.perf_counter() - started < 0.05
+    registry.down = False
+    deadline = time.monotonic() + 5
+    while not holder.refresh():
+        assert time.monotonic() < deadline, f"version 2 never swapped in: {events}"
+        time.sleep(0.01)
+    assert holder.current.version == "2" and events == [("swapped", "1"), ("swapped", "2")]
+    holder.close()
 
 
 def test_holder_refuses_a_model_that_fails_the_smoke_prediction():
