@@ -13,6 +13,7 @@ maximum throughput by a separate producer process.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import platform
 import shutil
@@ -57,6 +58,10 @@ class ModeResult:
 
 
 def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float | None = None) -> None:
+    # The load generator must not pause: a full GC over what this process imported stalls sending ~150 ms,
+    # and the paced messages, stamped at send(), would show that as the consumer's latency.
+    gc.collect()
+    gc.freeze()
     producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", linger_ms=2, batch_size=256 * 1024)
     producer.partitions_for(topic)  # metadata before the clock starts, or the first sends go out as a burst
     started = time.monotonic()
@@ -133,10 +138,9 @@ def scorer(service: ScorerService, n: int, name: str = "our scorer", patience: f
                 raise TimeoutError(f"{name}: {done} of {n} messages after {patience:.0f} s without progress")
             continue
         last_progress = time.monotonic()
-        now_ms = time.time() * 1000
         for batch in finished:
             first = batch.polled_at if first is None else min(first, batch.polled_at)
-            latencies.extend(now_ms - r.timestamp for r in batch.records)
+            latencies.extend(batch.acked_ms - r.timestamp for r in batch.records)
             done += len(batch.records)
     return ModeResult(name, done, time.perf_counter() - first, np.array(latencies))
 

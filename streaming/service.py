@@ -1,23 +1,25 @@
 """The scorer process: an explicit kafka-python consume -> score -> produce loop with manual commits.
 
-Scoring (validation, features, model, store) runs in a worker process (worker.py), one batch ahead of
-this loop: while the worker scores batch k+1, this loop produces batch k's decisions and waits for their
-acks. Delivery is at-least-once with no loss: a batch's decisions and labels are written to the store, its
-decisions and dead letters are acknowledged by the broker (acks=all), and only then are its offsets
-committed, in order. After a crash the uncommitted batches are delivered again; the feature state,
-rebuilt from the store on start, already holds those transactions, so they are neither counted twice nor
-lost, and their decisions (same transaction ids) are produced again.
+Three stages run at once: this loop polls and hands each batch to the worker process (worker.py), which
+scores it (validation, features, model, store); a thread of this process takes the scored batches in
+order, produces their decisions and waits for the acks; the loop then commits their offsets. Delivery is
+at-least-once with no loss: a batch's decisions and labels are written to the store, its decisions and
+dead letters are acknowledged by the broker (acks=all), and only then are its offsets committed, in
+order. After a crash the uncommitted batches are delivered again; the feature state, rebuilt from the
+store on start, already holds those transactions, so they are neither counted twice nor lost, and their
+decisions (same transaction ids) are produced again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import queue
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -30,6 +32,7 @@ from streaming.worker import Scored, ScoringProcess
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005
+MAX_IN_FLIGHT = 4  # batches polled and not yet acknowledged: enough to keep the worker busy on a backlog
 
 
 def stop_on_signals() -> threading.Event:
@@ -44,8 +47,11 @@ def stop_on_signals() -> threading.Event:
 class Batch:
     """A polled batch on its way: handed to the worker, then produced, acknowledged and committed."""
 
-    records: list  # kafka-python ConsumerRecords
+    records: list  # kafka-python ConsumerRecords; empty for a status request while idle
     polled_at: float = field(default_factory=time.perf_counter)
+    scored: Scored | None = None
+    acked_ms: float = 0.0  # wall clock when its decisions were acknowledged
+    error: BaseException | None = None
 
 
 class ScorerService:
@@ -63,7 +69,11 @@ class ScorerService:
         self.consumer.subscribe([config.transactions_topic, config.labels_topic], listener=_Rebalance(self))
         self.producer = KafkaProducer(acks="all", linger_ms=2, batch_size=256 * 1024,
                                       **{k: v for k, v in client.items() if k not in _CONSUMER_ONLY})
-        self.in_flight: deque[Batch] = deque()
+        self.in_flight = 0  # batches handed to the worker and not yet taken back from `self._acked`
+        self._to_ack: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # for the acking thread, in order
+        self._acked: queue.SimpleQueue[Batch] = queue.SimpleQueue()  # back from it, in order
+        self._acker = threading.Thread(target=self._ack_batches, name="scorer-acks", daemon=True)
+        self._acker.start()
         self._lag_checked = 0.0
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
         self._kafka_cpu = 0.0  # this process's CPU seconds not yet reported to the worker's cost account
@@ -86,48 +96,86 @@ class ScorerService:
             self.close()
 
     def step(self) -> list[Batch]:
-        """Poll once and hand the batch to the worker; finish (produce, wait for the acks, commit) the batches
-        ahead of it, and it too when it is ready. Returns the batches finished."""
+        """Poll once and hand the batch to the worker (or, with MAX_IN_FLIGHT batches on their way, wait for
+        the oldest); commit the batches whose decisions were acknowledged meanwhile. Returns those batches."""
         cpu = time.process_time()
-        polled = self.consumer.poll(timeout_ms=0 if self.in_flight else self.config.poll_timeout_ms,
-                                    max_records=self.config.batch_size)
-        records = [r for rs in polled.values() for r in rs]
-        if records:
-            self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
-                               self._kafka_cpu)
-            self._kafka_cpu = 0.0
-            self.in_flight.append(Batch(records))
         finished = []
-        # The newest batch is finished at once too when nothing new came, or when the worker is already
-        # done with it (light load: latency); otherwise it is scored while the next poll happens (throughput).
-        while self.in_flight and (len(self.in_flight) > 1 or not records or self.worker.has_result()):
-            finished.append(self._finish(self.in_flight.popleft(), self.worker.result()))
-        if not self.in_flight and not records:
-            self._take(self.worker.status())  # model events while idle
+        if self.in_flight < MAX_IN_FLIGHT:
+            polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
+            records = [r for rs in polled.values() for r in rs]
+            if records:
+                self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
+                                   self._kafka_cpu)
+                self._kafka_cpu = 0.0
+            elif not self.in_flight:
+                self.worker.request_status()  # model events while idle
+            if records or not self.in_flight:
+                self._to_ack.put(Batch(records))
+                self.in_flight += 1
+        else:  # a backlog: what is read from Kafka waits there, not in this process's memory
+            with contextlib.suppress(queue.Empty):
+                finished.append(self._commit(self._acked.get(timeout=self.config.poll_timeout_ms / 1000)))
+        while not self._acked.empty():
+            finished.append(self._commit(self._acked.get()))
         self._update_lag()
         spent = time.process_time() - cpu
         self._kafka_cpu += spent
         self.metrics.scoring_cpu.inc(spent)
-        return finished
+        return [batch for batch in finished if batch.records]
 
-    def _finish(self, batch: Batch, scored: Scored) -> Batch:
-        """Produce the batch's decisions and dead letters, wait for the acks, then commit its offsets."""
-        self._take(scored)
+    def _ack_batches(self) -> None:
+        """The acking thread: takes the scored batches from the worker in order, produces their decisions and
+        dead letters and waits for the broker's acks, while the loop above goes on polling."""
+        while (batch := self._to_ack.get()) is not None:
+            group = [batch]
+            try:
+                batch.scored = self.worker.result()
+                # Every further batch the worker has already scored goes out with it, under one flush: the
+                # acks keep pace however small the polled batches are. (Its request was sent before its
+                # Batch was queued, so the queue holds it or is about to.)
+                while self.worker.has_result():
+                    group.append(self._to_ack.get())
+                    group[-1].scored = self.worker.result()
+                pending = [future for batch in group if batch.records for future in self._send(batch.scored)]
+                self.producer.flush()
+                for future in pending:
+                    future.get(timeout=0)  # raises if the broker refused: offsets stay uncommitted
+            except BaseException as error:  # the loop raises it; nothing from here on is acknowledged
+                for batch in group:
+                    batch.error = error
+                    self._acked.put(batch)
+                return
+            acked_ms = time.time() * 1000
+            for batch in group:
+                batch.acked_ms = acked_ms
+                self._acked.put(batch)
+
+    def _send(self, scored: Scored) -> list:
         topic = self.config.decisions_topic
         pending = [self.producer.send(topic, key=key, value=value) for key, value in scored.decisions]
         pending += [self.producer.send(self.config.dead_letter_topic, value=dead.message.value, headers=[
             ("error.reason", dead.reason.encode()), ("source.topic", dead.message.topic.encode()),
             ("source.partition", str(dead.message.partition).encode()),
             ("source.offset", str(dead.message.offset).encode())]) for dead in scored.dead_letters]
-        self.producer.flush()
-        for future in pending:
-            future.get(timeout=0)  # raises if the broker refused: offsets stay uncommitted
+        return pending
+
+    def _commit(self, batch: Batch) -> Batch:
+        """A batch whose decisions were acknowledged: commit its offsets (in order, after the acks)."""
+        self.in_flight -= 1
+        if batch.error is not None:
+            raise RuntimeError(f"a batch could not be scored or acknowledged: {batch.error}") from batch.error
+        self._take(batch.scored)
+        if not batch.records:
+            return batch
+        assigned = self.consumer.assignment()  # a partition revoked meanwhile is the new owner's to commit
         for r in batch.records:
-            self._processed[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "", -1)
-        # Only after the acks; asynchronous, so the next batch does not wait a round trip. A failed commit
-        # means a redelivery, which the idempotent state and store absorb.
+            tp = TopicPartition(r.topic, r.partition)
+            if tp in assigned:
+                self._processed[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        # Asynchronous, so the loop does not wait a round trip. A failed commit means a redelivery, which
+        # the idempotent state and store absorb.
         self.consumer.commit_async(dict(self._processed), callback=self._committed)
-        self._observe(batch, scored)
+        self._observe(batch, batch.scored)
         return batch
 
     def _take(self, scored: Scored) -> None:
@@ -158,7 +206,7 @@ class ScorerService:
 
     def _observe(self, batch: Batch, scored: Scored) -> None:
         m = self.metrics
-        acked_ms = time.time() * 1000
+        acked_ms = batch.acked_ms
         transactions = [r for r in batch.records if r.topic == self.config.transactions_topic]
         m.transactions.inc(len(transactions))
         m.labels.inc(scored.labels)
@@ -185,12 +233,13 @@ class ScorerService:
         self.metrics.lag.set(lag)
 
     def close(self) -> None:
+        self._to_ack.put(None)  # the acking thread finishes what the worker has, then stops
+        self._acker.join()
         try:
-            while self.in_flight:  # finish what the worker has; a failed worker leaves them uncommitted
-                self._finish(self.in_flight.popleft(), self.worker.result())
-        except Exception as error:
+            while not self._acked.empty():
+                self._commit(self._acked.get())
+        except Exception as error:  # a failed worker or broker leaves them uncommitted
             log.warning("batches left uncommitted (%s); they will be delivered again", error)
-            self.in_flight.clear()
         self.producer.flush()
         if self._processed:
             try:

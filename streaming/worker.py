@@ -186,8 +186,8 @@ def _read_requests(connection: _Duplex, requests: queue.SimpleQueue) -> None:
 
 
 class ScoringProcess:
-    """The Kafka side's handle on the worker (`python -m streaming.worker`, talking over two pipes): submit
-    a batch, then take its result, in submission order."""
+    """The Kafka side's handle on the worker (`python -m streaming.worker`, talking over two pipes): send
+    requests from one thread, take their results, in order, from one other (or the same) thread."""
 
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
         to_child, from_parent = os.pipe()
@@ -198,25 +198,27 @@ class ScoringProcess:
         os.close(from_child)
         self._connection = _Duplex(Connection(to_parent, writable=False), Connection(from_parent, readable=False))
         self._connection.send((config, registry, logging.getLogger().getEffectiveLevel()))
-        self.pending = 0  # batches submitted whose result has not been taken
+        self._sent = self._received = 0  # each counted by one thread only
         self.ready = self._reply()
 
     def submit(self, batch: list[tuple], kafka_cpu_seconds: float) -> None:
         self._connection.send(("score", batch, kafka_cpu_seconds))
-        self.pending += 1
+        self._sent += 1
 
-    def result(self) -> Scored:
-        scored = self._reply()
-        self.pending -= 1
-        return scored
+    def request_status(self) -> None:
+        """Ask for the model events since the last reply; `result()` returns them (no decisions)."""
+        self._connection.send(("status",))
+        self._sent += 1
 
     def has_result(self) -> bool:
-        """Whether the oldest submitted batch's result is there to take now."""
-        return self.pending > 0 and self._connection.poll(0)
+        """Whether the oldest request's reply is there to take now (on the thread that takes results)."""
+        return self._connection.poll(0)
 
-    def status(self) -> Scored:
-        self._connection.send(("status",))
-        return self._reply()
+    def result(self) -> Scored:
+        """The oldest request's reply, waiting for it."""
+        scored = self._reply()
+        self._received += 1
+        return scored
 
     def _reply(self) -> Scored:
         while not self._connection.poll(1.0):
@@ -232,7 +234,7 @@ class ScoringProcess:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop after the batch in hand; batches whose result was never taken are abandoned (uncommitted)."""
-        if self.pending:
+        if self._sent > self._received:
             self.process.kill()
         with contextlib.suppress(OSError):
             self._connection.send(("stop",))
