@@ -302,7 +302,7 @@ def to_markdown(outcome: dict, command: str) -> str:
         "from the store), one prediction per batch by the model compiled with lleaves, exact contributions "
         "(LightGBM) for the transactions not approved, the SQLite write of each decision with its feature "
         "values, producing with acks=all and committing after the acks. Scoring runs in the scorer's worker "
-        "process, one batch ahead of its Kafka loop. Every paced run has its producer in a process of its own "
-        "on the same 2 cores.",
+        "process while its Kafka process polls, and a thread of the latter produces and waits for the acks. "
+        "Every paced run has its producer in a process of its own on the same 2 cores.",
         "",
     ])

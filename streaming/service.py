@@ -175,7 +175,7 @@ class ScorerService:
         # Asynchronous, so the loop does not wait a round trip. A failed commit means a redelivery, which
         # the idempotent state and store absorb.
         self.consumer.commit_async(dict(self._processed), callback=self._committed)
-        self._observe(batch, batch.scored)
+        self._observe(batch)
         return batch
 
     def _take(self, scored: Scored) -> None:
@@ -204,8 +204,8 @@ class ScorerService:
         if isinstance(response, Exception):
             log.warning("offset commit failed (%s); the batch will be delivered again", response)
 
-    def _observe(self, batch: Batch, scored: Scored) -> None:
-        m = self.metrics
+    def _observe(self, batch: Batch) -> None:
+        m, scored = self.metrics, batch.scored
         acked_ms = batch.acked_ms
         transactions = [r for r in batch.records if r.topic == self.config.transactions_topic]
         m.transactions.inc(len(transactions))

@@ -96,6 +96,10 @@ class ScoringCore:
 
     def status(self) -> Scored:
         self.model.refresh()
+        return self._report()
+
+    def _report(self) -> Scored:
+        """Model events since the last reply, and the version in use."""
         events = [self.events.popleft() for _ in range(len(self.events))]
         version = self.model.current.version if self.model.current else ""
         return Scored(model_events=events, model_version=version)
@@ -111,7 +115,7 @@ class ScoringCore:
         self.store.write(result.rows, result.labels, self._take_costs())
         if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
             self.shared.publish([row.tx for row in result.rows], result.labels)
-        scored = self.status()
+        scored = self._report()  # the model was refreshed before this batch
         scored.decisions = [(d["card_id"].encode(), orjson.dumps(d)) for d in result.decisions]
         scored.dead_letters = result.dead_letters
         scored.labels = len(result.labels)
