@@ -62,6 +62,30 @@ class _CardHistory:
     times: list[float] = field(default_factory=list)
     cents: list[int] = field(default_factory=list)
     terminals: list[str] = field(default_factory=list)
+    # The same times per terminal: "new terminal" is then a bisect, not a scan of the card's month.
+    terminal_times: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, time: float, cents: int, terminal_id: str) -> None:
+        index = _insert_sorted(self.times, time)
+        self.cents.insert(index, cents)
+        self.terminals.insert(index, terminal_id)
+        at_terminal = self.terminal_times.get(terminal_id)
+        if at_terminal is None:
+            self.terminal_times[terminal_id] = [time]
+        else:
+            _insert_sorted(at_terminal, time)
+
+    def drop_before(self, cutoff: float) -> int:
+        """Forget the transactions at or before `cutoff`; how many."""
+        drop = _drop_before(cutoff, self.times, self.cents)
+        if drop:
+            for terminal_id in self.terminals[:drop]:  # each terminal's oldest times are the ones dropped
+                at_terminal = self.terminal_times[terminal_id]
+                del at_terminal[0]
+                if not at_terminal:
+                    del self.terminal_times[terminal_id]
+            del self.terminals[:drop]
+        return drop
 
 
 @dataclass(slots=True)
@@ -116,9 +140,7 @@ class FeatureState:
         card = self.cards.get(tx.card_id)
         if card is None:
             card = self.cards[tx.card_id] = _CardHistory()
-        index = _insert_sorted(card.times, tx.time)
-        card.cents.insert(index, tx.amount_cents)
-        card.terminals.insert(index, tx.terminal_id)
+        card.add(tx.time, tx.amount_cents, tx.terminal_id)
         terminal = self.terminals.get(tx.terminal_id)
         if terminal is None:
             terminal = self.terminals[tx.terminal_id] = _TerminalHistory()
@@ -132,7 +154,7 @@ class FeatureState:
             self.watermark = tx.time
         # Forget, a little at a time, what no window can reach any more (given LATENESS).
         card_cutoff, terminal_cutoff = self._cutoffs()
-        _drop_before(card_cutoff, card.times, card.cents, card.terminals)
+        card.drop_before(card_cutoff)
         dropped = _drop_before(terminal_cutoff, terminal.times)
         if dropped:
             del terminal.fraud_times[: bisect_right(terminal.fraud_times, terminal_cutoff)]
@@ -157,37 +179,44 @@ class FeatureState:
         card = self.cards[tx.card_id]
         times = card.times
         end = bisect_right(times, t)
-        day_start, week_start, month_start = (bisect_right(times, t - w * DAY) for w in CARD_WINDOWS_DAYS)
-        month = card.cents[month_start:end]  # every card window lies inside the 30-day one
-        month_sum = sum(month)
-        week_sum = sum(month[week_start - month_start:])
-        day_sum = sum(month[day_start - month_start:])
-        counts = (end - day_start, end - week_start, end - month_start)
+        day, week, month = CARD_WINDOWS_DAYS
+        day_start = bisect_right(times, t - day * DAY)
+        week_start = bisect_right(times, t - week * DAY)
+        month_start = bisect_right(times, t - month * DAY)
+        amounts = card.cents[month_start:end]  # every card window lies inside the 30-day one
+        month_sum = sum(amounts)
+        week_sum = sum(amounts[week_start - month_start:])
+        day_sum = sum(amounts[day_start - month_start:])
+        day_count, week_count, month_count = end - day_start, end - week_start, end - month_start
         # a count is 0 only for a transaction arriving later than LATENESS allows (not kept in the state)
-        means = tuple(total / n / 100 if n else math.nan for total, n in zip((day_sum, week_sum, month_sum), counts,
-                                                                              strict=True))
+        nan = math.nan
+        day_mean = day_sum / day_count / 100 if day_count else nan
+        week_mean = week_sum / week_count / 100 if week_count else nan
+        month_mean = month_sum / month_count / 100 if month_count else nan
 
-        before = bisect_left(times, t)
-        since_prev = t - times[before - 1] if before > month_start else math.nan
-        prior_count = counts[2] - 1
-        ratio = cents / ((month_sum - cents) / prior_count) if prior_count and month_sum > cents else math.nan
-        month.sort()
-        middle = len(month) // 2
-        median = month[middle] if len(month) % 2 else (month[middle - 1] + month[middle]) / 2
-        to_median = cents / median if median else math.nan
-        new_terminal = 1.0 if card.terminals[month_start:end].count(tx.terminal_id) <= 1 else 0.0
-        burst = end - bisect_right(times, t - HOUR)
+        before = bisect_left(times, t, month_start, end)
+        since_prev = t - times[before - 1] if before > month_start else nan
+        prior_count = month_count - 1
+        ratio = cents / ((month_sum - cents) / prior_count) if prior_count and month_sum > cents else nan
+        amounts.sort()
+        middle = month_count // 2
+        median = amounts[middle] if month_count % 2 else (amounts[middle - 1] + amounts[middle]) / 2
+        to_median = cents / median if median else nan
+        new_terminal = 1.0 if _count_between(card.terminal_times[tx.terminal_id], t - month * DAY, t) <= 1 else 0.0
+        burst = end - bisect_right(times, t - HOUR, month_start, end)
 
         terminal = self.terminals[tx.terminal_id]
         delayed_end = t - TERMINAL_DELAY_DAYS * DAY
-        term_counts, risks = [], []
-        for w in TERMINAL_WINDOWS_DAYS:
-            after = delayed_end - w * DAY
-            n = _count_between(terminal.times, after, delayed_end)
-            frauds = _count_between(terminal.fraud_times, after, delayed_end)
-            term_counts.append(float(n))
-            risks.append(frauds / n if n else 0.0)
-        known_frauds = _count_between(terminal.fraud_times, t - 7 * DAY, t)
+        seen, frauds = terminal.times, terminal.fraud_times
+        seen_end = bisect_right(seen, delayed_end)
+        term_counts = [seen_end - bisect_right(seen, delayed_end - w * DAY, 0, seen_end) for w in TERMINAL_WINDOWS_DAYS]
+        if frauds:  # most terminals never had a known fraud
+            fraud_end = bisect_right(frauds, delayed_end)
+            risks = [(fraud_end - bisect_right(frauds, delayed_end - w * DAY, 0, fraud_end)) / n if n else 0.0
+                     for w, n in zip(TERMINAL_WINDOWS_DAYS, term_counts, strict=True)]
+            known_frauds = float(_count_between(frauds, t - 7 * DAY, t))
+        else:
+            risks, known_frauds = [0.0] * len(TERMINAL_WINDOWS_DAYS), 0.0
 
         day_number, second_of_day = divmod(t, DAY)
         is_weekend = 1.0 if (int(day_number) + 3) % 7 >= 5 else 0.0  # 1970-01-01 was a Thursday
@@ -196,16 +225,20 @@ class FeatureState:
             cents / 100,
             is_weekend,
             is_night,
-            *map(float, counts),
-            *means,
-            *term_counts,
+            float(day_count),
+            float(week_count),
+            float(month_count),
+            day_mean,
+            week_mean,
+            month_mean,
+            *map(float, term_counts),
             *risks,
             float(burst),
             since_prev,
             ratio,
             to_median,
             new_terminal,
-            float(known_frauds),
+            known_frauds,
         ]
 
     # -- housekeeping ----------------------------------------------------------------------------
@@ -217,7 +250,7 @@ class FeatureState:
         self._swept_at = self.watermark
         card_cutoff, terminal_cutoff = self._cutoffs()
         for key, card in list(self.cards.items()):
-            if _drop_before(card_cutoff, card.times, card.cents, card.terminals) and not card.times:
+            if card.drop_before(card_cutoff) and not card.times:
                 del self.cards[key]
         for key, terminal in list(self.terminals.items()):
             if _drop_before(terminal_cutoff, terminal.times):

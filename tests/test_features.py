@@ -88,6 +88,17 @@ def test_a_late_transaction_is_inserted_in_time_order():
     assert state.cards["C"].times == sorted(state.cards["C"].times)
 
 
+def test_new_terminal_counts_the_card_s_month_at_that_terminal_only():
+    state = FeatureState()
+    assert named(state.transform(tx(1, "C", "T1", 0, 100)))["card_new_terminal_30d"] == 1
+    assert named(state.transform(tx(2, "C", "T2", DAY, 100)))["card_new_terminal_30d"] == 1
+    assert named(state.transform(tx(3, "C", "T1", 2 * DAY, 100)))["card_new_terminal_30d"] == 0
+    assert named(state.transform(tx(4, "C", "T2", 40 * DAY, 100)))["card_new_terminal_30d"] == 1  # T2 left the window
+    # a late transaction sees only what was before it at that terminal
+    assert named(state.transform(tx(5, "C", "T3", 39 * DAY, 100)))["card_new_terminal_30d"] == 1
+    assert named(state.transform(tx(6, "C", "T3", 41 * DAY, 100)))["card_new_terminal_30d"] == 0
+
+
 def _wire_stream(history: pd.DataFrame, labels: pd.DataFrame):
     """The history as a scorer receives it: JSON messages, labels interleaved at the moment they are known."""
     tx_events = (
@@ -143,6 +154,12 @@ def test_pruning_changes_no_value_and_bounds_memory(small_history, small_labels,
     # quiet cards are swept out at least every SWEEP_EVERY of event time
     oldest_card_event = min(card.times[0] for card in state.cards.values())
     assert oldest_card_event > state.watermark - max(F.CARD_WINDOWS_DAYS) * DAY - F.LATENESS - F.SWEEP_EVERY
+    # each card's per-terminal index holds exactly its kept transactions
+    for card in state.cards.values():
+        by_terminal: dict[str, list[float]] = {}
+        for time, terminal in zip(card.times, card.terminals, strict=True):
+            by_terminal.setdefault(terminal, []).append(time)
+        assert card.terminal_times == by_terminal
 
 
 def test_batch_needs_a_time_ordered_history(small_history, small_labels):
