@@ -28,6 +28,7 @@ class ScorerConfig:
     group_id: str = "fraud-scorer"
     batch_size: int = 500
     poll_timeout_ms: int = 100
+    commit_interval_ms: int = 100  # offsets of acknowledged batches are committed at most this often (0: each batch)
     review_threshold: float = 0.3
     decline_threshold: float = 0.7
     reasons: int = 3
@@ -45,6 +46,8 @@ class ScorerConfig:
             raise ValueError("thresholds must satisfy 0 <= review_threshold <= decline_threshold <= 1")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.commit_interval_ms < 0:
+            raise ValueError(f"commit_interval_ms must not be negative, got {self.commit_interval_ms}")
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> ScorerConfig:

@@ -39,6 +39,7 @@ class DeadLetter:
 @dataclass
 class BatchResult:
     decisions: list[dict] = field(default_factory=list)  # the decision messages, in event-time order
+    partitions: list[int] = field(default_factory=list)  # each decision's transaction's partition
     rows: list[DecisionRow] = field(default_factory=list)  # what the store keeps
     labels: list[Label] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -114,5 +115,6 @@ class Scorer:
                 "latency_ms": round(now * 1000 - message.timestamp_ms, 2),
                 "decided_at": now,
             })
+            result.partitions.append(message.partition)
             result.rows.append(DecisionRow(tx, score, decided[i], model.version, rows[i], now))
         return result

@@ -75,7 +75,10 @@ class ScorerService:
         self._acker = threading.Thread(target=self._ack_batches, name="scorer-acks", daemon=True)
         self._acker.start()
         self._lag_checked = 0.0
+        self._decision_partitions = 0  # known at the first send
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
+        self._uncommitted = False  # whether `_processed` moved since the last commit
+        self._committed_at = 0.0
         self._kafka_cpu = 0.0  # this process's CPU seconds not yet reported to the worker's cost account
         # kafka-python 3 does its network I/O on a background thread; with the default 5 ms GIL switch
         # interval the main thread's work starves it and fetch responses wait (latency).
@@ -117,6 +120,7 @@ class ScorerService:
                 finished.append(self._commit(self._acked.get(timeout=self.config.poll_timeout_ms / 1000)))
         while not self._acked.empty():
             finished.append(self._commit(self._acked.get()))
+        self._commit_offsets()
         self._update_lag()
         spent = time.process_time() - cpu
         self._kafka_cpu += spent
@@ -151,8 +155,14 @@ class ScorerService:
                 self._acked.put(batch)
 
     def _send(self, scored: Scored) -> list:
+        """Decisions are co-partitioned with their transactions (partition p to p modulo the decisions topic's
+        count): a card's decisions keep the order of its transactions, and no key is hashed per message."""
         topic = self.config.decisions_topic
-        pending = [self.producer.send(topic, key=key, value=value) for key, value in scored.decisions]
+        if not self._decision_partitions:
+            self._decision_partitions = len(self.producer.partitions_for(topic))
+        count = self._decision_partitions
+        pending = [self.producer.send(topic, key=key, value=value, partition=partition % count)
+                   for partition, key, value in scored.decisions]
         pending += [self.producer.send(self.config.dead_letter_topic, value=dead.message.value, headers=[
             ("error.reason", dead.reason.encode()), ("source.topic", dead.message.topic.encode()),
             ("source.partition", str(dead.message.partition).encode()),
@@ -160,7 +170,7 @@ class ScorerService:
         return pending
 
     def _commit(self, batch: Batch) -> Batch:
-        """A batch whose decisions were acknowledged: commit its offsets (in order, after the acks)."""
+        """A batch whose decisions were acknowledged: its offsets are now safe to commit (in order, after the acks)."""
         self.in_flight -= 1
         if batch.error is not None:
             raise RuntimeError(f"a batch could not be scored or acknowledged: {batch.error}") from batch.error
@@ -172,11 +182,20 @@ class ScorerService:
             tp = TopicPartition(r.topic, r.partition)
             if tp in assigned:
                 self._processed[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-        # Asynchronous, so the loop does not wait a round trip. A failed commit means a redelivery, which
-        # the idempotent state and store absorb.
-        self.consumer.commit_async(dict(self._processed), callback=self._committed)
+                self._uncommitted = True
+        self._commit_offsets()
         self._observe(batch)
         return batch
+
+    def _commit_offsets(self) -> None:
+        """Commit what was acknowledged, at most every `commit_interval_ms`: a commit per small batch would
+        be a request per batch for the client and the broker alike. Asynchronous, so the loop does not wait
+        a round trip. A commit that fails or comes late means a redelivery, which the idempotent state and
+        store absorb."""
+        now = time.monotonic()
+        if self._uncommitted and (now - self._committed_at) * 1000 >= self.config.commit_interval_ms:
+            self.consumer.commit_async(dict(self._processed), callback=self._committed)
+            self._uncommitted, self._committed_at = False, now
 
     def _take(self, scored: Scored) -> None:
         """Model events reported by the worker."""

@@ -46,7 +46,8 @@ STATE_HORIZON = max(CARD_RETENTION, TERMINAL_RETENTION)
 class Scored:
     """What the Kafka side needs of a scored batch: messages to produce and what the metrics count."""
 
-    decisions: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value), one per transaction
+    # (source partition, key, value), one per transaction
+    decisions: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)  # decisions by outcome
     labels: int = 0
@@ -116,7 +117,8 @@ class ScoringCore:
         if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
             self.shared.publish([row.tx for row in result.rows], result.labels)
         scored = self._report()  # the model was refreshed before this batch
-        scored.decisions = [(d["card_id"].encode(), orjson.dumps(d)) for d in result.decisions]
+        scored.decisions = [(partition, d["card_id"].encode(), orjson.dumps(d))
+                            for partition, d in zip(result.partitions, result.decisions, strict=True)]
         scored.dead_letters = result.dead_letters
         scored.labels = len(result.labels)
         scored.model_seconds = result.model_seconds

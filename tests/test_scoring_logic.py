@@ -175,6 +175,7 @@ def test_config_from_file_environment_and_overrides(tmp_path):
     ("review_threshold = 0.9\ndecline_threshold = 0.5\n", {}, "thresholds must satisfy"),
     ("batch_size = [", {}, "scorer.toml"),
     ("", {"FRAUDLOOP_COMPILE_MODELS": "maybe"}, "FRAUDLOOP_COMPILE_MODELS='maybe' is not true or false"),
+    ("commit_interval_ms = -1\n", {}, "commit_interval_ms must not be negative"),
 ])
 def test_bad_config_says_what_is_wrong(tmp_path, text, env, message):
     path = tmp_path / "scorer.toml"

@@ -72,6 +72,15 @@ def test_n_in_n_out_with_offline_identical_features_and_scores(broker, served, s
     decided = decisions_by_id(records)
     assert len(records) == len(decided) == len(stream)
     assert service.metrics.transactions._value.get() == len(stream)
+    # co-partitioned: each decision on its transaction's partition, a card's in the order of its transactions
+    sources = read_topic(broker.bootstrap, config.transactions_topic, lambda r: len(r) >= len(stream))
+    partition_of = {orjson.loads(r.value)["transaction_id"]: r.partition for r in sources}
+    assert all(r.partition == partition_of[orjson.loads(r.value)["transaction_id"]] for r in records)
+    time_of = dict(zip(stream["transaction_id"], stream["time"], strict=True))
+    times_by_card: dict[str, list[float]] = {}
+    for message in (orjson.loads(r.value) for r in records):
+        times_by_card.setdefault(message["card_id"], []).append(time_of[message["transaction_id"]])
+    assert all(times == sorted(times) for times in times_by_card.values())
 
     offline = compute_features(stream, small_history.iloc[:0][["transaction_id"]].assign(is_fraud=True, known_at=0.0))
     offline_scores = booster.predict(offline.to_numpy(), num_threads=1)
