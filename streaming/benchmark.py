@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import orjson
 import pandas as pd
+import psutil
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
@@ -48,6 +50,7 @@ class ModeResult:
     messages: int
     seconds: float
     latencies_ms: np.ndarray
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU microseconds a message, by process
 
     @property
     def throughput(self) -> float:
@@ -55,6 +58,23 @@ class ModeResult:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q))
+
+
+class CpuMeter:
+    """CPU seconds spent by named processes between `start` and `per_message`: where a run's cores went."""
+
+    def __init__(self, **pids: int) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.start()
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
+
+    def start(self) -> None:
+        self.started = self._now()
+
+    def per_message(self, messages: int) -> dict[str, float]:
+        return {name: (spent - self.started[name]) / messages * 1e6 for name, spent in self._now().items()}
 
 
 def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float | None = None) -> None:
@@ -221,13 +241,17 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
         create_topics(boot, ["pass-in", "pass-out", "naive-in", "naive-out", "pass-paced-in", "pass-paced-out"],
                       partitions=3)
         _produce(boot, "pass-in", messages[:n])
+        meter = CpuMeter(broker=broker.process.pid, kafka=os.getpid())
         results["pass"] = pass_through(boot, "pass-in", "pass-out", n, batch=500)
+        results["pass"].cpu_us = meter.per_message(n)
         _say(f"pass-through: {results['pass'].throughput:,.0f} msg/s")
 
         service = ScorerService(scorer_config(transactions_topic="score-in", group_id="bench-scorer"), registry)
         _join(service.consumer)
         _produce(boot, "score-in", messages[:n])
+        meter = CpuMeter(broker=broker.process.pid, kafka=os.getpid(), worker=service.worker.process.pid)
         results["scorer"] = scorer(service, n)
+        results["scorer"].cpu_us = meter.per_message(n)
         service.close()
         _say(f"scorer: {results['scorer'].throughput:,.0f} msg/s")
 
@@ -247,9 +271,11 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
             count = min(int(at * latency_seconds), n)
             producer = multiprocessing.get_context("spawn").Process(target=_produce,
                                                                     args=(boot, topic, messages[:count], at))
+            meter = CpuMeter(broker=broker.process.pid, kafka=os.getpid(), worker=service.worker.process.pid)
             producer.start()
             try:
                 results[key] = scorer(service, count, name=f"our scorer, paced at {at:,.0f} msg/s")
+                results[key].cpu_us = meter.per_message(count)
             finally:
                 producer.join(60)
             if producer.exitcode != 0:
@@ -259,10 +285,12 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
         # The floor: the same paced traffic through the pass-through (kafka-python and the broker alone).
         producer = multiprocessing.get_context("spawn").Process(target=_produce,
                                                                 args=(boot, "pass-paced-in", paced, rate))
+        meter = CpuMeter(broker=broker.process.pid, kafka=os.getpid())
         try:
             results["paced_pass"] = pass_through(boot, "pass-paced-in", "pass-paced-out", paced_n, 500,
                                                  name=f"pass-through, paced at {rate:,.0f} msg/s",
                                                  start=producer.start)
+            results["paced_pass"].cpu_us = meter.per_message(paced_n)
         finally:
             producer.join(60)
     return {"results": results, "rate": rate, "seconds": time.perf_counter() - started,
@@ -272,19 +300,25 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
 def to_markdown(outcome: dict, command: str) -> str:
     r = outcome["results"]
     rows = [
-        "| consumer | messages | throughput (msg/s) | p50 / p99 end-to-end (ms) |",
-        "|---|---|---|---|",
+        "| consumer | messages | throughput (msg/s) | p50 / p99 end-to-end (ms) | CPU µs a message: broker / Kafka "
+        "process / worker |",
+        "|---|---|---|---|---|",
     ]
+
+    def cpu(m: ModeResult) -> str:
+        return " / ".join(f"{m.cpu_us[k]:.0f}" if k in m.cpu_us else "–" for k in ("broker", "kafka", "worker"))
+
     for key in ("pass", "scorer", "naive"):
         m = r[key]
-        rows.append(f"| {m.name} | {m.messages:,} | {m.throughput:,.0f} | backlog (queueing): not a latency |")
+        rows.append(f"| {m.name} | {m.messages:,} | {m.throughput:,.0f} | backlog (queueing): not a latency | "
+                    f"{cpu(m)} |")
     p, quarter, floor = r["paced"], r["paced_quarter"], r["paced_pass"]
     rows.append(f"| {p.name} (half its maximum) | {p.messages:,} | {p.throughput:,.0f} | **{p.percentile(50):.1f} / "
-                f"{p.percentile(99):.1f}** |")
+                f"{p.percentile(99):.1f}** | {cpu(p)} |")
     rows.append(f"| {floor.name} (the floor) | {floor.messages:,} | {floor.throughput:,.0f} | "
-                f"{floor.percentile(50):.1f} / {floor.percentile(99):.1f} |")
+                f"{floor.percentile(50):.1f} / {floor.percentile(99):.1f} | {cpu(floor)} |")
     rows.append(f"| {quarter.name} (a quarter of its maximum) | {quarter.messages:,} | {quarter.throughput:,.0f} | "
-                f"{quarter.percentile(50):.1f} / {quarter.percentile(99):.1f} |")
+                f"{quarter.percentile(50):.1f} / {quarter.percentile(99):.1f} | {cpu(quarter)} |")
     return "\n".join([
         "# Streaming throughput and latency (real broker, one run)",
         "",
@@ -303,6 +337,8 @@ def to_markdown(outcome: dict, command: str) -> str:
         "(LightGBM) for the transactions not approved, the SQLite write of each decision with its feature "
         "values, producing with acks=all and committing after the acks. Scoring runs in the scorer's worker "
         "process while its Kafka process polls, and a thread of the latter produces and waits for the acks. "
-        "Every paced run has its producer in a process of its own on the same 2 cores.",
+        "Every paced run has its producer in a process of its own on the same 2 cores (its CPU is not in the "
+        "table). The CPU column is each process's user + system time over the run divided by its messages: at "
+        "a given rate, CPU µs a message × messages a second is the share of a core that process took.",
         "",
     ])
