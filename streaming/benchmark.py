@@ -61,17 +61,14 @@ class ModeResult:
 
 
 class CpuMeter:
-    """CPU seconds spent by named processes between `start` and `per_message`: where a run's cores went."""
+    """CPU seconds spent by named processes from its creation to `per_message`: where a run's cores went."""
 
     def __init__(self, **pids: int) -> None:
         self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.start()
+        self.started = self._now()
 
     def _now(self) -> dict[str, float]:
         return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
-
-    def start(self) -> None:
-        self.started = self._now()
 
     def per_message(self, messages: int) -> dict[str, float]:
         return {name: (spent - self.started[name]) / messages * 1e6 for name, spent in self._now().items()}
