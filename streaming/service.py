@@ -170,7 +170,7 @@ class ScorerService:
         return pending
 
     def _commit(self, batch: Batch) -> Batch:
-        """A batch whose decisions were acknowledged: its offsets are now safe to commit (in order, after the acks)."""
+        """A batch whose decisions were acknowledged: its offsets are now safe to commit (step() commits them)."""
         self.in_flight -= 1
         if batch.error is not None:
             raise RuntimeError(f"a batch could not be scored or acknowledged: {batch.error}") from batch.error
@@ -183,7 +183,6 @@ class ScorerService:
             if tp in assigned:
                 self._processed[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
                 self._uncommitted = True
-        self._commit_offsets()
         self._observe(batch)
         return batch
 
