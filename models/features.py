@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,13 +31,19 @@ HOUR = 3_600.0
 CARD_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_DELAY_DAYS = 7
-# How late (event time behind the newest seen) a transaction may arrive and still see exact windows.
+# How late (event time behind the newest seen) a transaction may arrive and still see exact windows, by
+# default: the state keeps this much more than the windows need (the scorer's allowed lateness sets it).
 LATENESS = DAY
 # Quiet cards and terminals are swept out this often (event time); active ones are trimmed as they are touched.
 SWEEP_EVERY = 7 * DAY
-# How far behind the newest transaction the state must reach: no window looks further back.
-CARD_RETENTION = LATENESS + max(CARD_WINDOWS_DAYS) * DAY
-TERMINAL_RETENTION = LATENESS + (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
+
+
+def retention(lateness: float = LATENESS) -> tuple[float, float]:
+    """How far behind the newest transaction the card and the terminal state must reach: no window of a
+    transaction at most `lateness` late looks further back."""
+    return (lateness + max(CARD_WINDOWS_DAYS) * DAY,
+            lateness + (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY)
+
 
 FEATURE_NAMES: tuple[str, ...] = (
     "amount",
@@ -104,7 +110,7 @@ def _insert_sorted(times: list[float], value: float) -> int:
     return index
 
 
-def _count_between(times: list[float], after: float, up_to: float) -> int:
+def _count_between(times: Sequence[float], after: float, up_to: float) -> int:
     """How many times t satisfy after < t <= up_to."""
     return bisect_right(times, up_to) - bisect_right(times, after)
 
@@ -112,13 +118,17 @@ def _count_between(times: list[float], after: float, up_to: float) -> int:
 class FeatureState:
     """Per-card and per-terminal state; `transform` returns a transaction's features and records it."""
 
-    def __init__(self) -> None:
+    def __init__(self, lateness: float = LATENESS) -> None:
+        self.card_retention, self.terminal_retention = retention(lateness)
         self.cards: dict[str, _CardHistory] = {}
         self.terminals: dict[str, _TerminalHistory] = {}
         self.seen: dict[str, tuple[str, float]] = {}  # transaction id -> (terminal id, time)
         self.frauds_applied: set[str] = set()
         self.pending_frauds: dict[str, float] = {}  # labels that arrived before their transaction
         self.watermark = -math.inf  # newest transaction time seen
+        # Nothing newer than this is forgotten (the scorer holds it at its slowest partition's time while a
+        # backlog is read one partition after another); offline, the watermark alone decides.
+        self.hold = math.inf
         self._arrivals: deque[tuple[float, str]] = deque()  # (time, transaction id) in arrival order
         self._swept_at = -math.inf
 
@@ -132,7 +142,9 @@ class FeatureState:
             self.pending_frauds[label.transaction_id] = label.known_at
             return
         terminal_id, time = seen
-        insort(self.terminals[terminal_id].fraud_times, time)
+        terminal = self.terminals.get(terminal_id)
+        if terminal is not None:  # else swept out: the fraud is older than every window
+            insort(terminal.fraud_times, time)
         self.frauds_applied.add(label.transaction_id)
 
     # -- transactions ----------------------------------------------------------------------------
@@ -152,7 +164,7 @@ class FeatureState:
             self.add_label(Label(tx.transaction_id, True, known_at))
         if tx.time > self.watermark:
             self.watermark = tx.time
-        # Forget, a little at a time, what no window can reach any more (given LATENESS).
+        # Forget, a little at a time, what no window can reach any more (given the lateness).
         card_cutoff, terminal_cutoff = self._cutoffs()
         card.drop_before(card_cutoff)
         dropped = _drop_before(terminal_cutoff, terminal.times)
@@ -188,7 +200,8 @@ class FeatureState:
         week_sum = sum(amounts[week_start - month_start:])
         day_sum = sum(amounts[day_start - month_start:])
         day_count, week_count, month_count = end - day_start, end - week_start, end - month_start
-        # a count is 0 only for a transaction arriving later than LATENESS allows (not kept in the state)
+        # A count is 0 only for a transaction later than the state's lateness (forgotten as soon as recorded):
+        # the scorer dead-letters those before they get here; these features stay defined (NaN) regardless.
         nan = math.nan
         day_mean = day_sum / day_count / 100 if day_count else nan
         week_mean = week_sum / week_count / 100 if week_count else nan
@@ -200,9 +213,13 @@ class FeatureState:
         ratio = cents / ((month_sum - cents) / prior_count) if prior_count and month_sum > cents else nan
         amounts.sort()
         middle = month_count // 2
-        median = amounts[middle] if month_count % 2 else (amounts[middle - 1] + amounts[middle]) / 2
+        if not month_count:
+            median = nan
+        else:
+            median = amounts[middle] if month_count % 2 else (amounts[middle - 1] + amounts[middle]) / 2
         to_median = cents / median if median else nan
-        new_terminal = 1.0 if _count_between(card.terminal_times[tx.terminal_id], t - month * DAY, t) <= 1 else 0.0
+        at_terminal = card.terminal_times.get(tx.terminal_id, ())
+        new_terminal = 1.0 if _count_between(at_terminal, t - month * DAY, t) <= 1 else 0.0
         burst = end - bisect_right(times, t - HOUR, month_start, end)
 
         terminal = self.terminals[tx.terminal_id]
@@ -243,7 +260,8 @@ class FeatureState:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def _cutoffs(self) -> tuple[float, float]:
-        return self.watermark - CARD_RETENTION, self.watermark - TERMINAL_RETENTION
+        newest = min(self.watermark, self.hold)
+        return newest - self.card_retention, newest - self.terminal_retention
 
     def prune(self) -> None:
         """Sweep out cards and terminals that have gone quiet (active ones are trimmed as they are touched)."""

@@ -190,6 +190,11 @@ def load_booster(config: RegistryConfig, alias: str = CHAMPION) -> tuple[lgb.Boo
     return load_version(config, version), str(version)
 
 
+class IncompatibleModel(ValueError):
+    """A version that was fetched but cannot serve here (no LightGBM file, other features): refused for good,
+    where a failure to fetch it is tried again."""
+
+
 def load_version(config: RegistryConfig, version: str) -> lgb.Booster:
     config.point_mlflow()
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,10 +202,14 @@ def load_version(config: RegistryConfig, version: str) -> lgb.Booster:
                                                          tracking_uri=config.tracking_uri))
         model_file = local / "model.lgb"
         if not model_file.exists():
-            raise ValueError(f"model version {version} has no native LightGBM file (model.lgb)")
-        booster = lgb.Booster(model_file=str(model_file))
+            raise IncompatibleModel(f"model version {version} has no native LightGBM file (model.lgb)")
+        try:
+            booster = lgb.Booster(model_file=str(model_file))
+        except lgb.basic.LightGBMError as error:
+            raise IncompatibleModel(f"model version {version}: {error}") from None
         spec_file = next(local.rglob(FEATURE_SPEC_FILE), None)
         features = json.loads(spec_file.read_text())["features"] if spec_file else booster.feature_name()
     if list(features) != list(FEATURE_NAMES) or booster.feature_name() != list(FEATURE_NAMES):
-        raise ValueError(f"model version {version} expects features {features}, this code computes {FEATURE_NAMES}")
+        raise IncompatibleModel(f"model version {version} expects features {features}, this code computes "
+                                f"{FEATURE_NAMES}")
     return booster

@@ -180,7 +180,7 @@ def cmd_broker(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with start_broker(args.port) as broker:
-        topics = [config.transactions_topic, config.labels_topic, config.decisions_topic, config.dead_letter_topic]
+        topics = config.topics
         create_topics(broker.bootstrap, topics, partitions=args.partitions)
         print(f"broker listening on {broker.bootstrap}; topics {', '.join(topics)} ({args.partitions} partitions)."
               " Ctrl-C stops it.", flush=True)

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from models.home import fraudloop_home
 from pipelines.demo_report import build_report, histogram_quantile, print_report, scrape
+from streaming.config import ScorerConfig
 
 DAY = 86_400.0
-TOPICS = ("transactions", "labels", "decisions", "transactions-dlq")
+TOPICS = tuple(ScorerConfig().topics)
 # Retraining settings for a short run: 21 training days, 3 holdout days, labels mature after 4 days.
 RETRAIN = {"train_days": 21, "delay_days": 0, "test_days": 3, "maturity_days": 4.0, "num_boost_round": 300}
 MALFORMED = [b"not json", b'{"schema_version": 1, "transaction_id": "X1"}',

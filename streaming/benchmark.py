@@ -219,11 +219,12 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
         # Every run writes to topics of its own: the development broker slows down as a topic grows.
         name = settings["group_id"]
         shutil.copyfile(warm_store, work / f"{name}.db")
-        create_topics(boot, [settings["transactions_topic"], f"{name}-labels", f"{name}-decisions", f"{name}-dlq"],
-                      partitions=3)
-        return ScorerConfig(bootstrap_servers=boot, labels_topic=f"{name}-labels", decisions_topic=f"{name}-decisions",
-                            dead_letter_topic=f"{name}-dlq", store_url=f"sqlite:///{work / name}.db", batch_size=500,
-                            **settings)
+        config = ScorerConfig(bootstrap_servers=boot, labels_topic=f"{name}-labels",
+                              decisions_topic=f"{name}-decisions", dead_letter_topic=f"{name}-dlq",
+                              labels_dead_letter_topic=f"{name}-labels-dlq", store_url=f"sqlite:///{work / name}.db",
+                              batch_size=500, **settings)
+        create_topics(boot, config.topics, partitions=3)
+        return config
 
     compiling = compiled.start(built.booster)  # served compiled from the first batch, as after a restart
     while not compiling.done():

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streaming.event_time import WALL, EventTimePolicy
+
 # Consumer settings: group joins in seconds rather than kafka-python's ~45 s session default, and a short
 # fetch wait so an idle partition does not hold a poll for the default 500 ms (latency).
 CONSUMER_DEFAULTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000,
@@ -25,6 +27,7 @@ class ScorerConfig:
     labels_topic: str = "labels"
     decisions_topic: str = "decisions"
     dead_letter_topic: str = "transactions-dlq"
+    labels_dead_letter_topic: str = "labels-dlq"
     group_id: str = "fraud-scorer"
     batch_size: int = 500
     poll_timeout_ms: int = 100
@@ -33,8 +36,15 @@ class ScorerConfig:
     decline_threshold: float = 0.7
     reasons: int = 3
     compile_models: bool = True  # serve each version compiled (lleaves) once built; LightGBM until then
+    # The event-time policy (streaming/event_time.py): `wall` for live traffic, `stream` for replays of
+    # historical or simulated streams, which run on a clock of their own.
+    allowed_lateness_seconds: float = 86_400.0
+    max_ahead_seconds: float = 300.0
+    event_clock: str = WALL
+    partition_skew_seconds: float = 30 * 86_400.0
     model_alias: str = "champion"
     model_check_seconds: float = 5.0
+    model_grace_seconds: float = 120.0  # the alias may name a version not served this long before it is reported
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
     shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
     metrics_port: int = 0  # 0: no Prometheus endpoint
@@ -48,6 +58,20 @@ class ScorerConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.commit_interval_ms < 0:
             raise ValueError(f"commit_interval_ms must not be negative, got {self.commit_interval_ms}")
+        self.event_time_policy()  # refuses a bad policy at load
+
+    def event_time_policy(self) -> EventTimePolicy:
+        return EventTimePolicy(self.allowed_lateness_seconds, self.max_ahead_seconds, self.event_clock,
+                               self.partition_skew_seconds)
+
+    def dead_letter_topic_for(self, source_topic: str) -> str:
+        return self.labels_dead_letter_topic if source_topic == self.labels_topic else self.dead_letter_topic
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the scorer reads or writes."""
+        return [self.transactions_topic, self.labels_topic, self.decisions_topic, self.dead_letter_topic,
+                self.labels_dead_letter_topic]
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> ScorerConfig:

@@ -1,20 +1,31 @@
-"""Prometheus metrics of one scorer process."""
+"""Prometheus metrics of one scorer process. Every series is there, at zero, from the start."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streaming.decide import APPROVE, DECLINE, REVIEW
+from streaming.scorer import DEAD_LETTER_KINDS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MODEL_EVENTS = ("swapped", "compiled", "compile_failed", "refused", "load_failed", "registry_error")
 
 
 class ScorerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, dead_letter_topic_for: Callable[[str], str] | None = None,
+                 sources: tuple[str, ...] = ()) -> None:
         self.registry = r = CollectorRegistry()
         self.transactions = Counter("fraud_transactions", "Transaction messages consumed", registry=r)
         self.labels = Counter("fraud_labels", "Label messages consumed", registry=r)
+        self.unknown_labels = Counter("fraud_labels_unknown_transaction", "Labels of transactions this scorer has "
+                                      "not seen (kept: a label may come first)", registry=r)
         self.decisions = Counter("fraud_decisions", "Decisions produced", ["decision"], registry=r)
-        self.dead_letters = Counter("fraud_dead_letters", "Messages sent to the dead-letter topic", ["topic"],
-                                    registry=r)
+        self.replayed = Counter("fraud_decisions_replayed", "Decisions given again to a redelivered transaction "
+                                "(from the store, not scored again)", registry=r)
+        self.dead_letters = Counter("fraud_dead_letters", "Messages sent to a dead-letter topic, by the kind of "
+                                    "reason", ["topic", "reason"], registry=r)
         self.end_to_end = Histogram("fraud_end_to_end_seconds", "Broker timestamp of a transaction to its decision "
                                     "acknowledged", buckets=LATENCY_BUCKETS, registry=r)
         self.model_seconds = Histogram("fraud_model_seconds_per_batch", "Model prediction per batch",
@@ -24,9 +35,20 @@ class ScorerMetrics:
         self.scoring_cpu = Counter("fraud_scoring_cpu_seconds", "CPU seconds of the Kafka loop and the scoring worker",
                                    registry=r)
         self.model_version = Gauge("fraud_model_version", "Model version in use", ["model"], registry=r)
-        self.model_events = Counter("fraud_model_events", "Model swaps, compilations, refusals, registry errors",
-                                    ["event"], registry=r)
+        self.model_events = Counter("fraud_model_events", "Model swaps, compilations, refusals, failed loads, "
+                                    "registry errors", ["event"], registry=r)
+        self.model_behind_alias = Gauge("fraud_model_behind_alias_seconds", "How long the registry alias has named a "
+                                        "version other than the one served (0: they agree)", registry=r)
+        self.producer_renewals = Counter("fraud_producer_renewals", "Producers replaced after a broker fault "
+                                         "(what was on its way is sent again)", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
+        for outcome in (APPROVE, REVIEW, DECLINE):
+            self.decisions.labels(outcome)
+        for event in MODEL_EVENTS:
+            self.model_events.labels(event)
+        for source in sources:
+            for kind in DEAD_LETTER_KINDS:
+                self.dead_letters.labels(dead_letter_topic_for(source), kind)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -1,7 +1,9 @@
 """The model the scorer serves: the registry alias's version, swapped between batches, never a broken one.
 
-A new version is loaded and smoke-tested before it replaces the old; one that fails is refused (and not
-retried) while the old keeps serving. If the registry cannot be reached the scorer keeps the model in hand.
+A new version is loaded and smoke-tested before it replaces the old. One that loads and fails its checks is
+refused (and not retried) while the old keeps serving; one that fails to load (registry or artifact store
+unreachable, a timeout) is tried again with backoff. If the registry cannot be reached the scorer keeps the
+model in hand, and says so once the alias has named a version it does not serve for longer than a grace period.
 A new version serves through LightGBM at once and through its compiled form (streaming/compiled.py) as
 soon as that is built and checked; a failed compilation leaves LightGBM serving.
 """
@@ -21,10 +23,11 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from models.features import N_FEATURES
-from models.registry import RegistryConfig, load_version
+from models.registry import IncompatibleModel, RegistryConfig, load_version
 from streaming import compiled
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 300.0  # seconds between tries to load a version that failed to load
 # Smoke rows: all-missing, all-zero and a typical-looking transaction.
 SMOKE_ROWS = np.vstack([np.full(N_FEATURES, np.nan), np.zeros(N_FEATURES), np.linspace(0.0, 50.0, N_FEATURES)])
 
@@ -60,6 +63,10 @@ class ModelHolder:
         self.check_every, self._on_event, self.compile_models = check_every, on_event, compile_models
         self.current: ServingModel | None = None
         self.refused: dict[str, str] = {}
+        self.alias_version: str | None = None  # what the alias named at the last successful check
+        self._failed_loads: dict[str, tuple[int, float]] = {}  # version -> (failures, when to try again)
+        self._behind_since: float | None = None  # monotonic time the alias was first seen ahead of the served
+        self._reported_behind = False
         self._checked = -float("inf")
         self._compiling: compiled.Compilation | None = None
         self._loaded: queue.SimpleQueue[ServingModel] = queue.SimpleQueue()  # by the watcher, not yet served
@@ -112,17 +119,52 @@ class ModelHolder:
             log.warning("model registry check failed (%s); serving version %s", error, serving or "none")
             self._on_event("registry_error", "")
             return None
-        if version == serving or version in self.refused:
+        self.alias_version = version
+        if version != serving and self._behind_since is None:
+            self._behind_since = time.monotonic()
+        failures, retry_at = self._failed_loads.get(version, (0, 0.0))
+        if version == serving or version in self.refused or time.monotonic() < retry_at:
             return None
         try:
             booster = self._load(version)
+        except IncompatibleModel as error:
+            return self._refuse(version, error)
+        except Exception as error:  # transient until shown otherwise: tried again, each time later
+            wait = min(self.check_every * 2 ** failures, MAX_BACKOFF)
+            self._failed_loads[version] = (failures + 1, time.monotonic() + wait)
+            log.warning("%s version %s could not be loaded (%s); trying again in %.0f s", self.name, version,
+                        error, wait)
+            self._on_event("load_failed", version)
+            return None
+        self._failed_loads.pop(version, None)
+        try:
             smoke_test(booster)
         except Exception as error:
-            self.refused[version] = str(error)
-            log.error("refused %s version %s: %s", self.name, version, error)
-            self._on_event("refused", version)
-            return None
+            return self._refuse(version, error)
         return ServingModel(self.name, version, booster)
+
+    def _refuse(self, version: str, error: Exception) -> None:
+        self.refused[version] = str(error)
+        log.error("refused %s version %s: %s", self.name, version, error)
+        self._on_event("refused", version)
+
+    def behind_alias(self, grace: float) -> float:
+        """Seconds the alias has named a version other than the one served (0 when they agree); logged once
+        an episode lasts longer than `grace` seconds."""
+        serving = self.current.version if self.current else None
+        if self.alias_version is None or self.alias_version == serving:
+            self._behind_since, self._reported_behind = None, False
+            return 0.0
+        now = time.monotonic()
+        if self._behind_since is None:
+            self._behind_since = now
+        behind = now - self._behind_since
+        if behind > grace and not self._reported_behind:
+            self._reported_behind = True
+            reason = self.refused.get(self.alias_version) or "not loaded yet"
+            log.error("the alias names %s version %s but version %s has served for %.0f s: %s", self.name,
+                      self.alias_version, serving, behind, reason)
+        return behind
 
     def _serve(self, model: ServingModel) -> bool:
         if self.current is not None and model.version == self.current.version:

@@ -1,13 +1,21 @@
 """The scorer's core, free of Kafka: a batch of raw messages in, decisions / labels / dead letters out.
 
-Per message: decode and validate (bad input becomes a dead letter with its reason, never an exception);
-per batch: features from the shared FeatureState, one Booster.predict call, reasons only for the
-transactions that are not approved (exact contributions cost ~100x a prediction).
+The guarantee: every message ends as exactly one decision (a label: one stored label) or one dead letter,
+whatever its bytes, and no message can fail its batch. Per message: decode and validate (`invalid`); the
+event-time policy (`late`, `future`; streaming/event_time.py); the transaction id against those already
+decided (a redelivery gets the decision already made; other content under the same id is a `conflicting
+duplicate`); then the features. An unexpected exception while handling one message dead-letters that
+message alone (`internal: <type>: <message>`). Per batch: one model call (a row that breaks it is retried
+alone), reasons only for the transactions that are not approved (exact contributions cost ~100x a
+prediction), and one store write, which is also where a duplicate the state could not know of is caught.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +26,12 @@ from models.schema import InvalidRecord, Label, Transaction, parse_label, parse_
 from streaming.config import ScorerConfig
 from streaming.decide import APPROVE, outcomes, top_reasons
 from streaming.model import ServingModel
-from streaming.store import DecisionRow
+from streaming.store import DecisionRow, Store, StoredDecision
+
+log = logging.getLogger(__name__)
+# Dead-letter reasons start with one of these, then ": " and the detail; metrics count by the kind.
+INVALID, LATE, FUTURE, CONFLICT, INTERNAL = "invalid", "late", "future", "conflicting duplicate", "internal"
+DEAD_LETTER_KINDS = (INVALID, LATE, FUTURE, CONFLICT, INTERNAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,15 +48,26 @@ class DeadLetter:
     message: Message
     reason: str
 
+    @property
+    def kind(self) -> str:
+        return self.reason.split(":", 1)[0]
+
 
 @dataclass
 class BatchResult:
     decisions: list[dict] = field(default_factory=list)  # the decision messages, in event-time order
-    partitions: list[int] = field(default_factory=list)  # each decision's transaction's partition
-    rows: list[DecisionRow] = field(default_factory=list)  # what the store keeps
+    sources: list[Message] = field(default_factory=list)  # each decision's transaction message
+    rows: list[DecisionRow] = field(default_factory=list)  # the new decisions, for the store
     labels: list[Label] = field(default_factory=list)
+    label_sources: list[Message] = field(default_factory=list)  # each label's message
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    replayed: int = 0  # decisions given again to a redelivered transaction
+    unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
     model_seconds: float = 0.0
+
+    def decide(self, decision: dict, source: Message) -> None:
+        self.decisions.append(decision)
+        self.sources.append(source)
 
 
 def _decode(message: Message) -> object:
@@ -56,12 +80,20 @@ def _decode(message: Message) -> object:
 
 
 class Scorer:
-    def __init__(self, config: ScorerConfig, state: FeatureState) -> None:
-        self.config, self.state = config, state
+    def __init__(self, config: ScorerConfig, state: FeatureState, store: Store) -> None:
+        self.config, self.state, self.store = config, state, store
+        self.policy = config.event_time_policy()
+        self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
 
-    def process(self, messages: list[Message], model: ServingModel) -> BatchResult:
-        """Apply the batch in event-time order (a label at its known_at, before a transaction of the same
-        second), as the offline build does; partitions are interleaved by the consumer, not by time."""
+    def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
+                costs: dict[str, tuple[int, float]] | None = None,
+                partitions: Collection[int] | None = None) -> BatchResult:
+        """Score a batch and store its new decisions and labels (with `costs`, see Store.write). `partitions`:
+        the transactions partitions assigned to this scorer now (None: those it has read).
+
+        Applied in event-time order (a label at its known_at, before a transaction of the same second), as the
+        offline build does; partitions are interleaved by the consumer, not by time."""
+        now = time.time() if now is None else now
         result = BatchResult()
         events: list[tuple[float, int, Message, Transaction | Label]] = []
         for message in messages:
@@ -74,47 +106,212 @@ class Scorer:
                     tx = parse_transaction(record)
                     events.append((tx.time, 1, message, tx))
             except InvalidRecord as error:
-                result.dead_letters.append(DeadLetter(message, str(error)))
+                result.dead_letters.append(DeadLetter(message, f"{INVALID}: {error}"))
+            except Exception as error:  # noqa: BLE001 - one message never fails its batch
+                _failed(result, message, error, "?")
         events.sort(key=lambda e: (e[0], e[1]))
+        unread = False
+        if partitions is not None:  # a revoked partition no longer holds the state back; an unread one does
+            topic = self.config.transactions_topic
+            self.stream_times = {key: t for key, t in self.stream_times.items() if key[1] in partitions}
+            unread = any((topic, p) not in self.stream_times for p in partitions)
+        self.state.hold = self.policy.hold(self.state.watermark, self.stream_times.values(), unread)
+        stored = self._stored(events, now)
 
-        transactions: list[tuple[Message, Transaction]] = []
-        rows: list[list[float]] = []
+        batch = _Batch(model.name)
         for _, _, message, item in events:
-            if isinstance(item, Label):
-                self.state.add_label(item)
-                result.labels.append(item)
-            else:
-                transactions.append((message, item))
-                rows.append(self.state.transform(item))
-        if not transactions:
-            return result
-        features = np.array(rows)
-        started = time.perf_counter()
-        scores = model.predict(features)
-        result.model_seconds = time.perf_counter() - started
-        decided = outcomes(scores, self.config.review_threshold, self.config.decline_threshold)
-        flagged = [i for i, d in enumerate(decided) if d != APPROVE]
-        reasons: dict[int, list[dict]] = {}
-        if flagged and self.config.reasons:
-            contributions = model.booster.predict(features[flagged], pred_contrib=True, num_threads=1)
-            reasons = {i: top_reasons(c, features[i], FEATURE_NAMES, self.config.reasons)
-                       for i, c in zip(flagged, contributions, strict=True)}
-
-        now = time.time()
-        for i, (message, tx) in enumerate(transactions):
-            score = float(scores[i])
-            result.decisions.append({
-                "schema_version": 1,
-                "transaction_id": tx.transaction_id,
-                "card_id": tx.card_id,
-                "decision": decided[i],
-                "score": round(score, 6),
-                "model": model.name,
-                "model_version": model.version,
-                "reasons": reasons.get(i, []),
-                "latency_ms": round(now * 1000 - message.timestamp_ms, 2),
-                "decided_at": now,
-            })
-            result.partitions.append(message.partition)
-            result.rows.append(DecisionRow(tx, score, decided[i], model.version, rows[i], now))
+            try:
+                if isinstance(item, Label):
+                    self._label(result, message, item, now)
+                else:
+                    self._transaction(result, batch, message, item, now, stored)
+            except Exception as error:  # noqa: BLE001
+                _failed(result, message, error, item.transaction_id)
+        if batch.scored:
+            self._score(result, batch, model, now)
+        if result.rows or result.labels or costs:
+            inserted = self.store.write(result.rows, result.labels, costs)
+            if inserted < len(result.rows):
+                self._reconcile(result, model.name)
         return result
+
+    # -- per message -----------------------------------------------------------------------------
+    def _stored(self, events: list, now: float) -> dict[str, StoredDecision]:
+        """The stored decisions of the batch's transactions that may have one: those the state has seen, and
+        those too late to score (a redelivery after a long outage still gets its decision)."""
+        seen = self.state.seen
+        ids = [item.transaction_id for _, kind, message, item in events
+               if kind == 1 and (item.transaction_id in seen or self._verdict(message, item, now))]
+        return self.store.decisions_for(ids) if ids else {}
+
+    def _verdict(self, message: Message, tx: Transaction, now: float) -> str | None:
+        stream_time = self.stream_times.get((message.topic, message.partition), -math.inf)
+        return self.policy.transaction(tx.time, stream_time, self.state.watermark, now)
+
+    def _label(self, result: BatchResult, message: Message, label: Label, now: float) -> None:
+        reason = self.policy.label(label.known_at, self.state.watermark, now)
+        if reason:
+            result.dead_letters.append(DeadLetter(message, reason))
+            return
+        if label.transaction_id not in self.state.seen:
+            result.unknown_labels += 1  # kept: it may come before its transaction, or after the state forgot it
+        self.state.add_label(label)
+        result.labels.append(label)
+        result.label_sources.append(message)
+
+    def _transaction(self, result: BatchResult, batch: _Batch, message: Message, tx: Transaction, now: float,
+                     stored: dict[str, StoredDecision]) -> None:
+        made = stored.get(tx.transaction_id)
+        if made is not None:  # decided in an earlier batch: that decision stands
+            if made.tx == tx:
+                result.decide(_stored_message(batch.model_name, made, message), message)
+                result.replayed += 1
+            else:
+                result.dead_letters.append(DeadLetter(message, _conflict(made.tx)))
+            return
+        first = batch.first.get(tx.transaction_id)
+        if first is not None:  # twice in this batch: decided with its first copy
+            if first == tx:
+                batch.copies.append((message, tx.transaction_id))
+            else:
+                result.dead_letters.append(DeadLetter(message, _conflict(first)))
+            return
+        reason = self._verdict(message, tx, now)
+        if reason:
+            result.dead_letters.append(DeadLetter(message, reason))
+            return
+        partition = (message.topic, message.partition)
+        self.stream_times[partition] = max(self.stream_times.get(partition, tx.time), tx.time)
+        batch.first[tx.transaction_id] = tx
+        batch.scored.append((message, tx, self.state.transform(tx)))
+
+    # -- per batch -------------------------------------------------------------------------------
+    def _score(self, result: BatchResult, batch: _Batch, model: ServingModel, now: float) -> None:
+        features = np.array([row for _, _, row in batch.scored], dtype=float)
+        started = time.perf_counter()
+        scores, failed = _predict(model, features)
+        result.model_seconds = time.perf_counter() - started
+        decided = outcomes(np.nan_to_num(scores), self.config.review_threshold, self.config.decline_threshold)
+        reasons = self._reasons(model, features, decided, failed)
+        index: dict[str, int] = {}  # transaction id -> its decision in result.decisions
+        for j, (message, tx, row) in enumerate(batch.scored):
+            if j in failed:
+                _failed(result, message, failed[j], tx.transaction_id)
+                continue
+            score, why = float(scores[j]), reasons.get(j, [])
+            index[tx.transaction_id] = len(result.decisions)
+            result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message),
+                          message)
+            result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why))
+        for message, tx_id in batch.copies:
+            if tx_id not in index:  # its first copy could not be scored either
+                result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: its first copy in the batch failed"))
+                continue
+            result.decide({**result.decisions[index[tx_id]], "latency_ms": _latency_ms(message)}, message)
+            result.replayed += 1
+
+    def _reasons(self, model: ServingModel, features: np.ndarray, decided: list[str],
+                 failed: dict[int, BaseException]) -> dict[int, list[dict]]:
+        flagged = [j for j, d in enumerate(decided) if d != APPROVE and j not in failed]
+        if not flagged or not self.config.reasons:
+            return {}
+        try:
+            contributions = model.booster.predict(features[flagged], pred_contrib=True, num_threads=1)
+            return {j: top_reasons(c, features[j], FEATURE_NAMES, self.config.reasons)
+                    for j, c in zip(flagged, contributions, strict=True)}
+        except Exception as error:  # noqa: BLE001 - a decision without reasons beats no decision
+            log.error("reasons could not be computed for %d decisions: %r", len(flagged), error)
+            return {}
+
+    def _reconcile(self, result: BatchResult, model_name: str) -> None:
+        """Some new decisions' ids were in the store already (written by another instance, or longer ago than
+        the state remembers): the stored decision stands. A redelivery gets it; other content is dead-lettered."""
+        stored = self.store.decisions_for([row.tx.transaction_id for row in result.rows])
+        ours = {row.tx.transaction_id: row for row in result.rows}
+        overruled = {tx_id for tx_id, row in ours.items()
+                     if tx_id in stored and stored[tx_id].decided_at != row.decided_at}
+        decisions, sources = result.decisions, result.sources
+        result.decisions, result.sources = [], []
+        for decision, source in zip(decisions, sources, strict=True):
+            tx_id = decision["transaction_id"]
+            if tx_id not in overruled:
+                result.decide(decision, source)
+                continue
+            made = stored[tx_id]
+            log.warning("transaction %s was decided before (%s, version %s): that decision stands", tx_id,
+                        made.decision, made.model_version)
+            if made.tx == ours[tx_id].tx:
+                result.decide(_stored_message(model_name, made, source), source)
+                result.replayed += 1
+            else:
+                result.dead_letters.append(DeadLetter(source, _conflict(made.tx)))
+        result.rows = [row for row in result.rows if row.tx.transaction_id not in overruled]
+
+
+@dataclass
+class _Batch:
+    """What one batch has decided so far, for the copies of a transaction within it."""
+
+    model_name: str
+    first: dict[str, Transaction] = field(default_factory=dict)  # the first copy of each id scored
+    scored: list[tuple[Message, Transaction, list[float]]] = field(default_factory=list)
+    copies: list[tuple[Message, str]] = field(default_factory=list)  # identical copies of one scored here
+
+
+def _predict(model: ServingModel, features: np.ndarray) -> tuple[np.ndarray, dict[int, BaseException]]:
+    """Scores of the rows; a row the model cannot score (or scores outside [0, 1]) is set apart, alone."""
+    try:
+        scores = np.asarray(model.predict(features), dtype=float)
+        bad = ~((scores >= 0) & (scores <= 1))
+        if not bad.any():
+            return scores, {}
+    except Exception as error:  # noqa: BLE001 - retried row by row below
+        log.warning("the model failed on a batch of %d (%r); scoring it row by row", len(features), error)
+        scores, bad = np.full(len(features), np.nan), np.ones(len(features), dtype=bool)
+    failed: dict[int, BaseException] = {}
+    for j in np.flatnonzero(bad):
+        try:
+            value = float(np.asarray(model.predict(features[j:j + 1]), dtype=float)[0])
+            if not 0 <= value <= 1:
+                raise ValueError(f"the model gave {value!r}, not a probability")
+            scores[j] = value
+        except Exception as error:  # noqa: BLE001
+            failed[int(j)] = error
+    return scores, failed
+
+
+def _failed(result: BatchResult, message: Message, error: BaseException, tx_id: str) -> None:
+    log.error("dead-lettered %s (topic %s, partition %d, offset %d) on an unexpected error: %r", tx_id,
+              message.topic, message.partition, message.offset, error)
+    result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: {type(error).__name__}: {error}"))
+
+
+def _latency_ms(message: Message) -> float:
+    return round(time.time() * 1000 - message.timestamp_ms, 2)
+
+
+def decision_message(model_name: str, tx: Transaction, decision: str, score: float | None, version: str,
+                     reasons: list, decided_at: float, message: Message) -> dict:
+    return {
+        "schema_version": 1,
+        "transaction_id": tx.transaction_id,
+        "card_id": tx.card_id,
+        "decision": decision,
+        "score": None if score is None else round(score, 6),
+        "model": model_name,
+        "model_version": version,
+        "reasons": reasons,
+        "latency_ms": _latency_ms(message),
+        "decided_at": decided_at,
+    }
+
+
+def _stored_message(model_name: str, made: StoredDecision, message: Message) -> dict:
+    return decision_message(model_name, made.tx, made.decision, made.score, made.model_version, made.reasons,
+                            made.decided_at, message)
+
+
+def _conflict(first: Transaction) -> str:
+    return (f"{CONFLICT}: transaction id {first.transaction_id!r} was already decided for other content "
+            f"(card {first.card_id}, terminal {first.terminal_id}, time {first.time:.0f}, "
+            f"amount {first.amount_cents / 100:.2f}); the first decision stands")

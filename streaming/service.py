@@ -6,8 +6,12 @@ order, produces their decisions and waits for the acks; the loop then commits th
 at-least-once with no loss: a batch's decisions and labels are written to the store, its decisions and
 dead letters are acknowledged by the broker (acks=all), and only then are its offsets committed, in
 order. After a crash the uncommitted batches are delivered again; the feature state, rebuilt from the
-store on start, already holds those transactions, so they are neither counted twice nor lost, and their
-decisions (same transaction ids) are produced again.
+store on start, already holds those transactions, so they are neither counted twice nor lost, and each
+gets the decision already made (from the store), produced again.
+
+Broker faults (a restart, a leader change, a producer the broker no longer knows) do not stop it: the
+batches on their way are produced again through a new producer, with backoff, until acknowledged; their
+offsets wait for that. The consumer reconnects and rejoins the group by itself.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import time
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
 from models.registry import RegistryConfig
 from streaming.config import ScorerConfig
@@ -33,6 +39,10 @@ from streaming.worker import Scored, ScoringProcess
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005
 MAX_IN_FLIGHT = 4  # batches polled and not yet acknowledged: enough to keep the worker busy on a backlog
+# Producer settings: a broker fault surfaces within seconds (then a new producer is made), not after
+# kafka-python's 60 s blocking and 120 s delivery defaults. Settings in `kafka` override them.
+PRODUCER_DEFAULTS = {"acks": "all", "linger_ms": 2, "batch_size": 256 * 1024, "max_block_ms": 10_000,
+                     "request_timeout_ms": 10_000, "delivery_timeout_ms": 30_000}
 
 
 def stop_on_signals() -> threading.Event:
@@ -57,7 +67,9 @@ class Batch:
 class ScorerService:
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
         self.config = config
-        self.metrics = ScorerMetrics()
+        self.metrics = ScorerMetrics(config.dead_letter_topic_for, (config.transactions_topic, config.labels_topic))
+        if config.metrics_port:  # from the start: a scorer rebuilding its state or waiting for a model is seen
+            self.metrics.serve(config.metrics_port, config.metrics_host)
         self.model_name = registry.model_name
         self.model_version = ""
         self.refused: dict[str, str] = {}  # model versions the worker would not serve, and why
@@ -67,8 +79,8 @@ class ScorerService:
         self.consumer = KafkaConsumer(group_id=config.group_id, enable_auto_commit=False,
                                       auto_offset_reset="earliest", max_poll_records=config.batch_size, **client)
         self.consumer.subscribe([config.transactions_topic, config.labels_topic], listener=_Rebalance(self))
-        self.producer = KafkaProducer(acks="all", linger_ms=2, batch_size=256 * 1024,
-                                      **{k: v for k, v in client.items() if k not in _CONSUMER_ONLY})
+        self.producer = self._new_producer()
+        self._stopping = threading.Event()  # ends the acking thread's retries
         self.in_flight = 0  # batches handed to the worker and not yet taken back from `self._acked`
         self._to_ack: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # for the acking thread, in order
         self._acked: queue.SimpleQueue[Batch] = queue.SimpleQueue()  # back from it, in order
@@ -88,10 +100,13 @@ class ScorerService:
         gc.collect()
         gc.freeze()
 
+    def _new_producer(self) -> KafkaProducer:
+        client = {k: v for k, v in self.config.client_settings().items() if k not in _CONSUMER_ONLY}
+        return KafkaProducer(**{**PRODUCER_DEFAULTS, **client})
+
     def run(self, stop: threading.Event) -> None:
-        if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-        log.info("scoring %s with %s version %s", self.config.transactions_topic, self.model_name, self.model_version)
+        log.info("consuming %s and %s as group %s; scoring with %s version %s", self.config.transactions_topic,
+                 self.config.labels_topic, self.config.group_id, self.model_name, self.model_version)
         try:
             while not stop.is_set():
                 self.step()
@@ -107,8 +122,10 @@ class ScorerService:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [r for rs in polled.values() for r in rs]
             if records:
+                assigned = tuple(tp.partition for tp in self.consumer.assignment()
+                                 if tp.topic == self.config.transactions_topic)
                 self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
-                                   self._kafka_cpu)
+                                   self._kafka_cpu, assigned)
                 self._kafka_cpu = 0.0
             elif not self.in_flight:
                 self.worker.request_status()  # model events while idle
@@ -140,10 +157,7 @@ class ScorerService:
                 while self.worker.has_result():
                     group.append(self._to_ack.get())
                     group[-1].scored = self.worker.result()
-                pending = [future for batch in group if batch.records for future in self._send(batch.scored)]
-                self.producer.flush()
-                for future in pending:
-                    future.get(timeout=0)  # raises if the broker refused: offsets stay uncommitted
+                self._deliver(group)
             except BaseException as error:  # the loop raises it; nothing from here on is acknowledged
                 for batch in group:
                     batch.error = error
@@ -154,20 +168,65 @@ class ScorerService:
                 batch.acked_ms = acked_ms
                 self._acked.put(batch)
 
-    def _send(self, scored: Scored) -> list:
+    def _deliver(self, group: list[Batch]) -> None:
+        """Produce the group's decisions and dead letters and wait for every acknowledgement. A Kafka error (a
+        broker restarted or unreachable, a leader moved, a producer id the broker forgot) gets a new producer
+        and the whole group sent again, with backoff, until acknowledged or the scorer stops; offsets are
+        committed only after, so nothing is lost (a decision may be produced twice)."""
+        retrying = Retrying(retry=retry_if_exception_type(KafkaError), wait=wait_exponential(0.5, max=15),
+                            stop=stop_when_event_set(self._stopping), before_sleep=self._renew_producer, reraise=True)
+        for attempt in retrying:
+            with attempt:
+                pending = [future for batch in group if batch.records for future in self._send(batch)]
+                self.producer.flush()
+                for future in pending:
+                    future.get(timeout=0)  # raises if the broker refused
+
+    def _renew_producer(self, retry: RetryCallState) -> None:
+        error = retry.outcome.exception() if retry.outcome else None
+        log.warning("producing failed (%r); sending again through a new producer in %.1f s (attempt %d)", error,
+                    retry.upcoming_sleep, retry.attempt_number)
+        self.metrics.producer_renewals.inc()
+        with contextlib.suppress(Exception):
+            self.producer.close(timeout=1)
+        self.producer = self._new_producer()
+        self._decision_partitions = 0  # the topic may have come back with another count
+
+    def _send(self, batch: Batch) -> list:
         """Decisions are co-partitioned with their transactions (partition p to p modulo the decisions topic's
         count): a card's decisions keep the order of its transactions, and no key is hashed per message."""
-        topic = self.config.decisions_topic
+        scored, topic = batch.scored, self.config.decisions_topic
         if not self._decision_partitions:
-            self._decision_partitions = len(self.producer.partitions_for(topic))
+            self._decision_partitions = len(self.producer.partitions_for(topic) or ())
+            if not self._decision_partitions:
+                raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
         count = self._decision_partitions
         pending = [self.producer.send(topic, key=key, value=value, partition=partition % count)
                    for partition, key, value in scored.decisions]
-        pending += [self.producer.send(self.config.dead_letter_topic, value=dead.message.value, headers=[
-            ("error.reason", dead.reason.encode()), ("source.topic", dead.message.topic.encode()),
-            ("source.partition", str(dead.message.partition).encode()),
-            ("source.offset", str(dead.message.offset).encode())]) for dead in scored.dead_letters]
+        if scored.dead_letters:
+            source = {(r.topic, r.partition, r.offset): r for r in batch.records}
+            pending += [self._dead_letter(source[(topic, partition, offset)], reason)
+                        for topic, partition, offset, reason in scored.dead_letters]
         return pending
+
+    def _dead_letter(self, record, reason: str):
+        """The message as it came (key, value, headers) with the reason and where it came from. A tombstone
+        (no value) goes with an empty value and a marker header; one too large to produce again goes without
+        its value, which stays in the source topic at the offset named."""
+        headers = [*(record.headers or []), ("error.reason", reason.encode()),
+                   ("error.kind", reason.split(":", 1)[0].encode()), ("source.topic", record.topic.encode()),
+                   ("source.partition", str(record.partition).encode()), ("source.offset", str(record.offset).encode())]
+        value = record.value
+        if value is None:
+            value, headers = b"", [*headers, ("error.tombstone", b"true")]
+        topic = self.config.dead_letter_topic_for(record.topic)
+        try:
+            return self.producer.send(topic, key=record.key, value=value, headers=headers)
+        except MessageSizeTooLargeError as error:
+            log.error("dead letter of %s-%d@%d sent without its value: %s", record.topic, record.partition,
+                      record.offset, error)
+            return self.producer.send(topic, key=record.key, value=b"", headers=[
+                *headers, ("error.value_dropped", f"{len(value)} bytes, too large to produce again".encode())])
 
     def _commit(self, batch: Batch) -> Batch:
         """A batch whose decisions were acknowledged: its offsets are now safe to commit (step() commits them)."""
@@ -178,7 +237,7 @@ class ScorerService:
         if not batch.records:
             return batch
         assigned = self.consumer.assignment()  # a partition revoked meanwhile is the new owner's to commit
-        for r in batch.records:
+        for r in batch.records:  # in offset order per partition
             tp = TopicPartition(r.topic, r.partition)
             if tp in assigned:
                 self._processed[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
@@ -193,8 +252,24 @@ class ScorerService:
         store absorb."""
         now = time.monotonic()
         if self._uncommitted and (now - self._committed_at) * 1000 >= self.config.commit_interval_ms:
-            self.consumer.commit_async(dict(self._processed), callback=self._committed)
+            offsets = self._committable(self._processed)
+            if offsets:
+                self.consumer.commit_async(offsets, callback=self._committed)
             self._uncommitted, self._committed_at = False, now
+
+    def _committable(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> dict:
+        """Offsets not beyond their partition's end as last fetched. One beyond it belongs to a log that is
+        gone (a broker that lost its data, as the in-memory development broker does on a restart): committing
+        it would skip the new log's first messages. Left out, those batches are delivered again (harmless)."""
+        safe = {}
+        for tp, offset in offsets.items():
+            end = self.consumer.highwater(tp)
+            if end is None or offset.offset <= end:
+                safe[tp] = offset
+            else:
+                log.warning("not committing %s-%d at %d: the partition ends at %d", tp.topic, tp.partition,
+                            offset.offset, end)
+        return safe
 
     def _take(self, scored: Scored) -> None:
         """Model events reported by the worker."""
@@ -202,6 +277,7 @@ class ScorerService:
             self.metrics.model_events.labels(event).inc()
             if event == "refused":
                 self.refused[version] = detail
+        self.metrics.model_behind_alias.set(scored.model_behind_seconds)
         if scored.model_version and scored.model_version != self.model_version:
             self.model_version = scored.model_version
             self.metrics.model_version.labels(self.model_name).set(float(scored.model_version))
@@ -212,7 +288,7 @@ class ScorerService:
         kafka-python 3 calls rebalance listeners on its IO thread, where a blocking commit is refused: the
         commit is sent asynchronously, ahead of the group's rejoin. Were it lost, or a batch of them still
         in flight, the new owner would get those messages again, which the idempotent state and store absorb."""
-        offsets = {tp: offset for tp, offset in self._processed.items() if tp in revoked}
+        offsets = self._committable({tp: offset for tp, offset in self._processed.items() if tp in revoked})
         if offsets:
             self.consumer.commit_async(offsets, callback=self._committed)
         for tp in revoked:
@@ -228,12 +304,14 @@ class ScorerService:
         transactions = [r for r in batch.records if r.topic == self.config.transactions_topic]
         m.transactions.inc(len(transactions))
         m.labels.inc(scored.labels)
+        m.unknown_labels.inc(scored.unknown_labels)
+        m.replayed.inc(scored.replayed)
         for outcome, count in scored.outcomes.items():
             m.decisions.labels(outcome).inc(count)
         for r in transactions:
             m.end_to_end.observe(max(acked_ms - r.timestamp, 0) / 1000)
-        for dead in scored.dead_letters:
-            m.dead_letters.labels(dead.message.topic).inc()
+        for topic, _, _, reason in scored.dead_letters:
+            m.dead_letters.labels(self.config.dead_letter_topic_for(topic), reason.split(":", 1)[0]).inc()
         if scored.decisions:
             m.model_seconds.observe(scored.model_seconds)
         m.scoring_cpu.inc(scored.cpu_seconds)
@@ -244,13 +322,19 @@ class ScorerService:
             return
         self._lag_checked = time.monotonic()
         lag = 0
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                lag += max(highwater - self.consumer.position(tp), 0)
+        try:
+            for tp in self.consumer.assignment():
+                highwater = self.consumer.highwater(tp)
+                position = self.consumer.position(tp, timeout_ms=100) if highwater is not None else None
+                if position is not None:
+                    lag += max(highwater - position, 0)
+        except KafkaError as error:  # a metric is not worth a stopped loop
+            log.debug("lag not measured: %r", error)
+            return
         self.metrics.lag.set(lag)
 
     def close(self) -> None:
+        self._stopping.set()  # a broker that cannot be reached no longer holds the acking thread
         self._to_ack.put(None)  # the acking thread finishes what the worker has, then stops
         self._acker.join()
         try:
@@ -258,14 +342,16 @@ class ScorerService:
                 self._commit(self._acked.get())
         except Exception as error:  # a failed worker or broker leaves them uncommitted
             log.warning("batches left uncommitted (%s); they will be delivered again", error)
-        self.producer.flush()
-        if self._processed:
+        with contextlib.suppress(KafkaError):
+            self.producer.flush(timeout=5)
+        offsets = self._committable(self._processed)
+        if offsets:
             try:
-                self.consumer.commit(dict(self._processed))  # synchronous: the last batch is committed on exit
+                self.consumer.commit(offsets)  # synchronous: the last batch is committed on exit
             except Exception as error:  # the group may be gone; the batch will be delivered again
                 log.warning("final offset commit failed: %s", error)
         self.consumer.close(autocommit=False)
-        self.producer.close()
+        self.producer.close(timeout=5)
         self.worker.close()
         log.info("scorer stopped")
 
@@ -282,4 +368,6 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 _CONSUMER_ONLY = {"session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "max_poll_records",
-                  "fetch_max_wait_ms", "fetch_min_bytes", "auto_offset_reset", "isolation_level"}
+                  "max_partition_fetch_bytes", "fetch_max_wait_ms", "fetch_min_bytes", "auto_offset_reset",
+                  "isolation_level"}
+

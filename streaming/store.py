@@ -30,6 +30,8 @@ decisions = sa.Table(
     sa.Column("model_version", sa.String(32), nullable=False),
     sa.Column("features", sa.Text, nullable=False),  # JSON list in FEATURE_NAMES order (null for NaN)
     sa.Column("decided_at", sa.Float, nullable=False),
+    # JSON list of the decision's reasons: a redelivered transaction gets the decision already made, whole
+    sa.Column("reasons", sa.Text, nullable=True),
 )
 # One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
 labels = sa.Table(
@@ -60,6 +62,19 @@ class DecisionRow:
     model_version: str
     features: Sequence[float]
     decided_at: float
+    reasons: Sequence[dict] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A decision already made, as the store keeps it: what a redelivery of its transaction gets."""
+
+    tx: Transaction
+    score: float | None
+    decision: str
+    model_version: str
+    decided_at: float
+    reasons: list[dict]
 
 
 def default_url() -> str:
@@ -77,6 +92,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._upsert = _dialect_insert(self.engine.dialect.name)
         self._insert = lambda table: self._upsert(table).on_conflict_do_nothing()
         marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
@@ -88,17 +104,20 @@ class Store:
             db.execute(self._insert(feature_sets), [{"name": "current", "features": names}])
 
     def write(self, rows: Sequence[DecisionRow], new_labels: Sequence[Label],
-              costs: dict[str, tuple[int, float]] | None = None) -> None:
-        """One database transaction per batch; existing transaction ids are left as they are.
+              costs: dict[str, tuple[int, float]] | None = None) -> int:
+        """One database transaction per batch; existing transaction ids are left as they are. Returns how
+        many decisions were new (fewer than `rows`: some transaction id was stored already).
 
         `costs`: transactions and CPU seconds spent per model version since the last write, added up.
         """
+        inserted = 0
         with self.engine.begin() as db:
             if rows:  # the hot path: one driver-level executemany, no per-row parameter building
-                db.exec_driver_sql(self._insert_decisions_sql, [
+                inserted = db.exec_driver_sql(self._insert_decisions_sql, [
                     (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
-                     r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at)
-                    for r in rows])
+                     r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at,
+                     orjson.dumps(list(r.reasons)).decode())
+                    for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
                                   "known_at": lb.known_at} for lb in new_labels])
             for version, (count, cpu) in (costs or {}).items():
@@ -106,6 +125,22 @@ class Store:
                 db.execute(upsert.on_conflict_do_update(index_elements=["model_version"], set_={
                     "transactions": serving_costs.c.transactions + count,
                     "cpu_seconds": serving_costs.c.cpu_seconds + cpu}))
+        return inserted
+
+    def decisions_for(self, transaction_ids: Sequence[str]) -> dict[str, StoredDecision]:
+        """The stored decisions of these transaction ids (those there are)."""
+        found: dict[str, StoredDecision] = {}
+        c = decisions.c
+        with self.engine.connect() as db:
+            for start in range(0, len(transaction_ids), 500):
+                query = sa.select(c.transaction_id, c.card_id, c.terminal_id, c.event_time, c.amount_cents, c.score,
+                                  c.decision, c.model_version, c.decided_at, c.reasons).where(
+                    c.transaction_id.in_(transaction_ids[start:start + 500]))
+                for r in db.execute(query):
+                    found[r[0]] = StoredDecision(Transaction(r[0], r[1], r[2], float(r[3]), int(r[4])),
+                                                 None if r[5] is None else float(r[5]), r[6], r[7], float(r[8]),
+                                                 orjson.loads(r[9]) if r[9] else [])
+        return found
 
     def insert(self, db: sa.Connection, decision_records: list[dict], label_records: list[dict]) -> None:
         if decision_records:
@@ -130,19 +165,27 @@ class Store:
                              .where(serving_costs.c.model_version == version)).first()
         return (int(row[0]), float(row[1])) if row else (0, 0.0)
 
-    def newest_event_time(self) -> float | None:
+    def newest_event_time(self, at_most: float = float("inf")) -> float | None:
         with self.engine.connect() as db:
-            return db.execute(sa.select(sa.func.max(decisions.c.event_time))).scalar()
+            return db.execute(sa.select(sa.func.max(decisions.c.event_time))
+                              .where(decisions.c.event_time <= at_most)).scalar()
 
-    def recent_transactions(self, horizon_seconds: float) -> Iterator[Transaction]:
-        """Decided transactions within `horizon_seconds` of the newest, in time order (to rebuild state)."""
-        newest = self.newest_event_time()
+    def newest_event_times(self, count: int) -> list[float]:
+        """The `count` newest transaction times, newest first."""
+        with self.engine.connect() as db:
+            return [float(t) for t in db.scalars(sa.select(decisions.c.event_time)
+                                                 .order_by(decisions.c.event_time.desc()).limit(count))]
+
+    def recent_transactions(self, horizon_seconds: float, newest: float | None = None) -> Iterator[Transaction]:
+        """Decided transactions within `horizon_seconds` of `newest` (default: the newest stored) and not after
+        it, in time order (to rebuild state)."""
+        newest = self.newest_event_time() if newest is None else newest
         if newest is None:
             return
         with self.engine.connect() as db:
             query = (sa.select(decisions.c.transaction_id, decisions.c.card_id, decisions.c.terminal_id,
                                decisions.c.event_time, decisions.c.amount_cents)
-                     .where(decisions.c.event_time > newest - horizon_seconds)
+                     .where(decisions.c.event_time > newest - horizon_seconds, decisions.c.event_time <= newest)
                      .order_by(decisions.c.event_time, decisions.c.transaction_id))
             for row in db.execute(query):
                 yield Transaction(row[0], row[1], row[2], float(row[3]), int(row[4]))
@@ -166,6 +209,16 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """A store made by an earlier version gets the columns added since (nullable ones, so no rewrite)."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns("decisions")}
+    with engine.begin() as db:
+        for column in decisions.columns:
+            if column.name not in present:
+                db.exec_driver_sql(f"ALTER TABLE decisions ADD COLUMN {column.name} "
+                                   f"{column.type.compile(engine.dialect)}")
 
 
 def _sqlite_pragmas(connection, _record) -> None:

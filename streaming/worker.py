@@ -6,7 +6,7 @@ GIL. So the Kafka loop (service.py) hands each polled batch to this process and,
 produces the previous batch's decisions and waits for their acks. A batch comes back with its decisions
 already serialized; the Kafka side commits its offsets only after the decisions are acknowledged.
 
-Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds) -> Scored,
+Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds, partitions) -> Scored,
 ("status",) -> Scored without decisions (model events while idle), ("stop",). If the Kafka side dies,
 the pipe closes and this process exits after the batch in hand.
 """
@@ -30,16 +30,16 @@ from multiprocessing.connection import Connection
 
 import orjson
 
-from models.features import CARD_RETENTION, TERMINAL_RETENTION, FeatureState, replay
+from models.features import FeatureState, replay
 from models.registry import RegistryConfig
 from streaming.config import ScorerConfig
+from streaming.event_time import WALL, EventTimePolicy
 from streaming.model import ModelHolder
-from streaming.scorer import DeadLetter, Message, Scorer
+from streaming.scorer import Message, Scorer
 from streaming.shared_state import SharedEvents
 from streaming.store import Store
 
 log = logging.getLogger(__name__)
-STATE_HORIZON = max(CARD_RETENTION, TERMINAL_RETENTION)
 
 
 @dataclass
@@ -48,24 +48,56 @@ class Scored:
 
     # (source partition, key, value), one per transaction
     decisions: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # (topic, partition, offset, reason): the Kafka side holds the message itself, key and headers included
+    dead_letters: list[tuple[str, int, int, str]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)  # decisions by outcome
     labels: int = 0
+    unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
+    replayed: int = 0  # decisions given again to redelivered transactions
     model_seconds: float = 0.0
     cpu_seconds: float = 0.0  # the worker's, for this batch
     model_events: list[tuple[str, str, str]] = field(default_factory=list)  # (event, version, detail)
     model_version: str = ""
+    model_behind_seconds: float = 0.0  # how long the alias has named a version that is not served
 
 
-def rebuild_state(store: Store) -> FeatureState:
-    """The feature state as of the last stored decision: the stored window of transactions and labels replayed."""
-    state = FeatureState()
-    transactions = list(store.recent_transactions(STATE_HORIZON))
+def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = None) -> FeatureState:
+    """The feature state as of the last stored decision: the stored window of transactions and labels replayed
+    through the event-time policy, so no stored row (one written before the policy, or by another writer)
+    can poison it: one too far ahead is not taken as the newest, one too late is left out."""
+    now = time.time() if now is None else now
+    state = FeatureState(policy.allowed_lateness)
+    newest = _trusted_newest(store, policy, now)
+    transactions = [] if newest is None else list(store.recent_transactions(
+        max(state.card_retention, state.terminal_retention), newest))
+    skipped = 0
+
+    def accepted():
+        nonlocal skipped
+        for tx in transactions:
+            if policy.transaction(tx.time, state.watermark, state.watermark, now):  # one stream, in time order
+                skipped += 1
+            else:
+                yield tx
+
     if transactions:
-        for _ in replay(state, transactions, store.all_labels(since=transactions[0].time)):
+        for _ in replay(state, accepted(), store.all_labels(since=transactions[0].time)):
             pass
-    log.info("feature state rebuilt from %d stored transactions", len(transactions))
+    log.info("feature state rebuilt from %d stored transactions (%d left out by the event-time policy)",
+             len(transactions) - skipped, skipped)
     return state
+
+
+def _trusted_newest(store: Store, policy: EventTimePolicy, now: float) -> float | None:
+    """The newest stored transaction time the policy would have accepted: with the wall clock, none ahead of
+    it; with the stream's own clock, none further ahead of the one before it than the largest skew."""
+    if policy.clock == WALL:
+        return store.newest_event_time(at_most=now + policy.max_ahead)
+    times = store.newest_event_times(64)
+    for newer, older in zip(times, times[1:], strict=False):
+        if newer - older <= policy.max_ahead:
+            return newer
+    return times[-1] if times else None
 
 
 class ScoringCore:
@@ -82,7 +114,7 @@ class ScoringCore:
                        if config.shared_state_url else None)
         if self.shared:
             self.shared.mark_start()  # before the rebuild: what is published meanwhile is applied after it
-        self.scorer = Scorer(config, rebuild_state(self.store))
+        self.scorer = Scorer(config, rebuild_state(self.store, config.event_time_policy()), self.store)
         if self.shared:
             log.info("applied %d events shared by other instances", self.shared.apply_others(self.scorer.state))
         # The state's long-lived objects are moved out of the cyclic GC's reach: a full collection walking
@@ -103,24 +135,27 @@ class ScoringCore:
         """Model events since the last reply, and the version in use."""
         events = [self.events.popleft() for _ in range(len(self.events))]
         version = self.model.current.version if self.model.current else ""
-        return Scored(model_events=events, model_version=version)
+        return Scored(model_events=events, model_version=version,
+                      model_behind_seconds=self.model.behind_alias(self.config.model_grace_seconds))
 
-    def score(self, batch: list[tuple], kafka_cpu_seconds: float) -> Scored:
+    def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None) -> Scored:
         cpu = time.process_time()
         self.model.refresh()  # between batches: a swap never splits one
         model = self.model.current
         messages = [Message(*fields) for fields in batch]
         if self.shared:
             self.shared.apply_others(self.scorer.state)
-        result = self.scorer.process(messages, model)
-        self.store.write(result.rows, result.labels, self._take_costs())
+        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions)
         if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
             self.shared.publish([row.tx for row in result.rows], result.labels)
         scored = self._report()  # the model was refreshed before this batch
-        scored.decisions = [(partition, d["card_id"].encode(), orjson.dumps(d))
-                            for partition, d in zip(result.partitions, result.decisions, strict=True)]
-        scored.dead_letters = result.dead_letters
+        scored.decisions = [(source.partition, d["card_id"].encode(), orjson.dumps(d))
+                            for source, d in zip(result.sources, result.decisions, strict=True)]
+        scored.dead_letters = [(d.message.topic, d.message.partition, d.message.offset, d.reason)
+                               for d in result.dead_letters]
         scored.labels = len(result.labels)
+        scored.unknown_labels = result.unknown_labels
+        scored.replayed = result.replayed
         scored.model_seconds = result.model_seconds
         for decision in result.decisions:
             scored.outcomes[decision["decision"]] = scored.outcomes.get(decision["decision"], 0) + 1
@@ -207,8 +242,9 @@ class ScoringProcess:
         self._sent = self._received = 0  # each counted by one thread only
         self.ready = self._reply()
 
-    def submit(self, batch: list[tuple], kafka_cpu_seconds: float) -> None:
-        self._connection.send(("score", batch, kafka_cpu_seconds))
+    def submit(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None) -> None:
+        """`partitions`: the transactions partitions assigned now (see Scorer.process)."""
+        self._connection.send(("score", batch, kafka_cpu_seconds, partitions))
         self._sent += 1
 
     def request_status(self) -> None:

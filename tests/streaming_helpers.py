@@ -20,10 +20,9 @@ def scorer_config(bootstrap: str, store_url: str, **overrides) -> ScorerConfig:
     tag = uuid.uuid4().hex[:8]
     config = ScorerConfig(
         bootstrap_servers=bootstrap, transactions_topic=f"tx-{tag}", labels_topic=f"labels-{tag}",
-        decisions_topic=f"decisions-{tag}", dead_letter_topic=f"dlq-{tag}", group_id=f"scorer-{tag}",
-        store_url=store_url, **overrides)
-    create_topics(bootstrap, [config.transactions_topic, config.labels_topic, config.decisions_topic,
-                              config.dead_letter_topic], partitions=3)
+        decisions_topic=f"decisions-{tag}", dead_letter_topic=f"dlq-{tag}",
+        labels_dead_letter_topic=f"labels-dlq-{tag}", group_id=f"scorer-{tag}", store_url=store_url, **overrides)
+    create_topics(bootstrap, config.topics, partitions=3)
     return config
 
 

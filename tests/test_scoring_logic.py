@@ -19,6 +19,7 @@ from streaming.config import ScorerConfig
 from streaming.decide import outcomes, top_reasons
 from streaming.model import ModelHolder, ServingModel
 from streaming.scorer import Message, Scorer
+from streaming.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +60,44 @@ class Registry:
         return self.boosters[version]
 
 
-def test_holder_swaps_refuses_and_survives_an_unreachable_registry(booster):
+def test_holder_retries_a_version_that_fails_to_load_and_survives_an_unreachable_registry(booster, monkeypatch):
     events = []
     registry = Registry({"1": booster, "2": booster})
-    holder = ModelHolder("m", registry.resolve, registry.load, check_every=0,
+    holder = ModelHolder("m", registry.resolve, registry.load, check_every=1.0,
                          on_event=lambda kind, version: events.append((kind, version)), compile_models=False)
+    clock = [1000.0]
+    monkeypatch.setattr("streaming.model.time.monotonic", lambda: clock[0])
     assert holder.require().version == "1"
-    registry.alias = "3"  # not loadable
-    assert not holder.refresh() and holder.current.version == "1" and "3" in holder.refused
-    assert not holder.refresh() and events.count(("refused", "3")) == 1  # refused once, not retried
+    registry.alias = "3"  # its artifact cannot be fetched (yet): transient, never refused
+    assert not holder.refresh(force=True) and holder.current.version == "1" and not holder.refused
+    assert not holder.refresh(force=True) and events.count(("load_failed", "3")) == 1  # backing off: not tried
+    clock[0] += 1.0
+    assert not holder.refresh(force=True) and events.count(("load_failed", "3")) == 2  # tried again after 1 s
+    clock[0] += 1.0
+    assert not holder.refresh(force=True) and events.count(("load_failed", "3")) == 2  # now waits 2 s
+    assert holder.behind_alias(grace=60) == 2.0  # seconds the alias has named a version not served
     registry.down = True
-    assert not holder.refresh() and holder.current.version == "1" and ("registry_error", "") in events
-    registry.down, registry.alias = False, "2"
-    assert holder.refresh() and holder.current.version == "2"
-    assert events == [("swapped", "1"), ("refused", "3"), ("registry_error", ""), ("swapped", "2")]
+    assert not holder.refresh(force=True) and holder.current.version == "1" and ("registry_error", "") in events
+    registry.down, registry.boosters["3"] = False, booster  # the artifact store is back
+    clock[0] += 2.0
+    assert holder.refresh(force=True) and holder.current.version == "3" and holder.behind_alias(grace=60) == 0.0
+    assert events == [("swapped", "1"), ("load_failed", "3"), ("load_failed", "3"), ("registry_error", ""),
+                      ("swapped", "3")]
+
+
+def test_the_alias_naming_an_unserved_version_past_the_grace_period_is_logged_once(booster, monkeypatch, caplog):
+    registry = Registry({"1": booster})
+    holder = ModelHolder("m", registry.resolve, registry.load, check_every=0, compile_models=False)
+    clock = [0.0]
+    monkeypatch.setattr("streaming.model.time.monotonic", lambda: clock[0])
+    holder.require()
+    registry.alias = "2"
+    holder.refresh(force=True)
+    assert holder.behind_alias(grace=30) == 0.0
+    clock[0] = 31.0
+    assert holder.behind_alias(grace=30) == 31.0 and holder.behind_alias(grace=30) == 31.0
+    assert [r.message for r in caplog.records if "has served for" in r.message] == [
+        "the alias names m version 2 but version 1 has served for 31 s: not loaded yet"]
 
 
 def test_a_watched_holder_never_waits_for_a_hung_registry(booster):
@@ -194,9 +219,9 @@ def _message(topic: str, offset: int, record: object) -> Message:
     return Message(topic, 0, offset, 0, record if isinstance(record, bytes) else orjson.dumps(record))
 
 
-def test_scorer_core_applies_a_batch_in_event_time_order(booster):
+def test_scorer_core_applies_a_batch_in_event_time_order(booster, tmp_path):
     config = ScorerConfig()
-    scorer = Scorer(config, FeatureState())
+    scorer = Scorer(config, FeatureState(), Store(f"sqlite:///{tmp_path / 'store.db'}"))
     model = ServingModel("m", "1", booster)
     t0 = 1_530_000_000.0
     early = Transaction("A", "C1", "T1", t0, 1000)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
 from models.schema import Label, Transaction
+from streaming.event_time import STREAM, EventTimePolicy
 from streaming.store import DecisionRow, Store, decisions, labels
 from streaming.worker import rebuild_state
 
@@ -43,9 +44,12 @@ def _row(tx: Transaction, features: list[float]) -> DecisionRow:
 def test_writes_are_idempotent_and_keep_feature_values(store):
     tx = Transaction("TX1", "C1", "T1", 1_530_000_000.0, 1234)
     features = [1.5] * (len(FEATURE_NAMES) - 1) + [math.nan]
-    store.write([_row(tx, features)], [Label("TX1", True, 1_530_100_000.0)])
-    store.write([_row(tx, features)], [Label("TX1", True, 1_530_100_000.0)])  # a replayed batch
+    assert store.write([_row(tx, features)], [Label("TX1", True, 1_530_100_000.0)]) == 1
+    # a replayed batch: nothing new, and the write says so (the scorer then gives the stored decision)
+    assert store.write([_row(tx, features)], [Label("TX1", True, 1_530_100_000.0)]) == 0
     assert store.count(decisions) == 1 and store.count(labels) == 1
+    made = store.decisions_for(["TX1", "unknown"])
+    assert list(made) == ["TX1"] and made["TX1"].tx == tx and made["TX1"].decision == "approve"
     with store.engine.connect() as db:
         row = db.execute(sa.select(decisions)).one()
     assert row.decision == "approve" and row.amount_cents == 1234 and row.event_time == tx.time
@@ -60,8 +64,22 @@ def test_the_feature_state_rebuilt_from_the_store_scores_like_the_live_one(store
     rows = [_row(tx, f) for tx, f in zip(transactions_of(history), replay(live, transactions_of(history),
                                                                             labels_in_order(known)), strict=True)]
     store.write(rows, labels_in_order(known))
-    rebuilt = rebuild_state(store)
+    rebuilt = rebuild_state(store, EventTimePolicy())
     probe = Transaction("NEW", history["card_id"].iloc[-1], history["terminal_id"].iloc[-1],
                         float(history["time"].iloc[-1] + 60), 4_200)
     assert rebuilt.transform(probe) == live.transform(probe)
     assert rebuilt.transform(rows[-1].tx) == live.transform(rows[-1].tx)  # a replay is not counted twice
+
+
+@pytest.mark.parametrize("clock", ["wall", STREAM])
+def test_a_stored_row_far_ahead_cannot_poison_the_rebuilt_state(store, clock):
+    """A row dated decades ahead (written before the event-time policy, or by another writer) is neither the
+    newest time the rebuild starts from nor in the state: the next ordinary transaction is scored as before."""
+    t0 = 1_530_000_000.0
+    history = [Transaction(f"T{i}", "C1", "T1", t0 + i * 3_600, 1_000 + i) for i in range(48)]
+    poison = Transaction("FUTURE", "C1", "T1", t0 + 30 * 365 * 86_400, 500)
+    store.write([_row(tx, [0.0] * len(FEATURE_NAMES)) for tx in [*history, poison]], [])
+    policy = EventTimePolicy(max_ahead=86_400.0, clock=clock)
+    rebuilt = rebuild_state(store, policy, now=t0 + 48 * 3_600)
+    assert rebuilt.watermark == history[-1].time and "FUTURE" not in rebuilt.seen
+    assert len(rebuilt.cards["C1"].times) == len(history)

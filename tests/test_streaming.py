@@ -121,11 +121,14 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_counts_balance(broker, 
     out.send(config.labels_topic, value=b'{"transaction_id": 7}')
     out.flush()
     with RunningScorer(config, registry) as service:
-        dead = read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= len(bad) + 1)
+        dead = read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= len(bad))
+        dead_labels = read_topic(broker.bootstrap, config.labels_dead_letter_topic, lambda r: len(r) >= 1)
         decided = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(good))
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{config.metrics_port}/metrics", timeout=10).read().decode()
     assert len(decided) == len(good)
-    assert f'fraud_dead_letters_total{{topic="{config.transactions_topic}"}} {len(bad)}.0' in scraped
+    assert f'fraud_dead_letters_total{{reason="invalid",topic="{config.dead_letter_topic}"}} {len(bad)}.0' in scraped
+    assert f'fraud_dead_letters_total{{reason="invalid",topic="{config.labels_dead_letter_topic}"}} 1.0' in scraped
+    assert f'fraud_dead_letters_total{{reason="late",topic="{config.dead_letter_topic}"}} 0.0' in scraped
     assert 'fraud_model_version{model="card-fraud"} 1.0' in scraped and "fraud_end_to_end_seconds_bucket" in scraped
     reasons = {r.value: dict(r.headers) for r in dead}
     for value, expected in bad.items():
@@ -133,11 +136,12 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_counts_balance(broker, 
         assert expected in headers["error.reason"].decode()
         assert headers["source.topic"].decode() == config.transactions_topic
         assert int(headers["source.offset"]) >= 0 and int(headers["source.partition"]) >= 0
-    assert b"transaction_id: 7 is not of type 'string'" in reasons[b'{"transaction_id": 7}']["error.reason"]
+    (label,) = dead_labels  # a label's dead letter goes to the labels' dead-letter topic
+    assert b"transaction_id: 7 is not of type 'string'" in dict(label.headers)["error.reason"]
     m = service.metrics
     consumed = m.transactions._value.get()
     decided_count = sum(m.decisions.labels(d)._value.get() for d in ("approve", "review", "decline"))
-    dead_count = m.dead_letters.labels(config.transactions_topic)._value.get()
+    dead_count = m.dead_letters.labels(config.dead_letter_topic, "invalid")._value.get()
     assert consumed == len(good) + len(bad) == decided_count + dead_count
 
 
