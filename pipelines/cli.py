@@ -195,12 +195,36 @@ def cmd_score(args: argparse.Namespace) -> None:
     from streaming.service import ScorerService, stop_on_signals
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Third-party noise off by default: kafka-python's INFO lines, MLflow's download progress bars (the
+    # scoring worker inherits the environment).
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap, metrics_port=args.metrics_port,
                                group_id=args.group_id)
     stop = stop_on_signals()
     from models.registry import RegistryConfig
 
     ScorerService(config, RegistryConfig.from_env()).run(stop)
+
+
+def cmd_group(args: argparse.Namespace) -> None:
+    from streaming import operate
+    from streaming.config import ScorerConfig
+
+    config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap, group_id=args.group_id)
+    if args.action == "lag":
+        rows = operate.group_lag(config)
+        print(f"group {config.group_id}")
+        print(f"{'topic':<24} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8}")
+        for row in rows:
+            committed = "-" if row.committed is None else row.committed
+            print(f"{row.topic:<24} {row.partition:>9} {committed:>10} {row.end:>10} {row.lag:>8}")
+        return
+    if args.topic is None or args.partition is None or args.to_offset is None:
+        raise ValueError("skip needs --topic, --partition and --to-offset")
+    copied = operate.skip(config, args.topic, args.partition, args.to_offset)
+    print(f"copied {copied} messages of {args.topic}-{args.partition} to "
+          f"{config.dead_letter_topic_for(args.topic)}; group {config.group_id} now reads from {args.to_offset}")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -233,6 +257,29 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
     if args.record:
         args.record.write_text(text)
         print(f"recorded in {args.record}")
+
+
+def cmd_soak(args: argparse.Namespace) -> None:
+    import logging
+
+    from streaming import soak
+
+    if args.minutes <= 0 or args.rate <= 0:
+        raise ValueError("--minutes and --rate must be positive")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "kafka", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    result = soak.run(args.minutes, args.rate, args.seed)
+    command = f"fraudloop soak --minutes {args.minutes:g}" + (f" --rate {args.rate:g}" if args.rate != 100 else "") \
+        + (f" --seed {args.seed}" if args.seed else "")
+    text = soak.to_markdown(result, command)
+    print(text)
+    if args.record:
+        soak.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+    if result.missing or result.conflicting_duplicates:
+        raise RuntimeError(f"{result.missing} transactions missing, {result.conflicting_duplicates} conflicting "
+                           "decisions")
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -350,6 +397,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("group", help="the scorer group: lag per partition, or (scorer stopped) skip a partition "
+                                     "past an offset, the skipped messages copied to the dead-letter topic first")
+    p.add_argument("action", choices=["lag", "skip"])
+    p.add_argument("--config", type=Path, help="TOML file; FRAUDLOOP_* environment variables override it")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--group-id")
+    p.add_argument("--topic", help="skip: the topic (transactions or labels)")
+    p.add_argument("--partition", type=int, help="skip: the partition")
+    p.add_argument("--to-offset", type=int, help="skip: the first offset to read after skipping")
+    p.set_defaults(func=cmd_group)
+
     p = sub.add_parser("replay", help="produce a simulated history to the transactions and labels topics")
     p.add_argument("--history", type=Path, required=True, help="folder written by 'fraudloop simulate'")
     p.add_argument("--config", type=Path)
@@ -360,6 +418,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N transactions (and their labels so far)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("soak", help="a stream at a fixed rate while the scorer is killed, the broker restarted and "
+                                    "poison sent; counts what went missing (must be 0)")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=100.0, help="messages a second (default: 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", type=Path, help="write the Markdown here and the JSON beside it")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("ui", help="MLflow UI over the project's tracking and registry store")
     p.add_argument("--host", default="127.0.0.1")

@@ -41,6 +41,8 @@ class ScorerMetrics:
                                         "version other than the one served (0: they agree)", registry=r)
         self.producer_renewals = Counter("fraud_producer_renewals", "Producers replaced after a broker fault "
                                          "(what was on its way is sent again)", registry=r)
+        self.topics_replaced = Counter("fraud_topics_replaced", "Input topics the broker replaced (a new topic id), "
+                                       "read again from the start", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
         for outcome in (APPROVE, REVIEW, DECLINE):
             self.decisions.labels(outcome)

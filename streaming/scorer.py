@@ -91,41 +91,36 @@ class Scorer:
         """Score a batch and store its new decisions and labels (with `costs`, see Store.write). `partitions`:
         the transactions partitions assigned to this scorer now (None: those it has read).
 
-        Applied in event-time order (a label at its known_at, before a transaction of the same second), as the
-        offline build does; partitions are interleaved by the consumer, not by time."""
+        Each message is judged in the order it was read (the event-time policy, as a partition's stream time
+        advances); what is accepted is then applied in event-time order (a label at its known_at, before a
+        transaction of the same second), as the offline build does."""
         now = time.time() if now is None else now
         result = BatchResult()
-        events: list[tuple[float, int, Message, Transaction | Label]] = []
-        for message in messages:
-            try:
-                record = _decode(message)
-                if message.topic == self.config.labels_topic:
-                    label = parse_label(record)
-                    events.append((label.known_at, 0, message, label))
-                else:
-                    tx = parse_transaction(record)
-                    events.append((tx.time, 1, message, tx))
-            except InvalidRecord as error:
-                result.dead_letters.append(DeadLetter(message, f"{INVALID}: {error}"))
-            except Exception as error:  # noqa: BLE001 - one message never fails its batch
-                _failed(result, message, error, "?")
-        events.sort(key=lambda e: (e[0], e[1]))
-        unread = False
-        if partitions is not None:  # a revoked partition no longer holds the state back; an unread one does
-            topic = self.config.transactions_topic
-            self.stream_times = {key: t for key, t in self.stream_times.items() if key[1] in partitions}
-            unread = any((topic, p) not in self.stream_times for p in partitions)
-        self.state.hold = self.policy.hold(self.state.watermark, self.stream_times.values(), unread)
-        stored = self._stored(events, now)
-
+        judged = self._judge(messages, result, now, partitions)
+        seen = self.state.seen
+        stored = self.store.decisions_for([item.transaction_id for _, item, verdict in judged
+                                           if isinstance(item, Transaction)
+                                           and (item.transaction_id in seen or (verdict or "").startswith(LATE))])
         batch = _Batch(model.name)
-        for _, _, message, item in events:
+        accepted: list[tuple[float, int, Message, Transaction | Label]] = []
+        for message, item, verdict in judged:
+            if isinstance(item, Label):
+                if verdict:
+                    result.dead_letters.append(DeadLetter(message, verdict))
+                else:
+                    accepted.append((item.known_at, 0, message, item))
+            elif self._resolved(result, batch, message, item, verdict, stored):
+                continue
+            else:
+                accepted.append((item.time, 1, message, item))
+        accepted.sort(key=lambda e: (e[0], e[1]))
+        for _, _, message, item in accepted:
             try:
                 if isinstance(item, Label):
-                    self._label(result, message, item, now)
+                    self._label(result, message, item)
                 else:
-                    self._transaction(result, batch, message, item, now, stored)
-            except Exception as error:  # noqa: BLE001
+                    batch.scored.append((message, item, self.state.transform(item)))
+            except Exception as error:  # noqa: BLE001 - one message never fails its batch
                 _failed(result, message, error, item.transaction_id)
         if batch.scored:
             self._score(result, batch, model, now)
@@ -136,54 +131,68 @@ class Scorer:
         return result
 
     # -- per message -----------------------------------------------------------------------------
-    def _stored(self, events: list, now: float) -> dict[str, StoredDecision]:
-        """The stored decisions of the batch's transactions that may have one: those the state has seen, and
-        those too late to score (a redelivery after a long outage still gets its decision)."""
-        seen = self.state.seen
-        ids = [item.transaction_id for _, kind, message, item in events
-               if kind == 1 and (item.transaction_id in seen or self._verdict(message, item, now))]
-        return self.store.decisions_for(ids) if ids else {}
+    def _judge(self, messages: list[Message], result: BatchResult, now: float,
+               partitions: Collection[int] | None) -> list[tuple[Message, Transaction | Label, str | None]]:
+        """Decode and validate each message and apply the event-time policy in the order read: (message,
+        record, None or the reason it is not scored). Sets the state's hold for the batch."""
+        times, topic = self.stream_times, self.config.transactions_topic
+        if partitions is not None:  # a revoked partition no longer holds the state back
+            self.stream_times = times = {key: t for key, t in times.items() if key[1] in partitions}
+        watermark = self.state.watermark
+        judged: list[tuple[Message, Transaction | Label, str | None]] = []
+        for message in messages:
+            try:
+                record = _decode(message)
+                if message.topic == self.config.labels_topic:
+                    label = parse_label(record)
+                    judged.append((message, label, self.policy.label(label.known_at, watermark, now)))
+                    continue
+                tx = parse_transaction(record)
+                key = (message.topic, message.partition)
+                verdict = self.policy.transaction(tx.time, times.get(key, -math.inf), watermark, now)
+                if verdict is None:
+                    times[key] = max(times.get(key, tx.time), tx.time)
+                    watermark = max(watermark, tx.time)
+                judged.append((message, tx, verdict))
+            except InvalidRecord as error:
+                result.dead_letters.append(DeadLetter(message, f"{INVALID}: {error}"))
+            except Exception as error:  # noqa: BLE001 - one message never fails its batch
+                _failed(result, message, error, "?")
+        unread = partitions is not None and any((topic, p) not in times for p in partitions)
+        self.state.hold = self.policy.hold(watermark, times.values(), unread)  # an unread one holds it back
+        return judged
 
-    def _verdict(self, message: Message, tx: Transaction, now: float) -> str | None:
-        stream_time = self.stream_times.get((message.topic, message.partition), -math.inf)
-        return self.policy.transaction(tx.time, stream_time, self.state.watermark, now)
-
-    def _label(self, result: BatchResult, message: Message, label: Label, now: float) -> None:
-        reason = self.policy.label(label.known_at, self.state.watermark, now)
-        if reason:
-            result.dead_letters.append(DeadLetter(message, reason))
-            return
-        if label.transaction_id not in self.state.seen:
-            result.unknown_labels += 1  # kept: it may come before its transaction, or after the state forgot it
-        self.state.add_label(label)
-        result.labels.append(label)
-        result.label_sources.append(message)
-
-    def _transaction(self, result: BatchResult, batch: _Batch, message: Message, tx: Transaction, now: float,
-                     stored: dict[str, StoredDecision]) -> None:
+    def _resolved(self, result: BatchResult, batch: _Batch, message: Message, tx: Transaction, verdict: str | None,
+                  stored: dict[str, StoredDecision]) -> bool:
+        """Whether the transaction is settled without scoring: decided before, a copy of one in this batch, or
+        not to be scored (the verdict)."""
         made = stored.get(tx.transaction_id)
-        if made is not None:  # decided in an earlier batch: that decision stands
+        if made is not None:  # decided in an earlier batch: that decision stands, however late the copy
             if made.tx == tx:
                 result.decide(_stored_message(batch.model_name, made, message), message)
                 result.replayed += 1
             else:
                 result.dead_letters.append(DeadLetter(message, _conflict(made.tx)))
-            return
+            return True
         first = batch.first.get(tx.transaction_id)
         if first is not None:  # twice in this batch: decided with its first copy
             if first == tx:
                 batch.copies.append((message, tx.transaction_id))
             else:
                 result.dead_letters.append(DeadLetter(message, _conflict(first)))
-            return
-        reason = self._verdict(message, tx, now)
-        if reason:
-            result.dead_letters.append(DeadLetter(message, reason))
-            return
-        partition = (message.topic, message.partition)
-        self.stream_times[partition] = max(self.stream_times.get(partition, tx.time), tx.time)
+            return True
+        if verdict:
+            result.dead_letters.append(DeadLetter(message, verdict))
+            return True
         batch.first[tx.transaction_id] = tx
-        batch.scored.append((message, tx, self.state.transform(tx)))
+        return False
+
+    def _label(self, result: BatchResult, message: Message, label: Label) -> None:
+        if label.transaction_id not in self.state.seen:
+            result.unknown_labels += 1  # kept: it may come before its transaction, or after the state forgot it
+        self.state.add_label(label)
+        result.labels.append(label)
+        result.label_sources.append(message)
 
     # -- per batch -------------------------------------------------------------------------------
     def _score(self, result: BatchResult, batch: _Batch, model: ServingModel, now: float) -> None:
@@ -228,8 +237,9 @@ class Scorer:
         the state remembers): the stored decision stands. A redelivery gets it; other content is dead-lettered."""
         stored = self.store.decisions_for([row.tx.transaction_id for row in result.rows])
         ours = {row.tx.transaction_id: row for row in result.rows}
-        overruled = {tx_id for tx_id, row in ours.items()
-                     if tx_id in stored and stored[tx_id].decided_at != row.decided_at}
+        overruled = {tx_id for tx_id, row in ours.items() if tx_id in stored and (
+            stored[tx_id].tx, stored[tx_id].decision, stored[tx_id].score, stored[tx_id].decided_at)
+            != (row.tx, row.decision, row.score, row.decided_at)}
         decisions, sources = result.decisions, result.sources
         result.decisions, result.sources = [], []
         for decision, source in zip(decisions, sources, strict=True):

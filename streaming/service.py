@@ -58,10 +58,27 @@ class Batch:
     """A polled batch on its way: handed to the worker, then produced, acknowledged and committed."""
 
     records: list  # kafka-python ConsumerRecords; empty for a status request while idle
+    epoch: int = 0  # the broker-fault epoch it was polled in: one from before a rewind is never committed
     polled_at: float = field(default_factory=time.perf_counter)
     scored: Scored | None = None
     acked_ms: float = 0.0  # wall clock when its decisions were acknowledged
     error: BaseException | None = None
+
+
+def new_producer(config: ScorerConfig) -> KafkaProducer:
+    client = {k: v for k, v in config.client_settings().items() if k not in CONSUMER_ONLY}
+    return KafkaProducer(**{**PRODUCER_DEFAULTS, **client})
+
+
+def dead_letter(record, reason: str) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a consumed record's dead letter: the message as it came, with the reason and
+    where it came from. A tombstone (no value) goes with an empty value and a marker header."""
+    headers = [*(record.headers or []), ("error.reason", reason.encode()),
+               ("error.kind", reason.split(":", 1)[0].encode()), ("source.topic", record.topic.encode()),
+               ("source.partition", str(record.partition).encode()), ("source.offset", str(record.offset).encode())]
+    if record.value is None:
+        return record.key, b"", [*headers, ("error.tombstone", b"true")]
+    return record.key, record.value, headers
 
 
 class ScorerService:
@@ -81,6 +98,11 @@ class ScorerService:
         self.consumer.subscribe([config.transactions_topic, config.labels_topic], listener=_Rebalance(self))
         self.producer = self._new_producer()
         self._stopping = threading.Event()  # ends the acking thread's retries
+        self._epoch = 0  # input topics found replaced so far (see _check_topics)
+        self._topic_ids: dict[str, object] = {}  # input topic -> the id of the log being read
+        self._topics_checked = self._metadata_requested = 0.0
+        self._replaced: set[str] = set()  # input topics the broker replaced while this scorer ran
+        self._committed_since: set[TopicPartition] = set()  # partitions committed since their topic was replaced
         self.in_flight = 0  # batches handed to the worker and not yet taken back from `self._acked`
         self._to_ack: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # for the acking thread, in order
         self._acked: queue.SimpleQueue[Batch] = queue.SimpleQueue()  # back from it, in order
@@ -101,8 +123,7 @@ class ScorerService:
         gc.freeze()
 
     def _new_producer(self) -> KafkaProducer:
-        client = {k: v for k, v in self.config.client_settings().items() if k not in _CONSUMER_ONLY}
-        return KafkaProducer(**{**PRODUCER_DEFAULTS, **client})
+        return new_producer(self.config)
 
     def run(self, stop: threading.Event) -> None:
         log.info("consuming %s and %s as group %s; scoring with %s version %s", self.config.transactions_topic,
@@ -118,6 +139,7 @@ class ScorerService:
         the oldest); commit the batches whose decisions were acknowledged meanwhile. Returns those batches."""
         cpu = time.process_time()
         finished = []
+        self._check_topics()
         if self.in_flight < MAX_IN_FLIGHT:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [r for rs in polled.values() for r in rs]
@@ -130,7 +152,7 @@ class ScorerService:
             elif not self.in_flight:
                 self.worker.request_status()  # model events while idle
             if records or not self.in_flight:
-                self._to_ack.put(Batch(records))
+                self._to_ack.put(Batch(records, self._epoch))
                 self.in_flight += 1
         else:  # a backlog: what is read from Kafka waits there, not in this process's memory
             with contextlib.suppress(queue.Empty):
@@ -182,6 +204,46 @@ class ScorerService:
                 for future in pending:
                     future.get(timeout=0)  # raises if the broker refused
 
+    def _check_topics(self) -> None:
+        """Read a topic from its start again when the broker replaced it (a new topic id: the in-memory
+        development broker recreates every topic when it restarts). Positions and offsets in the old log mean
+        nothing in the new one: read on from them, the consumer would skip the new log's first messages.
+        What was read from the old log and is still on its way is produced but never committed."""
+        now = time.monotonic()
+        if now - self._topics_checked < 1.0:
+            return
+        self._topics_checked = now
+        cluster = self.consumer._client.cluster  # kafka-python keeps topic ids there (no public accessor)
+        if now - self._metadata_requested > 5.0:  # not only after an error: a replaced topic raises none
+            self._metadata_requested = now
+            cluster.request_update()
+        for topic in (self.config.transactions_topic, self.config.labels_topic):
+            current, known = cluster.topic_id(topic), self._topic_ids.get(topic)
+            if current is None or current == known:
+                continue
+            self._topic_ids[topic] = current
+            if known is None:
+                continue
+            self._epoch += 1
+            self._replaced.add(topic)
+            self._committed_since = {tp for tp in self._committed_since if tp.topic != topic}
+            for tp in list(self._processed):
+                if tp.topic == topic:
+                    del self._processed[tp]
+            partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
+            for tp in partitions:  # a new log starts at 0 (if retention took that, the consumer's reset policy)
+                self.consumer.seek(tp, 0)
+            self.metrics.topics_replaced.inc()
+            log.warning("topic %s was replaced by the broker (id %s, was %s): reading its %d partitions from the "
+                        "start", topic, current, known, len(partitions))
+
+    def restore_positions(self, assigned: set[TopicPartition]) -> None:
+        """On assignment, a partition of a replaced topic keeps this scorer's progress in the new log until it
+        has committed there: the group's committed offset may still be one from the old log."""
+        for tp in assigned:
+            if tp.topic in self._replaced and tp not in self._committed_since:
+                self.consumer.seek(tp, self._processed[tp].offset if tp in self._processed else 0)
+
     def _renew_producer(self, retry: RetryCallState) -> None:
         error = retry.outcome.exception() if retry.outcome else None
         log.warning("producing failed (%r); sending again through a new producer in %.1f s (attempt %d)", error,
@@ -210,22 +272,14 @@ class ScorerService:
         return pending
 
     def _dead_letter(self, record, reason: str):
-        """The message as it came (key, value, headers) with the reason and where it came from. A tombstone
-        (no value) goes with an empty value and a marker header; one too large to produce again goes without
-        its value, which stays in the source topic at the offset named."""
-        headers = [*(record.headers or []), ("error.reason", reason.encode()),
-                   ("error.kind", reason.split(":", 1)[0].encode()), ("source.topic", record.topic.encode()),
-                   ("source.partition", str(record.partition).encode()), ("source.offset", str(record.offset).encode())]
-        value = record.value
-        if value is None:
-            value, headers = b"", [*headers, ("error.tombstone", b"true")]
         topic = self.config.dead_letter_topic_for(record.topic)
+        key, value, headers = dead_letter(record, reason)
         try:
-            return self.producer.send(topic, key=record.key, value=value, headers=headers)
-        except MessageSizeTooLargeError as error:
+            return self.producer.send(topic, key=key, value=value, headers=headers)
+        except MessageSizeTooLargeError as error:  # the original stays in its topic, at the offset named
             log.error("dead letter of %s-%d@%d sent without its value: %s", record.topic, record.partition,
                       record.offset, error)
-            return self.producer.send(topic, key=record.key, value=b"", headers=[
+            return self.producer.send(topic, key=key, value=b"", headers=[
                 *headers, ("error.value_dropped", f"{len(value)} bytes, too large to produce again".encode())])
 
     def _commit(self, batch: Batch) -> Batch:
@@ -234,7 +288,7 @@ class ScorerService:
         if batch.error is not None:
             raise RuntimeError(f"a batch could not be scored or acknowledged: {batch.error}") from batch.error
         self._take(batch.scored)
-        if not batch.records:
+        if not batch.records or batch.epoch != self._epoch:  # read from a replaced log: not committed
             return batch
         assigned = self.consumer.assignment()  # a partition revoked meanwhile is the new owner's to commit
         for r in batch.records:  # in offset order per partition
@@ -252,24 +306,9 @@ class ScorerService:
         store absorb."""
         now = time.monotonic()
         if self._uncommitted and (now - self._committed_at) * 1000 >= self.config.commit_interval_ms:
-            offsets = self._committable(self._processed)
-            if offsets:
-                self.consumer.commit_async(offsets, callback=self._committed)
+            self.consumer.commit_async(dict(self._processed), callback=self._committed)
+            self._committed_since |= set(self._processed)  # from now on the group's offset is one in the new log
             self._uncommitted, self._committed_at = False, now
-
-    def _committable(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> dict:
-        """Offsets not beyond their partition's end as last fetched. One beyond it belongs to a log that is
-        gone (a broker that lost its data, as the in-memory development broker does on a restart): committing
-        it would skip the new log's first messages. Left out, those batches are delivered again (harmless)."""
-        safe = {}
-        for tp, offset in offsets.items():
-            end = self.consumer.highwater(tp)
-            if end is None or offset.offset <= end:
-                safe[tp] = offset
-            else:
-                log.warning("not committing %s-%d at %d: the partition ends at %d", tp.topic, tp.partition,
-                            offset.offset, end)
-        return safe
 
     def _take(self, scored: Scored) -> None:
         """Model events reported by the worker."""
@@ -288,7 +327,7 @@ class ScorerService:
         kafka-python 3 calls rebalance listeners on its IO thread, where a blocking commit is refused: the
         commit is sent asynchronously, ahead of the group's rejoin. Were it lost, or a batch of them still
         in flight, the new owner would get those messages again, which the idempotent state and store absorb."""
-        offsets = self._committable({tp: offset for tp, offset in self._processed.items() if tp in revoked})
+        offsets = {tp: offset for tp, offset in self._processed.items() if tp in revoked}
         if offsets:
             self.consumer.commit_async(offsets, callback=self._committed)
         for tp in revoked:
@@ -344,10 +383,9 @@ class ScorerService:
             log.warning("batches left uncommitted (%s); they will be delivered again", error)
         with contextlib.suppress(KafkaError):
             self.producer.flush(timeout=5)
-        offsets = self._committable(self._processed)
-        if offsets:
+        if self._processed:
             try:
-                self.consumer.commit(offsets)  # synchronous: the last batch is committed on exit
+                self.consumer.commit(dict(self._processed))  # synchronous: the last batch is committed on exit
             except Exception as error:  # the group may be gone; the batch will be delivered again
                 log.warning("final offset commit failed: %s", error)
         self.consumer.close(autocommit=False)
@@ -364,10 +402,11 @@ class _Rebalance(ConsumerRebalanceListener):
         self.service.hand_over(set(revoked))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.service.restore_positions(set(assigned))
         log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 
-_CONSUMER_ONLY = {"session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "max_poll_records",
+CONSUMER_ONLY = {"session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "max_poll_records",
                   "max_partition_fetch_bytes", "fetch_max_wait_ms", "fetch_min_bytes", "auto_offset_reset",
                   "isolation_level"}
 

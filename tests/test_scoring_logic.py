@@ -215,8 +215,8 @@ def test_a_missing_config_file_is_named(tmp_path):
         ScorerConfig.load(tmp_path / "nowhere.toml", env={})
 
 
-def _message(topic: str, offset: int, record: object) -> Message:
-    return Message(topic, 0, offset, 0, record if isinstance(record, bytes) else orjson.dumps(record))
+def _message(topic: str, offset: int, record: object, partition: int = 0) -> Message:
+    return Message(topic, partition, offset, 0, record if isinstance(record, bytes) else orjson.dumps(record))
 
 
 def test_scorer_core_applies_a_batch_in_event_time_order(booster, tmp_path):
@@ -230,7 +230,7 @@ def test_scorer_core_applies_a_batch_in_event_time_order(booster, tmp_path):
         _message(config.transactions_topic, 0, transaction_record(late)),
         _message(config.labels_topic, 0, label_record(Label("A", True, t0 + 3_600))),
         _message(config.transactions_topic, 1, b"\xff not json"),
-        _message(config.transactions_topic, 2, transaction_record(early)),
+        _message(config.transactions_topic, 2, transaction_record(early), partition=1),  # another card's partition
     ]
     result = scorer.process(batch, model)
     assert [d["transaction_id"] for d in result.decisions] == ["A", "B"]

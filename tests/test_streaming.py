@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 
 import lightgbm as lgb
 import mlflow
@@ -15,13 +16,15 @@ import numpy as np
 import orjson
 import psutil
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from models.features import FEATURE_NAMES, compute_features, transactions_of
 from models.registry import CHAMPION, RegistryConfig, set_alias
-from models.schema import transaction_record
+from models.schema import Label, Transaction, label_record, transaction_record
 from models.training import TrainParams
 from pipelines.train import BuildConfig, build_model
-from streaming.broker import free_port, start_broker
+from streaming import operate
+from streaming.broker import create_topics, free_port, start_broker
 from streaming.store import Store, decisions
 from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config
 
@@ -267,3 +270,128 @@ def test_two_instances_share_state_through_redis_and_a_rebalance_loses_nothing(
     online = np.array([orjson.loads(stored[t].features) for t in stream["transaction_id"]], dtype=float)
     # Every card's history was known to whichever instance scored it: the features of one state.
     assert np.array_equal(online, offline.to_numpy(), equal_nan=True)
+
+
+def test_hostile_messages_are_dead_lettered_by_kind_and_scoring_goes_on(broker, served, small_history, tmp_path):
+    """The messages that stopped the scorer when tried as a user would, each against the real broker and store."""
+    registry, _, _ = served
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", metrics_port=free_port())
+    history = list(transactions_of(small_history.head(300)))
+    newest = history[-1]
+    old = Transaction("OLD", newest.card_id, newest.terminal_id, newest.time - 44 * 86_400, 2_500)
+    ahead = Transaction("AHEAD", newest.card_id, newest.terminal_id, time.time() + 30 * 365 * 86_400, 2_500)
+    first = Transaction("DUP", newest.card_id, newest.terminal_id, newest.time + 60, 1_000)  # 10.00
+    conflicting = Transaction("DUP", newest.card_id, newest.terminal_id, newest.time + 60, 499_999)  # 4,999.99
+    after = [Transaction(f"AFTER{i}", tx.card_id, tx.terminal_id, newest.time + 120 + i, tx.amount_cents)
+             for i, tx in enumerate(history[:50])]
+    out = producer(broker.bootstrap)
+
+    def send(tx: Transaction, headers=None) -> None:
+        out.send(config.transactions_topic, key=tx.card_id.encode(), value=orjson.dumps(transaction_record(tx)),
+                 headers=headers)
+
+    for tx in history:
+        send(tx)
+    out.send(config.transactions_topic, key=b"card-x", value=None, headers=[("trace", b"t-1")])  # a tombstone
+    out.send(config.labels_topic, key=b"label-x", value=None)
+    send(old)
+    send(ahead)
+    send(first)
+    out.flush()
+    with RunningScorer(config, registry) as service:
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: "DUP" in decisions_by_id(r))
+        send(conflicting)
+        send(first)  # redelivered as it was
+        out.send(config.labels_topic, value=orjson.dumps(label_record(Label("NEVER-SEEN", True, newest.time))))
+        out.send(config.labels_topic, value=orjson.dumps({**label_record(Label(first.transaction_id, True,
+                                                                                 newest.time)), "is_fraud": "true"}))
+        for tx in after:
+            send(tx)
+        out.flush()
+        records = read_topic(broker.bootstrap, config.decisions_topic,
+                             lambda r: {t.transaction_id for t in after} <= set(decisions_by_id(r)))
+        dead = read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= 4)
+        dead_labels = read_topic(broker.bootstrap, config.labels_dead_letter_topic, lambda r: len(r) >= 2)
+        deadline = time.monotonic() + 30
+        while service.metrics.unknown_labels._value.get() < 1:
+            assert time.monotonic() < deadline, "the unknown label was not counted"
+            time.sleep(0.1)
+    out.close()
+    kinds = {(r.value, dict(r.headers)["error.kind"]) for r in dead}
+    assert (b"", b"invalid") in kinds and len(dead) == 4
+    tombstone = next(r for r in dead if r.value == b"")
+    assert dict(tombstone.headers)["error.tombstone"] == b"true" and dict(tombstone.headers)["trace"] == b"t-1"
+    assert tombstone.key == b"card-x"  # the original key and headers travel with it
+    by_id = {orjson.loads(r.value)["transaction_id"]: dict(r.headers)["error.kind"] for r in dead if r.value}
+    assert by_id == {"OLD": b"late", "AHEAD": b"future", "DUP": b"conflicting duplicate"}
+    assert sorted(dict(r.headers)["error.kind"] for r in dead_labels) == [b"invalid", b"invalid"]
+    dup = [orjson.loads(r.value) for r in records if orjson.loads(r.value)["transaction_id"] == "DUP"]
+    assert len(dup) == 2 and dup[0]["decided_at"] == dup[1]["decided_at"] and dup[0]["score"] == dup[1]["score"]
+    stored = stored_rows(config.store_url)
+    assert stored["DUP"].amount_cents == 1_000 and "AHEAD" not in stored and "OLD" not in stored
+    assert stored["DUP"].decision == dup[0]["decision"]
+    assert {t.transaction_id for t in after} <= set(stored)  # every ordinary transaction after them was scored
+
+
+def test_the_scorer_survives_a_broker_restart(served, small_history, tmp_path):
+    """The development broker forgets everything when it restarts (memory storage): the scorer must not
+    exit, must make a new producer, see its topics replaced, rejoin, decide every transaction sent once it
+    is back, and never commit an offset ahead of an acknowledged decision."""
+    registry, _, _ = served
+    port = free_port()
+    stream = list(transactions_of(small_history.head(2_000)))
+    before, after = stream[:1_000], stream[1_000:]
+    broker = start_broker(port)
+    try:
+        config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}")
+        with RunningScorer(config, registry) as service:
+            out = producer(broker.bootstrap)
+            for tx in before:
+                out.send(config.transactions_topic, key=tx.card_id.encode(), value=orjson.dumps(transaction_record(tx)))
+            out.flush()
+            out.close()
+            read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(decisions_by_id(r)) >= len(before))
+            broker.stop()
+            time.sleep(8)
+            broker = start_broker(port)
+            create_topics(broker.bootstrap, config.topics, partitions=3)
+            deadline = time.monotonic() + 60  # back: the scorer sees its topics were replaced, and rejoins
+            while service.metrics.topics_replaced._value.get() < 2 or not service.consumer.assignment():
+                assert time.monotonic() < deadline, "the scorer did not come back to the restarted broker"
+                time.sleep(0.2)
+            out = producer(broker.bootstrap)
+            for tx in after:
+                out.send(config.transactions_topic, key=tx.card_id.encode(), value=orjson.dumps(transaction_record(tx)))
+            out.flush()
+            out.close()
+            records = read_topic(broker.bootstrap, config.decisions_topic,
+                                 lambda r: {t.transaction_id for t in after} <= set(decisions_by_id(r)), timeout=120)
+            assert service.metrics.producer_renewals._value.get() >= 1
+        group = KafkaConsumer(bootstrap_servers=[broker.bootstrap], group_id=config.group_id, enable_auto_commit=False)
+        decided_per_partition = Counter(r.partition for r in records)
+        for p in range(3):
+            committed = group.committed(TopicPartition(config.transactions_topic, p)) or 0
+            assert committed <= decided_per_partition[p], (p, committed, decided_per_partition)
+        group.close()
+    finally:
+        broker.stop()
+
+
+def test_an_operator_sees_the_lag_and_skips_a_partition_with_every_skipped_message_dead_lettered(broker, tmp_path):
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}")
+    out = producer(broker.bootstrap)
+    for i in range(10):  # one record batch each: the development broker reports a partition's end as the start
+        out.send(config.transactions_topic, partition=0, key=f"k{i}".encode(), value=None if i == 2 else b"x%d" % i)
+        out.flush()  # of its last batch, plus one
+    out.close()
+    lag = {(row.topic, row.partition): row for row in operate.group_lag(config)}
+    assert lag[(config.transactions_topic, 0)].committed is None and lag[(config.transactions_topic, 0)].lag == 10
+    with pytest.raises(ValueError, match="at most the end 10"):
+        operate.skip(config, config.transactions_topic, 0, 11)
+    assert operate.skip(config, config.transactions_topic, 0, 6) == 6
+    dead = sorted(read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= 6),
+                  key=lambda r: int(dict(r.headers)["source.offset"]))
+    assert [r.key for r in dead] == [b"k0", b"k1", b"k2", b"k3", b"k4", b"k5"]
+    assert {dict(r.headers)["error.kind"] for r in dead} == {b"skipped"} and dead[2].value == b""
+    row = next(r for r in operate.group_lag(config) if (r.topic, r.partition) == (config.transactions_topic, 0))
+    assert (row.committed, row.end, row.lag) == (6, 10, 4)
