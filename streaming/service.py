@@ -58,7 +58,8 @@ class Batch:
     """A polled batch on its way: handed to the worker, then produced, acknowledged and committed."""
 
     records: list  # kafka-python ConsumerRecords; empty for a status request while idle
-    epoch: int = 0  # the broker-fault epoch it was polled in: one from before a rewind is never committed
+    seq: int = 0  # polled batches so far: one polled before a partition was rewound is not committed for it
+    log_ids: dict[str, str] = field(default_factory=dict)  # topic -> id of the log it was read from
     polled_at: float = field(default_factory=time.perf_counter)
     scored: Scored | None = None
     acked_ms: float = 0.0  # wall clock when its decisions were acknowledged
@@ -98,11 +99,11 @@ class ScorerService:
         self.consumer.subscribe([config.transactions_topic, config.labels_topic], listener=_Rebalance(self))
         self.producer = self._new_producer()
         self._stopping = threading.Event()  # ends the acking thread's retries
-        self._epoch = 0  # input topics found replaced so far (see _check_topics)
-        self._topic_ids: dict[str, object] = {}  # input topic -> the id of the log being read
+        self._seq = 0  # batches polled
+        self._topic_ids: dict[str, str] = {}  # input topic -> the id of the log being read (see _check_topics)
         self._topics_checked = self._metadata_requested = 0.0
-        self._replaced: set[str] = set()  # input topics the broker replaced while this scorer ran
-        self._committed_since: set[TopicPartition] = set()  # partitions committed since their topic was replaced
+        self._void_before: dict[TopicPartition, int] = {}  # rewound: batches polled before this seq are void
+        self._to_verify: set[TopicPartition] = set()  # assigned: is the group's offset one in the current log?
         self.in_flight = 0  # batches handed to the worker and not yet taken back from `self._acked`
         self._to_ack: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # for the acking thread, in order
         self._acked: queue.SimpleQueue[Batch] = queue.SimpleQueue()  # back from it, in order
@@ -140,6 +141,8 @@ class ScorerService:
         cpu = time.process_time()
         finished = []
         self._check_topics()
+        if self._to_verify:
+            self._verify_offsets()
         if self.in_flight < MAX_IN_FLIGHT:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [r for rs in polled.values() for r in rs]
@@ -152,7 +155,8 @@ class ScorerService:
             elif not self.in_flight:
                 self.worker.request_status()  # model events while idle
             if records or not self.in_flight:
-                self._to_ack.put(Batch(records, self._epoch))
+                self._seq += 1
+                self._to_ack.put(Batch(records, self._seq, dict(self._topic_ids)))
                 self.in_flight += 1
         else:  # a backlog: what is read from Kafka waits there, not in this process's memory
             with contextlib.suppress(queue.Empty):
@@ -219,30 +223,44 @@ class ScorerService:
             cluster.request_update()
         for topic in (self.config.transactions_topic, self.config.labels_topic):
             current, known = cluster.topic_id(topic), self._topic_ids.get(topic)
-            if current is None or current == known:
+            if current is None or str(current) == known:
                 continue
-            self._topic_ids[topic] = current
+            self._topic_ids[topic] = str(current)
             if known is None:
                 continue
-            self._epoch += 1
-            self._replaced.add(topic)
-            self._committed_since = {tp for tp in self._committed_since if tp.topic != topic}
-            for tp in list(self._processed):
-                if tp.topic == topic:
-                    del self._processed[tp]
             partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
-            for tp in partitions:  # a new log starts at 0 (if retention took that, the consumer's reset policy)
-                self.consumer.seek(tp, 0)
+            self._rewind(partitions)
             self.metrics.topics_replaced.inc()
             log.warning("topic %s was replaced by the broker (id %s, was %s): reading its %d partitions from the "
                         "start", topic, current, known, len(partitions))
 
-    def restore_positions(self, assigned: set[TopicPartition]) -> None:
-        """On assignment, a partition of a replaced topic keeps this scorer's progress in the new log until it
-        has committed there: the group's committed offset may still be one from the old log."""
-        for tp in assigned:
-            if tp.topic in self._replaced and tp not in self._committed_since:
-                self.consumer.seek(tp, self._processed[tp].offset if tp in self._processed else 0)
+    def _verify_offsets(self) -> None:
+        """Newly assigned partitions: the group's committed offset names the log it was made in (its metadata);
+        one made in a log since replaced is not followed, the partition is read from the start."""
+        for tp in list(self._to_verify):
+            current = self._topic_ids.get(tp.topic)
+            if current is None:
+                continue  # not known yet: the next step
+            self._to_verify.discard(tp)
+            try:
+                committed = self.consumer.committed(tp, metadata=True, timeout_ms=5_000)
+            except KafkaError as error:
+                log.warning("committed offset of %s-%d not checked (%r)", tp.topic, tp.partition, error)
+                self._to_verify.add(tp)
+                return
+            if committed is not None and committed.metadata and committed.metadata != current:
+                log.warning("the committed offset %d of %s-%d was made in a log the broker replaced: reading it "
+                            "from the start", committed.offset, tp.topic, tp.partition)
+                self._rewind([tp])
+
+    def _rewind(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:  # a new log starts at 0 (if retention took that, the consumer's reset policy)
+            self.consumer.seek(tp, 0)
+            self._processed.pop(tp, None)
+            self._void_before[tp] = self._seq + 1
+
+    def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._to_verify |= assigned
 
     def _renew_producer(self, retry: RetryCallState) -> None:
         error = retry.outcome.exception() if retry.outcome else None
@@ -288,13 +306,15 @@ class ScorerService:
         if batch.error is not None:
             raise RuntimeError(f"a batch could not be scored or acknowledged: {batch.error}") from batch.error
         self._take(batch.scored)
-        if not batch.records or batch.epoch != self._epoch:  # read from a replaced log: not committed
+        if not batch.records:
             return batch
         assigned = self.consumer.assignment()  # a partition revoked meanwhile is the new owner's to commit
         for r in batch.records:  # in offset order per partition
             tp = TopicPartition(r.topic, r.partition)
-            if tp in assigned:
-                self._processed[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+            log_id = batch.log_ids.get(r.topic, "")
+            if tp in assigned and batch.seq >= self._void_before.get(tp, 0) and log_id == self._topic_ids.get(
+                    r.topic, ""):  # read from the log the partition is read from now
+                self._processed[tp] = OffsetAndMetadata(r.offset + 1, log_id, -1)
                 self._uncommitted = True
         self._observe(batch)
         return batch
@@ -307,7 +327,6 @@ class ScorerService:
         now = time.monotonic()
         if self._uncommitted and (now - self._committed_at) * 1000 >= self.config.commit_interval_ms:
             self.consumer.commit_async(dict(self._processed), callback=self._committed)
-            self._committed_since |= set(self._processed)  # from now on the group's offset is one in the new log
             self._uncommitted, self._committed_at = False, now
 
     def _take(self, scored: Scored) -> None:
@@ -402,7 +421,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.service.hand_over(set(revoked))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.service.restore_positions(set(assigned))
+        self.service.partitions_assigned(set(assigned))
         log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 

@@ -63,6 +63,7 @@ class SoakResult:
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     seconds: float = 0.0
+    missing_sample: list[str] = field(default_factory=list)  # a few missing transaction ids, to look into
 
 
 class Collector(threading.Thread):
@@ -236,7 +237,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
     known = labels[labels["known_at"] <= cut]
 
     registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=(work / "art").as_uri())
-    built = build_model(past, known, registry, BuildConfig(train_days=14, delay_days=7, test_days=7,
+    built = build_model(past, known, registry, BuildConfig(train_days=10, delay_days=4, test_days=7,
                                                           params=TrainParams(num_boost_round=100)), progress=False)
     set_alias(registry, CHAMPION, built.model.version)
     store_url = f"sqlite:///{work / 'scoring.db'}"
@@ -343,6 +344,8 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
     for tx_id in undecided:
         if acked[tx_id] == final_epoch:
             result.missing += 1
+            if len(result.missing_sample) < 5:
+                result.missing_sample.append(f"{tx_id} ({'stored' if tx_id in in_store else 'not stored'})")
         elif tx_id in in_store:
             result.lost_decisions += 1
         else:
