@@ -120,7 +120,7 @@ class Stream(threading.Thread):
     def __init__(self, config: ScorerConfig, broker: list[Broker], events, rate: float) -> None:
         super().__init__(daemon=True)
         self.config, self.broker, self.events, self.rate = config, broker, events, rate
-        self.epoch = 0  # incremented by the chaos when the broker is stopped
+        self.epoch = 0  # incremented by the chaos once the broker has stopped
         self.acked: dict[str, int] = {}  # transaction id -> epoch acknowledged in
         self.sent: list[Transaction] = []  # acknowledged transactions, for the poison to refer to
         self.stop = threading.Event()
@@ -198,6 +198,28 @@ def poison(config: ScorerConfig, bootstrap: str, sent: list[Transaction], burst:
         producer.flush(timeout=5)
     finally:
         producer.close(timeout=1)
+
+
+def _where(config: ScorerConfig, bootstrap: str) -> dict[str, str]:
+    """transaction id -> partition@offset in the transactions topic as the broker holds it now."""
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False)
+    found: dict[str, str] = {}
+    try:
+        topic = config.transactions_topic
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        quiet = 0
+        while quiet < 5:
+            polled = consumer.poll(timeout_ms=200)
+            quiet = 0 if polled else quiet + 1
+            for tp, records in polled.items():
+                for r in records:
+                    with contextlib.suppress(Exception):
+                        found[orjson.loads(r.value)["transaction_id"]] = f"{tp.partition}@{r.offset}"
+    finally:
+        consumer.close()
+    return found
 
 
 def rss_mb(process: subprocess.Popen) -> float:
@@ -296,8 +318,10 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
                 scorer = start_scorer()
                 say(f"soak: scorer killed and started again ({result.scorer_kills})")
             elif kind == "broker":
-                producer.epoch += 1  # what is acknowledged from here on belongs to the next broker
                 broker[0].stop()
+                # Only now: a send the old broker acknowledged while it was stopping belongs to it (and is lost
+                # with it); one that fails is sent again, and acknowledged by the next broker.
+                producer.epoch += 1
                 time.sleep(rng.uniform(2, 8))
                 broker[0] = start_broker(port, log=work / "broker.log")
                 create_topics(broker[0].bootstrap, config.topics, partitions=3)
@@ -318,6 +342,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
         while time.monotonic() < deadline and not due <= set(collector.decisions):
             time.sleep(0.5)
         time.sleep(2)  # a last look for duplicates
+        where = _where(config, broker[0].bootstrap)  # the last broker's log: where each transaction is
         result.rss_end_mb = rss_mb(scorer)
         if scorer.poll() is not None:
             raise RuntimeError(f"the scorer exited (code {scorer.returncode}); see {work / 'scorer.log'}")
@@ -345,7 +370,8 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
         if acked[tx_id] == final_epoch:
             result.missing += 1
             if len(result.missing_sample) < 5:
-                result.missing_sample.append(f"{tx_id} ({'stored' if tx_id in in_store else 'not stored'})")
+                stored = "stored" if tx_id in in_store else "not stored"
+                result.missing_sample.append(f"{tx_id} ({stored}; in the last log at {where.get(tx_id, 'none')})")
         elif tx_id in in_store:
             result.lost_decisions += 1
         else:
