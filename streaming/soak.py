@@ -241,7 +241,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
 
     rng = random.Random(seed)
     result = SoakResult(minutes=minutes, rate=rate, seed=seed)
-    work = work or Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "soak"
+    work = (work or Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "soak").resolve()
     if work.exists():
         import shutil
 
