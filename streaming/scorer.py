@@ -25,12 +25,13 @@ from models.features import FEATURE_NAMES, FeatureState
 from models.schema import InvalidRecord, Label, Transaction, parse_label, parse_transaction
 from streaming.config import ScorerConfig
 from streaming.decide import APPROVE, outcomes, top_reasons
+from streaming.event_time import FUTURE, LATE
 from streaming.model import ServingModel
 from streaming.store import DecisionRow, Store, StoredDecision
 
 log = logging.getLogger(__name__)
 # Dead-letter reasons start with one of these, then ": " and the detail; metrics count by the kind.
-INVALID, LATE, FUTURE, CONFLICT, INTERNAL = "invalid", "late", "future", "conflicting duplicate", "internal"
+INVALID, CONFLICT, INTERNAL = "invalid", "conflicting duplicate", "internal"
 DEAD_LETTER_KINDS = (INVALID, LATE, FUTURE, CONFLICT, INTERNAL)
 
 
