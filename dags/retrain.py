@@ -16,9 +16,12 @@ Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confir
 1. **build_training_set**: the scorer's stored decisions (feature values used at scoring time) joined with
    the labels known at `as_of`; transactions younger than the label maturity are held out.
 2. **train_challenger**: LightGBM on a time-ordered split; a new MLflow version with alias `challenger`.
-3. **validate**: challenger and champion on the same holdout; floors and a margin (`pipelines/gates.py`).
-   The report, plot and verdict go to the version in the MLflow UI.
-4. **decide** → **promote** (move `champion`, keep `previous_champion`) or **reject** (champion stays).
+3. **validate**: challenger and champion on the same holdout; evidence minimums, floors, and a paired
+   bootstrap interval of their AP difference whose lower bound must clear the margin (`pipelines/gates.py`).
+   The verdict is `passed`, `failed` or `insufficient evidence`; the report, plot and verdict go to the
+   version in the MLflow UI.
+4. **decide** → **promote** (move `champion`, keep `previous_champion`) or **reject** (champion stays; a
+   holdout too small to tell the models apart is rejected as `insufficient evidence`, not failed or retried).
 
 Every task is a function in `pipelines/jobs.py`; `fraudloop <command>` runs the same step by hand.
 Settings: `FRAUDLOOP_*` environment variables (store, MLflow) and the params below.
@@ -41,7 +44,9 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
         "test_days": Param(7, type="integer", minimum=1, description="holdout days"),
         "maturity_days": Param(7.0, type="number", minimum=0, description="label delay to wait for"),
         "num_boost_round": Param(600, type="integer", minimum=1),
-        "average_precision_margin": Param(0.0, type="number"),
+        "average_precision_margin": Param(None, type=["null", "number"],
+                                          description="the AP difference's lower bound must exceed this; "
+                                                      "empty: the gates' default (pipelines/gates.py)"),
         "shuffle_labels": Param(False, type="boolean", description="sabotage: train on shuffled labels (tests)"),
     },
 )
@@ -72,7 +77,7 @@ def retrain() -> None:
 
     @task.branch(doc_md="Promote only a challenger that passed validation.")
     def decide(verdict: dict) -> str:
-        return "promote" if verdict["passed"] else "reject"
+        return "promote" if verdict["status"] == "passed" else "reject"
 
     @task(doc_md="Move `champion` to the challenger; the old champion becomes `previous_champion`.")
     def promote(verdict: dict, **context) -> dict:

@@ -77,17 +77,24 @@ def cmd_train(args: argparse.Namespace) -> None:
                         maturity_days=args.maturity_days, num_boost_round=args.num_boost_round)
     _print_json(result)
     if args.promote:
+        from pipelines.validate import describe
+
         verdict = jobs.validate(str(path), result["version"])
-        print(verdict["summary"])
+        print(describe(verdict))
         if not verdict["passed"]:
-            raise RuntimeError(f"version {result['version']} failed validation; the champion stays")
+            raise RuntimeError(f"version {result['version']} was not promoted ({verdict['status']}); the champion "
+                               "stays")
         _print_json(jobs.promote(result["version"], reason="fraudloop train --promote: " + verdict["summary"]))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from pipelines import jobs
+    from pipelines.validate import describe
 
-    _print_json(jobs.validate(str(args.training_set), args.version, args.margin))
+    verdict = jobs.validate(str(args.training_set), args.version, args.margin)
+    print(describe(verdict))
+    if args.json:
+        _print_json(verdict)
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -139,8 +146,29 @@ def cmd_dag(args: argparse.Namespace) -> None:
     airflow_local.migrate()
     states = airflow_local.run(args.dag_id, conf)
     _print_json(states)
+    _print_outcome(args.dag_id, states)
     if any(state == "failed" or state == "upstream_failed" for state in states.values()):
         raise RuntimeError(f"DAG {args.dag_id} had failed tasks")
+
+
+def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
+    """What a DAG run decided, in words: the drift verdict, or the challenger's verdict and what became of it."""
+    from models import registry
+    from pipelines.validate import describe, recorded_verdict
+
+    reg = registry.RegistryConfig.from_env()
+    if dag_id == "drift_monitor" and states.get("check_drift") == "success":
+        champion = registry.alias_version(reg, registry.CHAMPION)
+        if champion:
+            verdict = registry.version_info(reg, champion).tags.get("drift_verdict")
+            print(f"drift check of champion v{champion}: {verdict}")
+    if dag_id == "retrain" and states.get("validate") == "success":
+        version = registry.alias_version(reg, registry.CHALLENGER)
+        verdict = recorded_verdict(reg, version) if version else None
+        if verdict:
+            print(describe(verdict))
+            print("promoted: it is the champion now" if states.get("promote") == "success"
+                  else "not promoted: the champion stays")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -342,7 +370,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="challenger vs champion on the challenger's holdout; verdict to MLflow")
     p.add_argument("--training-set", type=Path, required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--margin", type=float, default=0.0, help="AP the challenger must add to the champion's")
+    p.add_argument("--margin", type=float, default=None,
+                   help="the lower bound of the AP difference's interval must exceed this (default: the gates')")
+    p.add_argument("--json", action="store_true", help="also print the verdict as JSON")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("promote", help=f"move '{CHAMPION}' to a version that passed validation")

@@ -1,23 +1,42 @@
-"""Promotion gates: pure rules deciding whether a challenger may replace the champion.
+"""Promotion gates: pure rules deciding, on evidence, whether a challenger may replace the champion.
 
-Both models are scored on the same time-ordered holdout that neither trained on. A challenger must
-clear absolute floors (so a first model, or a champion that has itself decayed, is never the only bar)
-and must not trail the champion by more than the margins.
+Both models are scored on the same time-ordered holdout that neither trained on. The verdict is one of:
+- `insufficient evidence`: the holdout has too few frauds, compromised cards or cards to tell models apart;
+  not an error and not worth retrying on the same data (the champion stays);
+- `failed`: a floor is missed, or the challenger is not shown to be better than the champion;
+- `passed`: every floor is met and the lower bound of the paired bootstrap interval of the AP difference
+  (challenger - champion) clears the margin, so noise alone rarely promotes.
+Floors stay even with a champion, so a first model, or a champion that has itself decayed, is never the only bar.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from models.metrics import Difference, achievable_card_precision, evaluate, paired_ap_difference, policy_effect
+
+PASSED, FAILED, INSUFFICIENT = "passed", "failed", "insufficient evidence"
+
 
 @dataclass(frozen=True)
 class Gates:
+    # Evidence: below any of these the holdout cannot tell models apart.
+    min_frauds: int = 30
+    min_fraud_cards: int = 20
+    min_cards: int = 200
+    # Floors on the challenger alone.
     min_average_precision: float = 0.30
-    min_card_precision_at_100: float = 0.0  # depends on how many cards a day there are: set it per deployment
+    # CP@100 relative to the best any model could reach on this holdout (few compromised cards a day cap it).
+    min_card_precision_share: float = 0.5
     min_recall_at_1pct_fpr: float = 0.25
-    # The challenger's AP must be at least the champion's + this (negative: tolerate a small loss).
+    # Against the champion: the interval's lower bound of (challenger AP - champion AP) must exceed this.
     average_precision_margin: float = 0.0
+    confidence: float = 0.95  # two-sided; the lower bound is then a 97.5 % one-sided bound
+    resamples: int = 1000
     card_precision_tolerance: float = 0.05  # the challenger's CP@100 may trail the champion's by at most this
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -27,42 +46,90 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    frauds: int
+    fraud_cards: int
+    cards: int
+    days: int
+
+
+@dataclass(frozen=True)
 class Verdict:
+    evidence: Evidence
     checks: tuple[Check, ...] = field(default_factory=tuple)
+    difference: Difference | None = None
+    challenger: dict[str, float] = field(default_factory=dict)
+    champion: dict[str, float] | None = None
+
+    @property
+    def status(self) -> str:
+        if any(check.text.startswith("evidence") and not check.ok for check in self.checks):
+            return INSUFFICIENT
+        return PASSED if all(check.ok for check in self.checks) else FAILED
 
     @property
     def passed(self) -> bool:
-        return all(check.ok for check in self.checks)
+        return self.status == PASSED
 
     @property
     def summary(self) -> str:
         """One line: failed checks first, as a reviewer reads it."""
         ordered = [c.text for c in self.checks if not c.ok] + [c.text for c in self.checks if c.ok]
-        return ("passed: " if self.passed else "failed: ") + "; ".join(ordered)
+        return f"{self.status}: " + "; ".join(ordered)
 
 
-def judge(challenger: dict[str, float], champion: dict[str, float] | None, gates: Gates = Gates()) -> Verdict:
-    """Check the challenger's holdout metrics against the floors and, if there is one, the champion's."""
-    checks: list[Check] = []
+def evidence_of(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray) -> Evidence:
+    y = np.asarray(is_fraud, dtype=bool)
+    cards = np.asarray(card_id)
+    return Evidence(int(y.sum()), len(np.unique(cards[y])), len(np.unique(cards)),
+                    len(np.unique(np.asarray(time) // 86_400)))
+
+
+def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenger: np.ndarray,
+          champion: np.ndarray | None, gates: Gates = Gates(),
+          thresholds: tuple[float, float] | None = None) -> Verdict:
+    """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows.
+
+    `thresholds` (review, decline), when given, adds what the decision policy would feel to the metrics.
+    """
+    evidence = evidence_of(time, card_id, is_fraud)
+    enough = (evidence.frauds >= gates.min_frauds, evidence.fraud_cards >= gates.min_fraud_cards,
+              evidence.cards >= gates.min_cards)
+    checks = [Check(all(enough), f"evidence: {evidence.frauds:,} frauds (min {gates.min_frauds}), "
+                                 f"{evidence.fraud_cards:,} compromised cards (min {gates.min_fraud_cards}), "
+                                 f"{evidence.cards:,} cards (min {gates.min_cards})")]
+    if evidence.frauds == 0:
+        return Verdict(evidence, tuple(checks))
+
+    def metrics(scores: np.ndarray) -> dict[str, float]:
+        found = evaluate(time, card_id, is_fraud, scores)
+        return {**found, **policy_effect(time, is_fraud, scores, *thresholds)} if thresholds else found
+
+    mine = metrics(challenger)
+    theirs = metrics(champion) if champion is not None else None
 
     def floor(metric: str, minimum: float, label: str) -> None:
-        value = challenger[metric]
+        value = mine[metric]
         ok = value >= minimum
         checks.append(Check(ok, f"{label} {value:.4f} {'>=' if ok else '<'} floor {minimum:.4f}"))
 
     floor("average_precision", gates.min_average_precision, "AP")
-    floor("card_precision_at_100", gates.min_card_precision_at_100, "CP@100")
+    best = achievable_card_precision(time, card_id, is_fraud)
+    floor("card_precision_at_100", gates.min_card_precision_share * best,
+          f"CP@100 (best achievable here {best:.4f} x {gates.min_card_precision_share})")
     floor("recall_at_1pct_fpr", gates.min_recall_at_1pct_fpr, "recall@1%FPR")
-    if champion is None:
+    difference = None
+    if theirs is None:
         checks.append(Check(True, "no champion to compare with"))
     else:
-        need = champion["average_precision"] + gates.average_precision_margin
-        ap = challenger["average_precision"]
-        checks.append(Check(ap >= need, f"AP {ap:.4f} {'>=' if ap >= need else '<'} champion "
-                            f"{champion['average_precision']:.4f} {gates.average_precision_margin:+.4f} margin"))
-        need = champion["card_precision_at_100"] - gates.card_precision_tolerance
-        cp = challenger["card_precision_at_100"]
+        difference = paired_ap_difference(is_fraud, champion, challenger, card_id, gates.resamples, gates.confidence,
+                                          gates.seed)
+        ok = difference.low > gates.average_precision_margin
+        checks.append(Check(ok, f"AP difference vs champion {difference} lower bound "
+                                f"{'>' if ok else '<='} margin {gates.average_precision_margin:+.4f}"))
+        need = theirs["card_precision_at_100"] - gates.card_precision_tolerance
+        cp = mine["card_precision_at_100"]
         checks.append(Check(cp >= need, f"CP@100 {cp:.4f} {'>=' if cp >= need else '<'} champion "
-                            f"{champion['card_precision_at_100']:.4f} - {gates.card_precision_tolerance:.4f} "
+                            f"{theirs['card_precision_at_100']:.4f} - {gates.card_precision_tolerance:.4f} "
                             "tolerance"))
-    return Verdict(tuple(checks))
+    return Verdict(evidence, tuple(checks), difference, mine, theirs)

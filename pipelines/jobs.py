@@ -63,17 +63,14 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
             **{k: round(v, 4) for k, v in result.metrics.items()}}
 
 
-def validate(training_set: str, version: str, average_precision_margin: float = 0.0) -> dict:
+def validate(training_set: str, version: str, average_precision_margin: float | None = None) -> dict:
+    """The verdict (`passed`, `failed` or `insufficient evidence`) with its metrics, interval and reason."""
     from pipelines import training_set as sets
     from pipelines.gates import Gates
     from pipelines.validate import validate_challenger
 
-    result = validate_challenger(sets.read(Path(training_set)), _registry(), version,
-                                 Gates(average_precision_margin=average_precision_margin))
-    return {"version": version, "passed": result.verdict.passed, "summary": result.verdict.summary,
-            "champion_version": result.champion_version,
-            "challenger_average_precision": result.challenger["average_precision"],
-            "champion_average_precision": result.champion["average_precision"] if result.champion else None}
+    gates = Gates() if average_precision_margin is None else Gates(average_precision_margin=average_precision_margin)
+    return validate_challenger(sets.read(Path(training_set)), _registry(), version, gates).as_dict()
 
 
 def promote(version: str, reason: str, actor: str | None = None) -> dict:

@@ -63,12 +63,24 @@ def _move_champion(reg: registry.RegistryConfig, version: str, action: str, acto
 
 
 def promote(reg: registry.RegistryConfig, version: str, reason: str, actor: str | None = None) -> Move:
-    """Point `champion` at `version`; refused unless its validation passed."""
-    status = registry.version_info(reg, version).tags.get("validation_status", "not validated")
+    """Point `champion` at `version`; refused unless it passed validation against the champion it would replace.
+
+    A pass is evidence against one champion only: if the alias has moved since (another promotion, a
+    rollback), the version must be validated again.
+    """
+    tags = registry.version_info(reg, version).tags
+    status = tags.get("validation_status", "not validated")
     if status != "passed":
         raise ValueError(f"version {version} cannot be promoted: validation status is '{status}'")
-    if registry.alias_version(reg, registry.CHAMPION) == version:
+    champion = registry.alias_version(reg, registry.CHAMPION)
+    if champion == version:
         raise ValueError(f"version {version} is already the champion")
+    against = tags.get("validated_against", "none")
+    if against != (champion or "none"):
+        now = f"version {champion}" if champion else "no champion"
+        raise ValueError(f"version {version} cannot be promoted: it was validated against "
+                         f"{'version ' + against if against != 'none' else 'no champion'}, and the champion is now "
+                         f"{now}; validate it again")
     return _move_champion(reg, version, "promote", actor or default_actor(), reason)
 
 
