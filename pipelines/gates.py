@@ -25,7 +25,7 @@ class Gates:
     # Evidence: below any of these the holdout cannot tell models apart.
     min_frauds: int = 30
     min_fraud_cards: int = 20
-    min_cards: int = 200
+    min_cards: int = 100  # clusters of the bootstrap
     # Floors on the challenger alone.
     min_average_precision: float = 0.30
     # CP@100 relative to the best any model could reach on this holdout (few compromised cards a day cap it).

@@ -11,7 +11,16 @@ import pandas as pd
 import pytest
 
 from models.metrics import evaluate
-from models.registry import CHALLENGER, CHAMPION, RegistryConfig, alias_version, client, load_version, version_info
+from models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryConfig,
+    alias_version,
+    client,
+    load_version,
+    tag_version,
+    version_info,
+)
 from models.training import predict
 from pipelines import airflow_local, jobs, promote
 from pipelines.backfill import backfill
@@ -103,10 +112,15 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
 
     mlflow_client = client(reg)
     run_id = version_info(reg, worse).run_id
-    assert {a.path for a in mlflow_client.list_artifacts(run_id, "validation")} == {"validation/report.md",
-                                                                               "validation/comparison.png"}
+    assert {a.path for a in mlflow_client.list_artifacts(run_id, "validation")} == {
+        "validation/report.md", "validation/comparison.png", "validation/verdict.json"}
     jobs.rollback(reason="test rollback")
     assert alias_version(reg, CHAMPION) == weak["version"]
+    # A pass is evidence against the champion it was measured against, not against whoever is champion now.
+    tag_version(reg, worse, {"validation_status": "passed", "validated_against": better})
+    with pytest.raises(ValueError, match=f"validated against version {better}, and the champion is now version "
+                                         f"{weak['version']}; validate it again"):
+        jobs.promote(worse, reason="stale pass")
     moves = promote.history(reg)
     assert [m["action"] for m in moves] == ["rollback", "promote", "promote"]
 
