@@ -13,12 +13,15 @@ DOC = """
 
 Hourly:
 
-1. **check_drift**: per-feature PSI / Jensen-Shannon of the last `window_days` of scored traffic against the
-   champion's reference (its holdout), PSI of its scores, and its Average Precision on transactions whose
-   labels have matured. A report (table, plots, verdict) is logged to MLflow (`card-fraud-monitoring`).
+1. **check_drift**: mean feature PSI of the last `window_days` of scored traffic against the champion's
+   reference (its holdout), and PSI of its scores, each against a threshold calibrated for the window's size
+   to `false_alarm_rate` (a window too small to detect `detectable_psi` gets no verdict); and its Average
+   Precision on transactions whose labels have matured. A report (table, plots, verdict) is logged to MLflow
+   (`card-fraud-monitoring`).
 2. **record_serving_cost**: CPU time per 1,000 transactions the scorer spent on the champion, as version tags.
-3. **drift_confirmed** → **signal_retrain**: only when the verdict says so, the `card_fraud_drift_confirmed`
-   asset is updated, which schedules `retrain` with this run's `as_of`.
+3. **drift_confirmed** → **signal_retrain**: only when the verdict says so, and at most once per
+   `cooldown_days` for one champion, the `card_fraud_drift_confirmed` asset is updated, which schedules
+   `retrain` with this run's `as_of`.
 """
 DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
 
@@ -33,13 +36,17 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
         "as_of": Param("", type="string", description="ISO time to check as of; empty: the run's time"),
-        "window_days": Param(1.0, type="number", minimum=0.01, description="recent traffic compared"),
-        "maturity_days": Param(7.0, type="number", minimum=0, description="label delay to wait for"),
-        "feature_psi": Param(0.2, type="number", minimum=0, description="a feature drifts above this PSI"),
-        "share_of_features": Param(0.2, type="number", minimum=0, maximum=1, description="data drift from here"),
-        "score_psi": Param(0.25, type="number", minimum=0, description="score drift above this PSI"),
-        "max_relative_ap_drop": Param(0.3, type="number", minimum=0, maximum=1,
+        # Empty (null): the default of pipelines/monitor.py MonitorConfig, the one source of defaults.
+        "window_days": Param(None, type=["null", "number"], minimum=0.01, description="recent traffic compared"),
+        "maturity_days": Param(None, type=["null", "number"], minimum=0, description="label delay to wait for"),
+        "false_alarm_rate": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                  description="per check: drift thresholds are calibrated to this"),
+        "detectable_psi": Param(None, type=["null", "number"], minimum=0,
+                                description="mean PSI a window must be able to detect (sets the minimum window)"),
+        "max_relative_ap_drop": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                       description="decay: labelled AP below holdout AP x (1 - this)"),
+        "cooldown_days": Param(None, type=["null", "number"], minimum=0,
+                               description="a drift episode signals at most one retrain per this long"),
     },
 )
 def drift_monitor() -> None:
@@ -47,11 +54,8 @@ def drift_monitor() -> None:
     def check_drift(**context) -> dict:
         from pipelines import jobs
 
-        p = context["params"]
-        return jobs.check_drift(as_of=run_as_of(context), window_days=p["window_days"],
-                                maturity_days=p["maturity_days"], feature_psi=p["feature_psi"],
-                                share_of_features=p["share_of_features"], score_psi=p["score_psi"],
-                                max_relative_ap_drop=p["max_relative_ap_drop"])
+        settings = {k: v for k, v in context["params"].items() if k != "as_of"}
+        return jobs.check_drift(as_of=run_as_of(context), **settings)
 
     @task(doc_md="Serving CPU per 1,000 transactions, from the scorer's store, onto the champion's version.")
     def record_serving_cost() -> dict:
@@ -59,9 +63,10 @@ def drift_monitor() -> None:
 
         return jobs.record_serving_cost()
 
-    @task.short_circuit(doc_md="Go on only when drift is confirmed.")
+    @task.short_circuit(doc_md="Go on only when drift is confirmed and this episode has not signalled a retrain "
+                               "within the cooldown.")
     def drift_confirmed(report: dict) -> bool:
-        return report["retrain"]
+        return report["signal"]
 
     @task(outlets=[DRIFT_CONFIRMED], doc_md="Update the drift asset: this schedules `retrain`.")
     def signal_retrain(report: dict, **context) -> None:

@@ -51,12 +51,15 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
     },
 )
 def retrain() -> None:
-    @task(doc_md="Training set as of `as_of`, point-in-time correct, written to Parquet; returns its path.")
+    @task(doc_md="Training set as of `as_of`, point-in-time correct, written as Parquet to "
+                 "`FRAUDLOOP_TRAINING_SETS_URI`; returns its URI (never a local path: workers may not share a disk).")
     def build_training_set(**context) -> str:
         from pipelines import jobs
 
-        return jobs.build_training_set(as_of=run_as_of(context), maturity_days=context["params"]["maturity_days"],
-                                       name=context["run_id"])["path"]
+        p = context["params"]
+        lookback = p["train_days"] + p["delay_days"] + p["test_days"] + p["maturity_days"] + 1
+        return jobs.build_training_set(as_of=run_as_of(context), maturity_days=p["maturity_days"],
+                                       name=context["run_id"], lookback_days=lookback)["uri"]
 
     @task(doc_md="Train and register a challenger (alias `challenger`); returns its version.")
     def train_challenger(training_set: str, **context) -> str:

@@ -90,12 +90,16 @@ def comparison(y: np.ndarray, scores: dict[str, np.ndarray]) -> Figure:
     return fig
 
 
-def drift_bars(features: list[str], psi: np.ndarray, threshold: float) -> Figure:
+def drift_bars(features: list[str], psi: np.ndarray, thresholds: np.ndarray) -> Figure:
+    """Each feature's PSI beside its own calibrated threshold (red: above it)."""
+    psi, thresholds = np.asarray(psi), np.asarray(thresholds)
     order = np.argsort(psi)
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(features) + 1), dpi=100)
-    ax.barh(np.array(features)[order], np.asarray(psi)[order], color=np.where(psi[order] > threshold, "C3", "C0"))
-    ax.axvline(threshold, ls="--", c="grey")
+    names = np.array(features)[order]
+    ax.barh(names, psi[order], color=np.where(psi[order] > thresholds[order], "C3", "C0"))
+    ax.scatter(thresholds[order], names, marker="|", s=120, c="grey", label="threshold for this window")
     ax.set(title="Feature drift: PSI, recent traffic vs the champion's reference", xlabel="PSI")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
 

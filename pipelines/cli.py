@@ -63,8 +63,8 @@ def cmd_training_set(args: argparse.Namespace) -> None:
     from pipelines import jobs
 
     _print_json(jobs.build_training_set(_as_of(args.as_of), args.maturity_days, store_url=args.store,
-                                        history=str(args.history) if args.history else None,
-                                        out=str(args.out) if args.out else None))
+                                        history=str(args.history) if args.history else None, out=args.out,
+                                        lookback_days=args.days))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     path = args.training_set
     if args.history:
-        path = jobs.build_training_set(None, args.maturity_days, history=str(args.history))["path"]
+        path = jobs.build_training_set(None, args.maturity_days, history=str(args.history))["uri"]
     result = jobs.train(str(path), train_days=args.train_days, delay_days=args.delay_days, test_days=args.test_days,
                         maturity_days=args.maturity_days, num_boost_round=args.num_boost_round)
     _print_json(result)
@@ -115,7 +115,12 @@ def cmd_drift(args: argparse.Namespace) -> None:
     from pipelines import jobs
 
     as_of = _as_of(args.as_of) or time.time()
-    _print_json(jobs.check_drift(as_of, args.window_days, args.maturity_days, store_url=args.store))
+    report = jobs.check_drift(as_of, store_url=args.store, window_days=args.window_days,
+                              maturity_days=args.maturity_days, false_alarm_rate=args.false_alarm_rate,
+                              cooldown_days=args.cooldown_days)
+    print(f"champion v{report['champion_version']}: {report['summary']}")
+    if args.json:
+        _print_json(report)
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
@@ -352,12 +357,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--maturity-days", type=float, default=7.0, help="label delay to wait for (default: 7)")
     p.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or SQLite under FRAUDLOOP_HOME)")
     p.add_argument("--history", type=Path, help="a folder written by 'fraudloop simulate' instead of the store")
-    p.add_argument("--out", type=Path, help="Parquet file (default: FRAUDLOOP_HOME/training-sets/latest.parquet)")
+    p.add_argument("--days", type=float, help="days before --as-of read from the store (default: what the default "
+                                              "split needs, plus the maturity and a day)")
+    p.add_argument("--out", help="Parquet file or URI (default: FRAUDLOOP_TRAINING_SETS_URI or "
+                                 "FRAUDLOOP_HOME/training-sets, latest.parquet)")
     p.set_defaults(func=cmd_training_set)
 
     p = sub.add_parser("train", help="train a challenger on a training set; register it (alias 'challenger')")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--training-set", type=Path, help="file written by 'fraudloop training-set'")
+    source.add_argument("--training-set", help="file or URI written by 'fraudloop training-set'")
     source.add_argument("--history", type=Path, help="folder written by 'fraudloop simulate'")
     p.add_argument("--train-days", type=int, default=28)
     p.add_argument("--delay-days", type=int, default=7, help="gap between training and holdout")
@@ -368,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="challenger vs champion on the challenger's holdout; verdict to MLflow")
-    p.add_argument("--training-set", type=Path, required=True)
+    p.add_argument("--training-set", required=True, help="file or URI written by 'fraudloop training-set'")
     p.add_argument("--version", required=True)
     p.add_argument("--margin", type=float, default=None,
                    help="the lower bound of the AP difference's interval must exceed this (default: the gates')")
@@ -386,9 +394,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drift", help="drift and decay of the champion on recent traffic; report to MLflow")
     p.add_argument("--as-of", help="ISO date/time (default: now)")
-    p.add_argument("--window-days", type=float, default=1.0)
-    p.add_argument("--maturity-days", type=float, default=7.0)
+    p.add_argument("--window-days", type=float, help="recent traffic compared (default: MonitorConfig's, 1)")
+    p.add_argument("--maturity-days", type=float, help="label delay to wait for (default: 7)")
+    p.add_argument("--false-alarm-rate", type=float, help="per check (default: 0.01)")
+    p.add_argument("--cooldown-days", type=float, help="one retrain signal per episode per this long (default: 1)")
     p.add_argument("--store")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("backfill", help="write a simulated history into the scorer's store (warm start)")

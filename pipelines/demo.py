@@ -203,8 +203,8 @@ def run(config: DemoConfig) -> dict:
         backfill(store, past, history_rows(past, labels, progress=True), labels[labels["known_at"] <= cut])
         store.close()
         first = jobs.build_training_set(cut, maturity_days=RETRAIN["maturity_days"], name="first")
-        model = jobs.train(first["path"], **RETRAIN, trained_by="fraudloop demo")
-        verdict = jobs.validate(first["path"], model["version"])
+        model = jobs.train(first["uri"], **RETRAIN, trained_by="fraudloop demo")
+        verdict = jobs.validate(first["uri"], model["version"])
         if not verdict["passed"]:
             raise RuntimeError(f"the first model failed validation: {verdict['summary']}")
         jobs.promote(model["version"], reason="first model: " + verdict["summary"])

@@ -1,9 +1,11 @@
-"""Drift statistics: pure functions comparing recent values with a reference (no I/O).
+"""Drift statistics: pure functions comparing recent values with a reference, and their calibration (no I/O).
 
 Per feature: PSI on reference-quantile bins (missing values get a bin of their own), the two-sample
-Kolmogorov-Smirnov statistic, and the Jensen-Shannon distance on the same bins. PSI's conventional
-reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 significant. KS alone flags nearly everything on large
-samples, so it is reported but the verdict rests on PSI and Jensen-Shannon.
+Kolmogorov-Smirnov statistic, and the Jensen-Shannon distance on the same bins. Fixed PSI cut-offs (the
+conventional 0.1 / 0.25) ignore that PSI's own sampling noise grows as the window shrinks: at a few hundred
+rows, stable traffic crosses them. So thresholds are calibrated for the window's size to a stated
+false-alarm rate (`calibrate`), and the smallest window worth judging follows from them (`min_window`).
+KS and Jensen-Shannon are reported beside PSI; the verdict rests on the calibrated PSI.
 """
 
 from __future__ import annotations
@@ -16,13 +18,6 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
 EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
-
-
-@dataclass(frozen=True)
-class DriftThresholds:
-    psi: float = 0.2
-    jensen_shannon: float = 0.1
-    share_of_features: float = 0.3  # the data drifts when at least this share of features drifts
 
 
 def bin_shares(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -56,17 +51,91 @@ def ks(reference: np.ndarray, current: np.ndarray) -> float:
     return float(ks_2samp(a, b).statistic) if len(a) and len(b) else 0.0
 
 
-def feature_drift(reference: pd.DataFrame, current: pd.DataFrame,
-                  thresholds: DriftThresholds = DriftThresholds()) -> pd.DataFrame:
-    """One row per shared column: PSI, Jensen-Shannon, KS and whether it drifted."""
+def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """One row per calibrated column: PSI, Jensen-Shannon, KS, its calibrated PSI threshold and whether it drifted."""
     rows = []
-    for name in [c for c in reference.columns if c in current.columns]:
+    for name, threshold in thresholds.items():
         ref, cur = reference[name].to_numpy(float), current[name].to_numpy(float)
-        row = {"feature": name, "psi": psi(ref, cur), "jensen_shannon": jensen_shannon(ref, cur), "ks": ks(ref, cur)}
-        row["drifted"] = row["psi"] > thresholds.psi or row["jensen_shannon"] > thresholds.jensen_shannon
-        rows.append(row)
+        value = psi(ref, cur)
+        rows.append({"feature": name, "psi": value, "psi_threshold": threshold,
+                     "jensen_shannon": jensen_shannon(ref, cur), "ks": ks(ref, cur), "drifted": value > threshold})
     return pd.DataFrame(rows).sort_values("psi", ascending=False, ignore_index=True)
 
 
-def data_drifted(table: pd.DataFrame, thresholds: DriftThresholds = DriftThresholds()) -> bool:
-    return bool(len(table)) and table["drifted"].mean() >= thresholds.share_of_features
+@dataclass(frozen=True)
+class Calibration:
+    """PSI thresholds a window of `rows` stable transactions exceeds with probability `false_alarm_rate`."""
+
+    rows: int
+    false_alarm_rate: float
+    mean_psi: float  # over the features: the data-drift verdict
+    features: dict[str, float]  # each feature's own, to say which moved
+    score: float | None
+
+
+def _bins(reference: pd.DataFrame, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each reference value's bin (the reference's own quantile bins, plus one for missing), as one flat index
+    per (row, column), and where each column's bins start."""
+    index, starts, offset = [], [], 0
+    for name in reference.columns:
+        values = reference[name].to_numpy(float)
+        present = values[~np.isnan(values)]
+        edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])) if len(present) else np.array([])
+        column = np.where(np.isnan(values), len(edges) + 1, np.searchsorted(edges, values, side="left"))
+        index.append(column + offset)
+        starts.append(offset)
+        offset += len(edges) + 2
+    return np.column_stack(index), np.array(starts)
+
+
+def calibrate(reference: pd.DataFrame, clusters: np.ndarray, rows: int, false_alarm_rate: float = 0.01,
+              resamples: int = 500, score: str | None = "score", bins: int = 10, seed: int = 0) -> Calibration:
+    """Thresholds from the statistics' own sampling noise at this window size: a bootstrap of stable traffic.
+
+    Each resample draws a stand-in reference and a stand-in window of `rows` transactions from the reference,
+    both by card (`clusters`: a card's transactions share its history, so its rows are not independent), and
+    measures their PSI; the threshold is the (1 - false_alarm_rate) quantile. Both sides are resampled because
+    the live check also compares two finite samples.
+    """
+    columns = [c for c in reference.columns if c != score] + ([score] if score else [])
+    flat, starts = _bins(reference[columns], bins)
+    _, cluster_of = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters, n_rows = int(cluster_of.max()) + 1, len(cluster_of)
+    window_clusters = max(1, round(rows * n_clusters / n_rows))
+    rng = np.random.default_rng(seed)
+    bins_total = int(flat.max()) + 1
+    raveled = flat.ravel()
+
+    def shares(counts: np.ndarray) -> np.ndarray:
+        weights = np.repeat(counts[cluster_of].astype(float), len(columns))
+        found = np.bincount(raveled, weights=weights, minlength=bins_total)
+        return np.maximum(found / counts[cluster_of].sum(), EPSILON)
+
+    uniform = np.full(n_clusters, 1 / n_clusters)
+    values = np.empty((resamples, len(columns)))
+    for i in range(resamples):
+        expected = shares(rng.multinomial(n_clusters, uniform))
+        actual = shares(rng.multinomial(window_clusters, uniform))
+        values[i] = np.add.reduceat((actual - expected) * np.log(actual / expected), starts)
+    quantile = 1 - false_alarm_rate
+    features = values[:, :len(columns) - (1 if score else 0)]
+    mean_psi = float(np.quantile(features.mean(axis=1), quantile)) if features.shape[1] else float("nan")
+    return Calibration(rows, false_alarm_rate, mean_psi,
+                       dict(zip(columns, np.quantile(features, quantile, axis=0).tolist(), strict=False)),
+                       float(np.quantile(values[:, -1], quantile)) if score else None)
+
+
+def min_window(reference: pd.DataFrame, clusters: np.ndarray, detectable_psi: float,
+               false_alarm_rate: float = 0.01, resamples: int = 200) -> int:
+    """The fewest rows whose calibrated mean-PSI threshold is at most `detectable_psi`: below it, a drift of that
+    size hides in the noise, so a smaller window gets no verdict at all."""
+    low, high = 50, max(100, len(reference))
+    if calibrate(reference, clusters, high, false_alarm_rate, resamples, score=None).mean_psi > detectable_psi:
+        return high  # even a window as large as the reference cannot tell: insist on that much
+    while high - low > max(10, low // 10):
+        middle = (low + high) // 2
+        if calibrate(reference, clusters, middle, false_alarm_rate, resamples, score=None).mean_psi <= detectable_psi:
+            high = middle
+        else:
+            low = middle
+    return high

@@ -26,19 +26,34 @@ def _registry():
     return RegistryConfig.from_env()
 
 
+def training_sets_uri() -> str:
+    """Where training sets are written: FRAUDLOOP_TRAINING_SETS_URI (e.g. s3://bucket/training-sets, shared by
+    every Airflow worker), else a folder under FRAUDLOOP_HOME."""
+    return os.environ.get("FRAUDLOOP_TRAINING_SETS_URI") or (fraudloop_home() / "training-sets").as_uri()
+
+
 def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_url: str | None = None,
-                       history: str | None = None, out: str | None = None, name: str = "latest") -> dict:
-    """From the store (default) or a simulator history folder; `as_of` None means the newest data."""
+                       history: str | None = None, out: str | None = None, name: str = "latest",
+                       lookback_days: float | None = None) -> dict:
+    """From the store (default) or a simulator history folder; `as_of` None means the newest data.
+
+    From the store only the `lookback_days` before `as_of` are read (default: what the default split needs,
+    plus the label maturity and a day). Returns the training set's URI, which tasks pass on.
+    """
     from pipelines import training_set
+    from pipelines.train import BuildConfig
 
     maturity = maturity_days * DAY
     if history:
         frame = training_set.from_history(Path(history), as_of, maturity)
     else:
-        frame = training_set.from_store(_store_url(store_url), as_of, maturity)
+        if lookback_days is None:
+            default = BuildConfig()
+            lookback_days = default.train_days + default.delay_days + default.test_days + maturity_days + 1
+        frame = training_set.from_store(_store_url(store_url), as_of, maturity, lookback_days * DAY)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    path = training_set.write(frame, Path(out) if out else fraudloop_home() / "training-sets" / f"{safe}.parquet")
-    return {"path": str(path), "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),
+    uri = training_set.write(frame, out or f"{training_sets_uri()}/{safe}.parquet")
+    return {"uri": uri, "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),
             "as_of": as_of, "newest_event": float(frame["event_time"].max())}
 
 
@@ -51,14 +66,13 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
     from pipelines import training_set as sets
     from pipelines.train import BuildConfig, train_challenger
 
-    frame = sets.read(Path(training_set))
+    frame = sets.read(training_set)
     if shuffle_labels:  # a deliberately worse model, to show the gates hold
         frame = frame.assign(is_fraud=np.random.default_rng(0).permutation(frame["is_fraud"].to_numpy()))
         trained_by += " (shuffled labels)"
     config = BuildConfig(train_days, delay_days, test_days, maturity_days, TrainParams(num_boost_round=num_boost_round))
-    source = Path(training_set).resolve()
-    source = source.relative_to(fraudloop_home()) if source.is_relative_to(fraudloop_home()) else source
-    result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by, source=str(source))
+    result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by,
+                              source=sets.location(training_set))
     return {"version": result.model.version, "run_id": result.model.run_id, **result.split,
             **{k: round(v, 4) for k, v in result.metrics.items()}}
 
@@ -70,7 +84,7 @@ def validate(training_set: str, version: str, average_precision_margin: float | 
     from pipelines.validate import validate_challenger
 
     gates = Gates() if average_precision_margin is None else Gates(average_precision_margin=average_precision_margin)
-    return validate_challenger(sets.read(Path(training_set)), _registry(), version, gates).as_dict()
+    return validate_challenger(sets.read(training_set), _registry(), version, gates).as_dict()
 
 
 def promote(version: str, reason: str, actor: str | None = None) -> dict:
@@ -96,20 +110,20 @@ def rollback(reason: str, actor: str | None = None) -> dict:
     return asdict(back(_registry(), reason, actor))
 
 
-def check_drift(as_of: float, window_days: float = 1.0, maturity_days: float = 7.0, store_url: str | None = None,
-                feature_psi: float = 0.2, share_of_features: float = 0.2, score_psi: float = 0.25,
-                max_relative_ap_drop: float = 0.3) -> dict:
-    from pipelines.drift import DriftThresholds
+def check_drift(as_of: float, store_url: str | None = None, **settings: float | None) -> dict:
+    """Drift and decay of the champion as of `as_of`. `settings` are MonitorConfig fields; None or absent
+    means the MonitorConfig default, so the DAG, the CLI and the tests share one set of defaults."""
+    from dataclasses import replace
+
     from pipelines.monitor import MonitorConfig
     from pipelines.monitor import check_drift as check
 
-    config = MonitorConfig(window_days=window_days, maturity_days=maturity_days, score_psi=score_psi,
-                           max_relative_ap_drop=max_relative_ap_drop,
-                           thresholds=DriftThresholds(psi=feature_psi, share_of_features=share_of_features))
+    config = replace(MonitorConfig(), **{k: v for k, v in settings.items() if v is not None})
     report = check(_store_url(store_url), _registry(), as_of, config)
-    return {"as_of": as_of, "retrain": report.retrain, "summary": report.summary, "rows": report.rows,
-            "champion_version": report.champion_version, "data_drift": report.data_drift,
-            "score_drift": report.score_drift, "performance_decay": report.performance_decay,
+    return {"as_of": as_of, "retrain": report.retrain, "signal": report.signal, "summary": report.summary,
+            "rows": report.rows, "min_rows": report.min_rows, "champion_version": report.champion_version,
+            "data_drift": report.data_drift, "score_drift": report.score_drift,
+            "performance_decay": report.performance_decay,
             "drifted_features": report.table.loc[report.table["drifted"], "feature"].tolist()}
 
 

@@ -1,19 +1,22 @@
 """Drift monitor: recent scored traffic against the champion's reference, and performance once labels arrive.
 
-Three signals, each with its own threshold:
-- data drift: per-feature PSI / Jensen-Shannon of the last `window_days` of decisions against the
-  champion's holdout (logged with the version at training); drift when enough features move;
-- score drift: PSI of the champion's recent scores against its scores on that holdout;
+Three signals:
+- data drift: the mean PSI over the features of the last `window_days` of decisions against the champion's
+  holdout (logged with the version at training), above its threshold calibrated for the window's size to
+  `false_alarm_rate` (pipelines/drift.py); windows too small to detect a mean PSI of `detectable_psi` get
+  no verdict;
+- score drift: PSI of the champion's recent scores against its scores on that holdout, calibrated the same way;
 - performance decay: Average Precision of the champion's own decisions that are old enough to be labelled,
-  against its holdout AP.
-The report (table, plots, verdict) is one MLflow run in `<experiment>-monitoring`; the verdict is also a tag
-on the champion version, and it is what triggers retraining.
+  against its holdout AP, once at least `min_frauds` labelled frauds say so.
+A drift episode signals one retrain per `cooldown_days` (the signal is a tag on the champion; a new champion
+starts afresh), not one per hourly check. The report (table, plots, verdict) is one MLflow run in
+`<experiment>-monitoring`; the verdict is also a tag on the champion version.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,7 +25,7 @@ from sklearn.metrics import average_precision_score
 
 from models import registry, report
 from models.features import FEATURE_NAMES
-from pipelines.drift import DriftThresholds, data_drifted, feature_drift, psi
+from pipelines.drift import calibrate, feature_drift, min_window, psi
 from pipelines.train import REFERENCE_ARTIFACT
 from pipelines.training_set import decode_decisions, outcomes_known_by
 
@@ -30,18 +33,22 @@ DAY = 86_400.0
 # Set by the clock, not by the data: a one-day window is all weekend or all weekday.
 CALENDAR_FEATURES = ("is_weekend", "is_night")
 MONITORED = tuple(name for name in FEATURE_NAMES if name not in CALENDAR_FEATURES)
+SIGNAL_TAG = "drift_signalled_at"
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
+    """The one source of the monitor's defaults: the DAG's params and the CLI's flags default to these."""
+
     window_days: float = 1.0
-    thresholds: DriftThresholds = field(default_factory=lambda: DriftThresholds(share_of_features=0.2))
-    score_psi: float = 0.25
+    false_alarm_rate: float = 0.01  # per check, for data drift and for score drift
+    detectable_psi: float = 0.1  # mean PSI a window must be able to tell from noise; sets the minimum window
     maturity_days: float = 7.0
     performance_window_days: float = 7.0
     max_relative_ap_drop: float = 0.3  # decay when recent AP < holdout AP x (1 - this)
-    min_frauds: int = 10  # fewer labelled frauds than this: no performance verdict
-    min_rows: int = 200  # fewer recent decisions than this: no drift verdict
+    min_frauds: int = 30  # fewer labelled frauds than this: no performance verdict
+    cooldown_days: float = 1.0  # a drift episode signals at most one retrain per this long
+    resamples: int = 500
 
 
 @dataclass(frozen=True)
@@ -49,47 +56,80 @@ class DriftReport:
     as_of: float
     champion_version: str
     rows: int
+    min_rows: int
     data_drift: bool
+    mean_psi: float
+    mean_psi_threshold: float
     drifted_share: float
     score_psi: float
+    score_psi_threshold: float
     score_drift: bool
     recent_average_precision: float | None
     reference_average_precision: float
     performance_decay: bool
     table: pd.DataFrame
+    last_signal: float | None = None
+    cooldown_days: float = MonitorConfig.cooldown_days
 
     @property
     def retrain(self) -> bool:
         return self.data_drift or self.score_drift or self.performance_decay
 
     @property
+    def signal(self) -> bool:
+        """Retrain, unless this episode already asked for one less than a cooldown ago."""
+        return self.retrain and (self.last_signal is None
+                                 or self.as_of - self.last_signal >= self.cooldown_days * DAY)
+
+    @property
     def summary(self) -> str:
         ap = "n/a" if self.recent_average_precision is None else f"{self.recent_average_precision:.3f}"
-        return (f"{'RETRAIN' if self.retrain else 'stable'}: {self.drifted_share:.0%} of features drifted"
-                f"{' (data drift)' if self.data_drift else ''}; score PSI {self.score_psi:.3f}"
-                f"{' (score drift)' if self.score_drift else ''}; labelled AP {ap} vs holdout "
-                f"{self.reference_average_precision:.3f}{' (decay)' if self.performance_decay else ''}")
+        if self.signal:
+            head = "RETRAIN"
+        elif self.retrain:
+            head = (f"drift, retrain already signalled at {pd.Timestamp(self.last_signal, unit='s'):%Y-%m-%d %H:%M}"
+                    f" (cooldown {self.cooldown_days:g} d)")
+        else:
+            head = "stable"
+        if self.rows < self.min_rows:
+            data = f"{self.rows:,} rows, too few to judge drift (min {self.min_rows:,})"
+        else:
+            data = (f"mean feature PSI {self.mean_psi:.3f} vs {self.mean_psi_threshold:.3f}"
+                    f"{' (data drift)' if self.data_drift else ''}, {self.drifted_share:.0%} of features above "
+                    f"their own; score PSI {self.score_psi:.3f} vs {self.score_psi_threshold:.3f}"
+                    f"{' (score drift)' if self.score_drift else ''}")
+        return (f"{head}: {data}; labelled AP {ap} vs holdout {self.reference_average_precision:.3f}"
+                f"{' (decay)' if self.performance_decay else ''}")
 
 
 def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndarray, labelled: pd.DataFrame,
-           reference_ap: float, as_of: float, version: str, config: MonitorConfig = MonitorConfig()) -> DriftReport:
-    """Pure: the three signals from frames. `labelled` holds mature decisions with `score` and `is_fraud`."""
-    enough = len(recent) >= config.min_rows
-    enough_scores = len(recent_scores) >= config.min_rows
-    table = feature_drift(reference[list(MONITORED)], recent[list(MONITORED)], config.thresholds)
+           reference_ap: float, as_of: float, version: str, config: MonitorConfig = MonitorConfig(),
+           last_signal: float | None = None) -> DriftReport:
+    """Pure: the three signals from frames. `reference` holds MONITORED, `score` and (ideally) `card_id`;
+    `labelled` holds mature decisions with `score` and `is_fraud`."""
+    clusters = reference["card_id"].to_numpy() if "card_id" in reference else np.arange(len(reference))
+    features = reference[list(MONITORED)]
+    min_rows = min_window(features, clusters, config.detectable_psi, config.false_alarm_rate)
+    enough, enough_scores = len(recent) >= min_rows, len(recent_scores) >= min_rows
+    data = calibrate(features, clusters, max(len(recent), 1), config.false_alarm_rate, config.resamples, score=None)
+    scores = calibrate(reference[["score"]], clusters, max(len(recent_scores), 1), config.false_alarm_rate,
+                       config.resamples)
+    table = feature_drift(features, recent[list(MONITORED)], data.features)
+    mean_psi = float(table["psi"].mean()) if len(recent) else 0.0
     score_psi = psi(reference["score"].to_numpy(), recent_scores) if len(recent_scores) else 0.0
     recent_ap = None
     if int(labelled["is_fraud"].sum()) >= config.min_frauds:
         recent_ap = float(average_precision_score(labelled["is_fraud"], labelled["score"]))
     return DriftReport(
-        as_of=as_of, champion_version=version, rows=len(recent),
-        data_drift=bool(enough and data_drifted(table, config.thresholds)),
-        drifted_share=float(table["drifted"].mean()) if len(table) else 0.0,
-        score_psi=score_psi, score_drift=bool(enough_scores and score_psi > config.score_psi),
+        as_of=as_of, champion_version=version, rows=len(recent), min_rows=min_rows,
+        data_drift=bool(enough and mean_psi > data.mean_psi), mean_psi=mean_psi, mean_psi_threshold=data.mean_psi,
+        drifted_share=float(table["drifted"].mean()) if len(recent) else 0.0,
+        score_psi=score_psi, score_psi_threshold=float(scores.score),
+        score_drift=bool(enough_scores and score_psi > scores.score),
         recent_average_precision=recent_ap, reference_average_precision=reference_ap,
         performance_decay=bool(recent_ap is not None
                                and recent_ap < reference_ap * (1 - config.max_relative_ap_drop)),
-        table=table,
+        table=table, last_signal=last_signal, cooldown_days=config.cooldown_days,
     )
 
 
@@ -109,8 +149,7 @@ def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
     try:
         maturity = config.maturity_days * DAY
         start = min(as_of - config.window_days * DAY, as_of - maturity - config.performance_window_days * DAY)
-        decisions = store.decisions_between(start, as_of)
-        labels = store.labels_known_by(as_of)
+        decisions, labels = store.frames(start, as_of)
     finally:
         store.close()
     recent_decisions = decisions[decisions["event_time"] > as_of - config.window_days * DAY]
@@ -121,9 +160,13 @@ def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
     outcome = outcomes_known_by(labels, as_of)
     labelled = pd.DataFrame({"score": own["score"].to_numpy(float),
                              "is_fraud": own["transaction_id"].map(outcome).fillna(False).astype(bool).to_numpy()})
-    result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config)
+    last_signal = info.tags.get(SIGNAL_TAG)
+    result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config,
+                    float(last_signal) if last_signal else None)
     if log:
         _log(reg, result, reference["score"].to_numpy(), recent_scores, config)
+    if result.signal:
+        registry.tag_version(reg, version, {SIGNAL_TAG: repr(as_of)})
     return result
 
 
@@ -133,10 +176,13 @@ def _log(reg: registry.RegistryConfig, result: DriftReport, reference_scores: np
     experiment_id = registry.side_experiment(reg, "monitoring")
     when = pd.Timestamp(result.as_of, unit="s").strftime("%Y-%m-%d %H:%M")
     run = client.create_run(experiment_id, run_name=f"drift {when}", tags={
-        "champion_version": result.champion_version, "verdict": "retrain" if result.retrain else "stable",
+        "champion_version": result.champion_version,
+        "verdict": "retrain" if result.signal else "drift (cooldown)" if result.retrain else "stable",
         "summary": result.summary, "as_of": when})
     run_id = run.info.run_id
-    metrics = {"rows": result.rows, "drifted_share": result.drifted_share, "score_psi": result.score_psi,
+    metrics = {"rows": result.rows, "min_rows": result.min_rows, "mean_psi": result.mean_psi,
+               "mean_psi_threshold": result.mean_psi_threshold, "drifted_share": result.drifted_share,
+               "score_psi": result.score_psi, "score_psi_threshold": result.score_psi_threshold,
                "reference_average_precision": result.reference_average_precision}
     if result.recent_average_precision is not None:
         metrics["recent_average_precision"] = result.recent_average_precision
@@ -147,7 +193,8 @@ def _log(reg: registry.RegistryConfig, result: DriftReport, reference_scores: np
     client.log_text(run_id, f"# Drift report, {when} (champion v{result.champion_version})\n\n{result.summary}\n\n"
                     + result.table.to_markdown(index=False, floatfmt=".4f"), "drift/report.md")
     figures = {"drift/feature_psi.png": report.drift_bars(result.table["feature"].tolist(),
-                                                          result.table["psi"].to_numpy(), config.thresholds.psi)}
+                                                          result.table["psi"].to_numpy(),
+                                                          result.table["psi_threshold"].to_numpy())}
     if len(recent_scores):
         figures["drift/scores.png"] = report.score_shift(reference_scores, recent_scores)
     for path, figure in figures.items():

@@ -121,7 +121,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     }
     figures = report.all_figures(is_fraud[test_rows], scores, list(FEATURE_NAMES),
                                  booster.feature_importance("gain"))
-    reference = holdout[[*FEATURE_NAMES, "event_time"]].assign(score=scores)
+    reference = holdout[[*FEATURE_NAMES, "event_time", "card_id"]].assign(score=scores)
     model = registry.log_and_register(
         reg, booster,
         params={**asdict(config.params), **{k: v for k, v in asdict(config).items() if k != "params"}},

@@ -59,8 +59,8 @@ def history_rows(history: pd.DataFrame, labels: pd.DataFrame, features: pd.DataF
     return frame
 
 
-def from_store(url: str, as_of: float | None, maturity_seconds: float) -> pd.DataFrame:
-    """From the scorer's store; `as_of` defaults to the newest stored transaction."""
+def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_seconds: float) -> pd.DataFrame:
+    """From the scorer's store, the `lookback_seconds` before `as_of` (default: the newest stored transaction)."""
     from streaming.store import Store
 
     store = Store(url)
@@ -69,7 +69,7 @@ def from_store(url: str, as_of: float | None, maturity_seconds: float) -> pd.Dat
             as_of = store.newest_event_time()
             if as_of is None:
                 raise ValueError("the store holds no decisions yet")
-        decisions, labels = store.frames(until=as_of)
+        decisions, labels = store.frames(as_of - lookback_seconds, as_of)
     finally:
         store.close()
     if decisions.empty:
@@ -87,19 +87,37 @@ def from_history(folder: Path, as_of: float | None, maturity_seconds: float, pro
     return training_set_as_of(history_rows(history, labels, progress=progress), labels, as_of, maturity_seconds)
 
 
-def write(frame: pd.DataFrame, path: Path) -> Path:
+def location(where: str | Path) -> str:
+    """A training set's URI: fsspec URIs (file://, s3://, gs://, ...) as given, a local path as a file:// URI.
+
+    Tasks pass URIs, never paths: an Airflow worker on another machine reads the same object.
+    """
+    text = str(where)
+    return text if "://" in text else Path(text).resolve().as_uri()
+
+
+def write(frame: pd.DataFrame, where: str | Path) -> str:
+    import fsspec
+
     if frame.empty or not frame["is_fraud"].any():
         raise ValueError("the training set has no labelled fraud: nothing to learn from")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
-    return path
+    uri = location(where)
+    with fsspec.open(uri, "wb", auto_mkdir=True) as out:
+        frame.to_parquet(out, index=False)
+    return uri
 
 
-def read(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found (expected a file written by 'fraudloop training-set')")
-    frame = pd.read_parquet(path)
+def read(where: str | Path) -> pd.DataFrame:
+    import fsspec
+
+    uri = location(where)
+    try:
+        with fsspec.open(uri, "rb") as source:
+            frame = pd.read_parquet(source)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where} not found (expected a training set written by 'fraudloop training-set')"
+                                ) from None
     missing = {*ROW_COLUMNS, *FEATURE_NAMES, "is_fraud"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{path} is not a training set: it lacks {sorted(missing)}")
+        raise ValueError(f"{where} is not a training set: it lacks {sorted(missing)}")
     return frame

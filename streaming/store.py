@@ -154,10 +154,6 @@ class Store:
             return pd.read_sql(sa.select(decisions).where(decisions.c.event_time > start, decisions.c.event_time <= end)
                                .order_by(decisions.c.event_time), db)
 
-    def labels_known_by(self, as_of: float) -> pd.DataFrame:
-        with self.engine.connect() as db:
-            return pd.read_sql(sa.select(labels).where(labels.c.known_at <= as_of), db)
-
     def serving_cost(self, version: str) -> tuple[int, float]:
         """(transactions, CPU seconds) the scorer spent serving `version`."""
         with self.engine.connect() as db:
@@ -196,12 +192,24 @@ class Store:
                      .order_by(labels.c.known_at, labels.c.transaction_id))
             return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
 
-    def frames(self, until: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Decisions on transactions up to `until` and labels known by then, for building a training set."""
+    def frames(self, since: float, until: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Decisions on transactions with since < event_time <= until, and the labels of those transactions
+        known by `until`: a time range read through the event-time index, never the whole store."""
+        window = (decisions.c.event_time > since, decisions.c.event_time <= until)
+        ids = sa.select(decisions.c.transaction_id).where(*window)
         with self.engine.connect() as db:
-            made = pd.read_sql(sa.select(decisions).where(decisions.c.event_time <= until), db)
-            known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= until), db)
+            made = pd.read_sql(sa.select(decisions).where(*window).order_by(decisions.c.event_time), db)
+            known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= until, labels.c.transaction_id.in_(ids)),
+                                db)
         return made, known
+
+    def prune(self, before: float) -> tuple[int, int]:
+        """Delete decisions on transactions older than `before` and their labels (retention); (decisions, labels)."""
+        old = sa.select(decisions.c.transaction_id).where(decisions.c.event_time < before)
+        with self.engine.begin() as db:
+            gone_labels = db.execute(sa.delete(labels).where(labels.c.transaction_id.in_(old))).rowcount
+            gone = db.execute(sa.delete(decisions).where(decisions.c.event_time < before)).rowcount
+        return gone, gone_labels
 
     def count(self, table: sa.Table) -> int:
         with self.engine.connect() as db:

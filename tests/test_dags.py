@@ -87,8 +87,8 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
     conf = {"as_of": as_of, "train_days": 21, "delay_days": 0, "test_days": 7, "maturity_days": 4.0}
     # A weak first champion: two days of data, a handful of trees.
     first = jobs.build_training_set(as_of=float(history["time"].max()), maturity_days=4.0)
-    weak = jobs.train(first["path"], train_days=2, delay_days=0, test_days=7, maturity_days=4.0, num_boost_round=5)
-    assert jobs.validate(first["path"], weak["version"])["passed"]
+    weak = jobs.train(first["uri"], train_days=2, delay_days=0, test_days=7, maturity_days=4.0, num_boost_round=5)
+    assert jobs.validate(first["uri"], weak["version"])["passed"]
     jobs.promote(weak["version"], reason="first model")
 
     states = airflow.run("retrain", {**conf, "num_boost_round": 200})
@@ -141,9 +141,9 @@ def test_drift_is_flagged_within_two_days_and_retraining_recovers_the_average_pr
     backfill(pre_store, history[day < 55], pre, labels[labels["known_at"] <= start + 55 * DAY])
     pre_store.close()
     first = jobs.build_training_set(as_of=start + 55 * DAY, maturity_days=4.0)
-    champion = jobs.train(first["path"], train_days=21, delay_days=0, test_days=3, maturity_days=4.0,
+    champion = jobs.train(first["uri"], train_days=21, delay_days=0, test_days=3, maturity_days=4.0,
                           num_boost_round=300)
-    assert jobs.validate(first["path"], champion["version"])["passed"]
+    assert jobs.validate(first["uri"], champion["version"])["passed"]
     jobs.promote(champion["version"], reason="first model")
     booster = load_version(reg, champion["version"])
     later = day >= 55

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from models.features import compute_features
-from pipelines.drift import DriftThresholds, bin_shares, data_drifted, feature_drift, jensen_shannon, ks, psi
+from pipelines.drift import bin_shares, calibrate, feature_drift, jensen_shannon, ks, min_window, psi
 from pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
 
 rng = np.random.default_rng(0)
@@ -34,19 +34,47 @@ def test_constant_features_do_not_break_the_statistics():
 
 
 def test_the_simulators_drift_is_flagged_and_its_absence_is_not():
+    from pipelines.monitor import MONITORED
+
     config = SimulationConfig(customers=400, terminals=800, days=75, seed=5, drift_day=60)
     history = simulate(config, progress=False)
-    features = compute_features(history, labels_of(history))
-    day = (history["time"] - config.start_epoch) // DAY
+    features = compute_features(history, labels_of(history))[list(MONITORED)]
+    day = ((history["time"] - config.start_epoch) // DAY).to_numpy()
     reference, before, after = (features[m] for m in ((day >= 38) & (day < 52), (day >= 52) & (day < 59),
                                                       (day >= 61) & (day < 68)))
-    calm, drifted = feature_drift(reference, before), feature_drift(reference, after)
-    assert not data_drifted(calm) and data_drifted(drifted, DriftThresholds(share_of_features=0.2))
+    cards = history["card_id"].to_numpy()[(day >= 38) & (day < 52)]
+    thresholds = calibrate(reference, cards, len(before), score=None)
+    calm, drifted = feature_drift(reference, before, thresholds.features), feature_drift(reference, after,
+                                                                                       thresholds.features)
+    assert calm["psi"].mean() < thresholds.mean_psi < drifted["psi"].mean()
     flagged = set(drifted.loc[drifted["drifted"], "feature"])
-    assert {"amount", "card_mean_amount_7d"} <= flagged  # genuine spending shifted by 1.3
-    assert calm["psi"].max() < drifted["psi"].max()
-    assert isinstance(drifted, pd.DataFrame) and list(drifted.columns) == ["feature", "psi", "jensen_shannon", "ks",
-                                                                           "drifted"]
+    assert "amount" in flagged  # genuine spending shifted by 1.3
+    assert list(drifted.columns) == ["feature", "psi", "psi_threshold", "jensen_shannon", "ks", "drifted"]
+
+
+def test_calibrated_thresholds_hold_their_false_alarm_rate_and_shrink_with_the_window():
+    rng = np.random.default_rng(8)
+    cards = rng.integers(0, 3_000, 20_000)
+    card_effect = rng.normal(0, 1, (3_000, 4))  # a card's transactions resemble each other
+
+    def traffic(n: int, shift: float = 0.0) -> pd.DataFrame:
+        who = rng.integers(0, 3_000, n)
+        return pd.DataFrame(rng.normal(shift, 1, (n, 4)) + card_effect[who], columns=list("abcd"))
+
+    reference = pd.DataFrame(rng.normal(0, 1, (20_000, 4)) + card_effect[cards], columns=list("abcd"))
+    small, large = (calibrate(reference, cards, n, false_alarm_rate=0.05, score=None) for n in (300, 3_000))
+    assert large.mean_psi < small.mean_psi / 3  # PSI's noise shrinks as the window grows
+
+    def mean_psi(window: pd.DataFrame) -> float:
+        return float(np.mean([psi(reference[c].to_numpy(), window[c].to_numpy()) for c in reference]))
+
+    alarms = np.mean([mean_psi(traffic(300)) > small.mean_psi for _ in range(200)])
+    assert alarms <= 0.10  # stated 5 %; allows for the 200 trials' own noise
+    assert np.mean([mean_psi(traffic(3_000, shift=0.3)) > large.mean_psi for _ in range(20)]) == 1.0
+
+    needed = min_window(reference, cards, detectable_psi=0.05, false_alarm_rate=0.05)
+    assert calibrate(reference, cards, needed, 0.05, score=None).mean_psi <= 0.05 * 1.15
+    assert calibrate(reference, cards, needed // 2, 0.05, score=None).mean_psi > 0.05
 
 
 def _traffic(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
@@ -57,17 +85,17 @@ def _traffic(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
 
 
 def test_the_monitor_verdict_combines_data_score_and_performance_signals():
-    from pipelines.monitor import MonitorConfig, assess
+    from pipelines.monitor import assess
 
     rng = np.random.default_rng(3)
-    reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000))
+    reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000), card_id=rng.integers(0, 1_000, 5_000))
     labelled_well = pd.DataFrame({"score": np.r_[rng.uniform(0.5, 1, 30), rng.uniform(0, 0.5, 970)],
                                   "is_fraud": np.r_[np.ones(30, bool), np.zeros(970, bool)]})
     calm = assess(reference, _traffic(2_000, seed=1), rng.beta(1, 20, 2_000), labelled_well, 0.8, 0.0, "1")
-    assert not calm.retrain and calm.summary.startswith("stable")
+    assert not calm.retrain and calm.summary.startswith("stable") and calm.rows >= calm.min_rows
 
     moved = assess(reference, _traffic(2_000, shift=1.0, seed=2), rng.beta(1, 20, 2_000), labelled_well, 0.8, 0.0, "1")
-    assert moved.data_drift and moved.retrain and not moved.score_drift
+    assert moved.data_drift and moved.retrain and moved.signal and not moved.score_drift
 
     scores_up = assess(reference, _traffic(2_000, seed=4), rng.beta(5, 5, 2_000), labelled_well, 0.8, 0.0, "1")
     assert scores_up.score_drift and not scores_up.data_drift
@@ -76,6 +104,23 @@ def test_the_monitor_verdict_combines_data_score_and_performance_signals():
     decayed = assess(reference, _traffic(2_000, seed=5), rng.beta(1, 20, 2_000), labelled_badly, 0.8, 0.0, "1")
     assert decayed.performance_decay and decayed.retrain and decayed.recent_average_precision < 0.2
 
-    few = assess(reference, _traffic(50, shift=3.0, seed=6), rng.beta(5, 5, 50), labelled_well.head(5), 0.8, 0.0, "1",
-                 MonitorConfig(min_rows=200))
+    few = assess(reference, _traffic(40, shift=3.0, seed=6), rng.beta(5, 5, 40), labelled_well.head(5), 0.8, 0.0, "1")
     assert not few.retrain and few.recent_average_precision is None  # too little to judge, not an alarm
+    assert "too few to judge drift" in few.summary
+
+
+def test_a_drift_episode_signals_one_retrain_per_cooldown():
+    from pipelines.monitor import DAY as D
+    from pipelines.monitor import MonitorConfig, assess
+
+    rng = np.random.default_rng(4)
+    reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000), card_id=rng.integers(0, 1_000, 5_000))
+    labelled = pd.DataFrame({"score": rng.uniform(0, 1, 100), "is_fraud": np.zeros(100, bool)})
+
+    def check(hours_after_signal: float):
+        return assess(reference, _traffic(2_000, shift=1.0, seed=7), rng.beta(1, 20, 2_000), labelled, 0.8,
+                      10 * D + hours_after_signal * 3_600, "1", MonitorConfig(cooldown_days=1.0), last_signal=10 * D)
+
+    within = check(5)
+    assert within.retrain and not within.signal and "already signalled" in within.summary
+    assert check(24).signal  # the episode lasts a day past its signal: the next retrain may run

@@ -29,11 +29,11 @@ def reviewed(registry, small_history, small_labels, tmp_path, monkeypatch):
     write_history(tmp_path / "history", calm, small_labels)
     built = jobs.build_training_set(None, maturity_days=4.0, history=str(tmp_path / "history"))
     settings = {"train_days": 21, "delay_days": 0, "test_days": 7, "maturity_days": 4.0, "num_boost_round": 150}
-    good = jobs.train(built["path"], **settings)
-    verdict = jobs.validate(built["path"], good["version"])
+    good = jobs.train(built["uri"], **settings)
+    verdict = jobs.validate(built["uri"], good["version"])
     jobs.promote(good["version"], reason=verdict["summary"])
-    bad = jobs.train(built["path"], **settings, shuffle_labels=True)
-    verdict = jobs.validate(built["path"], bad["version"])
+    bad = jobs.train(built["uri"], **settings, shuffle_labels=True)
+    verdict = jobs.validate(built["uri"], bad["version"])
     jobs.reject(bad["version"], reason=verdict["summary"])
     assert alias_version(registry, CHAMPION) == good["version"]
     assert alias_version(registry, CHALLENGER) == bad["version"]

@@ -38,7 +38,7 @@ def test_only_what_was_known_at_t_is_used(store):
         Label("late-label", True, T + 3 * DAY),  # planted: known only after T
         Label("young", True, T - 1 * DAY),
     ])
-    decisions, labels = store.frames(until=T + 30 * DAY)
+    decisions, labels = store.frames(T - 60 * DAY, T + 30 * DAY)
     frame = training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).set_index("transaction_id")
     assert set(frame.index) == {"old-fraud", "old-genuine", "late-label"}
     assert frame.loc["old-fraud", "is_fraud"] and not frame.loc["old-genuine", "is_fraud"]
@@ -54,10 +54,21 @@ def test_feature_values_are_those_used_at_scoring_time_and_the_latest_label_wins
     decide(store, "tx", T - 30 * DAY, marker=99.0)  # a replay after a crash does not overwrite
     store.write([], [Label("tx", True, T - 25 * DAY)])
     store.write([], [Label("tx", True, T - 25 * DAY)])
-    decisions, labels = store.frames(until=T)
+    decisions, labels = store.frames(T - 60 * DAY, T)
     assert training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).loc[0, "amount"] == 7.0
     assert training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).loc[0, "is_fraud"]
     store.write([], [Label("tx", False, T - 20 * DAY)])  # the chargeback is reversed: confirmed genuine
-    decisions, labels = store.frames(until=T)
+    decisions, labels = store.frames(T - 60 * DAY, T)
     assert len(labels) == 2
     assert not training_set_as_of(decode_decisions(decisions), labels, T, MATURITY).loc[0, "is_fraud"]
+
+
+def test_the_store_is_read_by_time_range_and_bounded_by_retention(store):
+    decide(store, "ancient", T - 400 * DAY)
+    decide(store, "recent", T - 10 * DAY)
+    store.write([], [Label("ancient", True, T - 390 * DAY), Label("recent", True, T - 5 * DAY)])
+    decisions, labels = store.frames(T - 60 * DAY, T)
+    assert list(decisions["transaction_id"]) == ["recent"] and list(labels["transaction_id"]) == ["recent"]
+    assert store.prune(before=T - 365 * DAY) == (1, 1)
+    assert store.frames(T - 1_000 * DAY, T)[0]["transaction_id"].tolist() == ["recent"]
+    assert store.prune(before=T - 365 * DAY) == (0, 0)
