@@ -10,6 +10,7 @@ from pathlib import Path
 
 from models.aliases import CHAMPION, PREVIOUS_CHAMPION
 from models.schema import InvalidRecord
+from pipelines.jobs import RETENTION_DAYS
 from pipelines.simulate import SimulationConfig
 
 SIM_FIELDS = {
@@ -121,6 +122,14 @@ def cmd_drift(args: argparse.Namespace) -> None:
     print(f"champion v{report['champion_version']}: {report['summary']}")
     if args.json:
         _print_json(report)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    import time
+
+    from pipelines import jobs
+
+    _print_json(jobs.prune_store(_as_of(args.as_of) or time.time(), args.keep_days, store_url=args.store))
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
@@ -401,6 +410,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("prune", help="retention: delete stored decisions (and labels) older than --keep-days")
+    p.add_argument("--keep-days", type=float, default=RETENTION_DAYS, help="(default: %(default)s)")
+    p.add_argument("--as-of", help="ISO date/time (default: now)")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("backfill", help="write a simulated history into the scorer's store (warm start)")
     p.add_argument("--history", type=Path, required=True)

@@ -139,3 +139,38 @@ def min_window(reference: pd.DataFrame, clusters: np.ndarray, detectable_psi: fl
         else:
             low = middle
     return high
+
+
+class Calibrator:
+    """One reference's calibrations, cached by window size, so repeated checks against one champion cost
+    little. Sizes are rounded down to a 5 % grid: a slightly smaller window has a slightly higher threshold,
+    so the rounding only ever errs towards fewer alarms."""
+
+    def __init__(self, reference: pd.DataFrame, clusters: np.ndarray, features: list[str], false_alarm_rate: float,
+                 detectable_psi: float, resamples: int = 500, score: str = "score") -> None:
+        self.reference, self.clusters, self.columns = reference, clusters, features
+        self.false_alarm_rate, self.detectable_psi, self.resamples, self.score = (false_alarm_rate, detectable_psi,
+                                                                                 resamples, score)
+        self._cache: dict[tuple[str, int], Calibration] = {}
+        self._min_rows: int | None = None
+
+    @property
+    def min_rows(self) -> int:
+        if self._min_rows is None:
+            self._min_rows = min_window(self.reference[self.columns], self.clusters, self.detectable_psi,
+                                        self.false_alarm_rate)
+        return self._min_rows
+
+    def _at(self, kind: str, rows: int) -> Calibration:
+        size = max(1, int(1.05 ** np.floor(np.log(max(rows, 1)) / np.log(1.05))))
+        if (kind, size) not in self._cache:
+            frame = self.reference[self.columns] if kind == "features" else self.reference[[self.score]]
+            self._cache[kind, size] = calibrate(frame, self.clusters, size, self.false_alarm_rate, self.resamples,
+                                                score=None if kind == "features" else self.score)
+        return self._cache[kind, size]
+
+    def features(self, rows: int) -> Calibration:
+        return self._at("features", rows)
+
+    def scores(self, rows: int) -> Calibration:
+        return self._at("score", rows)

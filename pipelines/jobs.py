@@ -127,6 +127,23 @@ def check_drift(as_of: float, store_url: str | None = None, **settings: float | 
             "drifted_features": report.table.loc[report.table["drifted"], "feature"].tolist()}
 
 
+RETENTION_DAYS = 90.0  # > the default training lookback (50 days) and the monitor's reach (15 days)
+
+
+def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str | None = None) -> dict:
+    """Retention: delete decisions (and their labels) on transactions older than `keep_days` before `as_of`."""
+    from streaming.store import Store
+
+    if keep_days <= 0:
+        raise ValueError(f"keep_days must be positive, got {keep_days}")
+    store = Store(_store_url(store_url))
+    try:
+        decisions, labels = store.prune(before=as_of - keep_days * DAY)
+    finally:
+        store.close()
+    return {"as_of": as_of, "keep_days": keep_days, "deleted_decisions": decisions, "deleted_labels": labels}
+
+
 def record_serving_cost(store_url: str | None = None) -> dict:
     """What the scorer spent serving the champion: CPU milliseconds per 1,000 transactions, as version tags."""
     from models import registry

@@ -25,7 +25,7 @@ from sklearn.metrics import average_precision_score
 
 from models import registry, report
 from models.features import FEATURE_NAMES
-from pipelines.drift import calibrate, feature_drift, min_window, psi
+from pipelines.drift import Calibrator, feature_drift, psi
 from pipelines.train import REFERENCE_ARTIFACT
 from pipelines.training_set import decode_decisions, outcomes_known_by
 
@@ -102,18 +102,23 @@ class DriftReport:
                 f"{' (decay)' if self.performance_decay else ''}")
 
 
+def calibrator(reference: pd.DataFrame, config: MonitorConfig) -> Calibrator:
+    """The champion's reference calibrated for this monitor (reusable across checks of one champion)."""
+    clusters = reference["card_id"].to_numpy() if "card_id" in reference else np.arange(len(reference))
+    return Calibrator(reference, clusters, list(MONITORED), config.false_alarm_rate, config.detectable_psi,
+                      config.resamples)
+
+
 def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndarray, labelled: pd.DataFrame,
            reference_ap: float, as_of: float, version: str, config: MonitorConfig = MonitorConfig(),
-           last_signal: float | None = None) -> DriftReport:
+           last_signal: float | None = None, calibrated: Calibrator | None = None) -> DriftReport:
     """Pure: the three signals from frames. `reference` holds MONITORED, `score` and (ideally) `card_id`;
     `labelled` holds mature decisions with `score` and `is_fraud`."""
-    clusters = reference["card_id"].to_numpy() if "card_id" in reference else np.arange(len(reference))
+    calibrated = calibrated or calibrator(reference, config)
     features = reference[list(MONITORED)]
-    min_rows = min_window(features, clusters, config.detectable_psi, config.false_alarm_rate)
+    min_rows = calibrated.min_rows
     enough, enough_scores = len(recent) >= min_rows, len(recent_scores) >= min_rows
-    data = calibrate(features, clusters, max(len(recent), 1), config.false_alarm_rate, config.resamples, score=None)
-    scores = calibrate(reference[["score"]], clusters, max(len(recent_scores), 1), config.false_alarm_rate,
-                       config.resamples)
+    data, scores = calibrated.features(len(recent)), calibrated.scores(len(recent_scores))
     table = feature_drift(features, recent[list(MONITORED)], data.features)
     mean_psi = float(table["psi"].mean()) if len(recent) else 0.0
     score_psi = psi(reference["score"].to_numpy(), recent_scores) if len(recent_scores) else 0.0

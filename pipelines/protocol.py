@@ -40,6 +40,13 @@ class Split:
         }
 
 
+def test_period(time: np.ndarray, split: Split) -> np.ndarray:
+    """Every row of the test days, known-compromised cards included: what the scorer saw in that period."""
+    day = np.asarray(time) // DAY
+    test_start = split.start_day + split.train_days + split.delay_days
+    return (day >= test_start) & (day < test_start + split.test_days)
+
+
 def split_masks(
     time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, split: Split
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -47,9 +54,8 @@ def split_masks(
     day = np.asarray(time) // DAY
     first = split.start_day
     train_end = first + split.train_days
-    test_start = train_end + split.delay_days
     train = (day >= first) & (day < train_end)
-    test = (day >= test_start) & (day < test_start + split.test_days)
+    test = test_period(time, split)
 
     # A fraud on day x is known from day x + delay + 1: such cards are removed from later test days.
     frauds = pd.DataFrame({"card": card_id, "day": day})[np.asarray(is_fraud, dtype=bool) & (day >= first)]

@@ -20,7 +20,7 @@ from models.features import FEATURE_NAMES
 from models.metrics import evaluate
 from models.training import TrainParams, predict, train
 from pipelines.cost import measure
-from pipelines.protocol import DAY, Split, split_masks
+from pipelines.protocol import DAY, Split, split_masks, test_period
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
 SPLIT_TAG = "holdout_split"
@@ -60,6 +60,13 @@ def holdout_masks(frame: pd.DataFrame, split: Split) -> tuple[np.ndarray, np.nda
 
 def split_of_version(tags: dict[str, str]) -> Split:
     return Split(**json.loads(tags[SPLIT_TAG]))
+
+
+def drift_reference(frame: pd.DataFrame, split: Split, booster: lgb.Booster) -> pd.DataFrame:
+    """What the monitor compares live traffic with: every row of the holdout days (the evaluation's holdout drops
+    cards already known compromised, live traffic does not) with the model's scores."""
+    rows = frame[test_period(frame["event_time"].to_numpy(), split)]
+    return rows[[*FEATURE_NAMES, "event_time", "card_id"]].assign(score=predict(booster, rows))
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -121,7 +128,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     }
     figures = report.all_figures(is_fraud[test_rows], scores, list(FEATURE_NAMES),
                                  booster.feature_importance("gain"))
-    reference = holdout[[*FEATURE_NAMES, "event_time", "card_id"]].assign(score=scores)
+    reference = drift_reference(frame, split, booster)
     model = registry.log_and_register(
         reg, booster,
         params={**asdict(config.params), **{k: v for k, v in asdict(config).items() if k != "params"}},

@@ -62,7 +62,7 @@ def fill_store(history: pd.DataFrame, booster=None, version: str = "history") ->
 def test_dags_import_without_errors_and_parse_without_heavy_imports(airflow, tmp_path):
     bag = airflow.dag_bag()
     assert bag.import_errors == {}
-    assert set(bag.dags) == {"retrain", "drift_monitor"}
+    assert set(bag.dags) == {"retrain", "drift_monitor", "store_retention"}
     for dag in bag.dags.values():
         assert dag.doc_md and "fraudloop" in dag.tags
         assert all(t.doc_md for t in dag.tasks)
@@ -76,7 +76,8 @@ def test_dags_import_without_errors_and_parse_without_heavy_imports(airflow, tmp
              "'sklearn') if m in sys.modules])")
     parsed = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "airflow")], capture_output=True, text=True,
                             timeout=300)
-    assert parsed.stdout.strip().splitlines()[-1] == "['drift_monitor', 'retrain'] []", parsed.stderr[-2000:]
+    expected = "['drift_monitor', 'retrain', 'store_retention'] []"
+    assert parsed.stdout.strip().splitlines()[-1] == expected, parsed.stderr[-2000:]
 
 
 def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_worse_one(airflow, reg):

@@ -1,0 +1,46 @@
+"""Store retention: the scorer's store keeps only the days retraining and monitoring can use."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
+
+from pipelines.jobs import run_as_of
+
+DOC = """
+### Bound the scorer's store
+
+Daily: **prune** deletes decisions on transactions older than `keep_days` before the run's `as_of`, and their
+labels. The default (`pipelines/jobs.py` RETENTION_DAYS) outlasts what `retrain` reads (its split plus the
+label maturity) and what `drift_monitor` reads (its window and the matured performance window), so nothing
+either needs is deleted, and the store, the training-set build and the monitor stay bounded in size and time.
+"""
+
+
+@dag(
+    dag_id="store_retention",
+    schedule=CronTriggerTimetable("@daily", timezone="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fraudloop", "maintenance"],
+    doc_md=DOC,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "as_of": Param("", type="string", description="ISO time to prune as of; empty: the run's time"),
+        "keep_days": Param(None, type=["null", "number"], exclusiveMinimum=0,
+                           description="days of decisions kept; empty: RETENTION_DAYS"),
+    },
+)
+def store_retention() -> None:
+    @task(doc_md="Delete decisions older than `keep_days`, and their labels; returns the counts.")
+    def prune(**context) -> dict:
+        from pipelines import jobs
+
+        keep = context["params"]["keep_days"]
+        return jobs.prune_store(run_as_of(context), **({"keep_days": keep} if keep is not None else {}))
+
+    prune()
+
+
+store_retention()
