@@ -209,6 +209,20 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         print(f"recorded in {args.record}")
 
 
+def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
+    from pipelines import retraining_benchmark as bench
+
+    if args.seeds < 1 or args.drift_seeds < 0 or args.check_hours <= 0:
+        raise ValueError("--seeds must be at least 1, --drift-seeds not negative, --check-hours positive")
+    result = bench.run(args.seeds, args.drift_seeds, args.check_hours, progress=not args.quiet)
+    command = (f"fraudloop benchmark retraining --seeds {args.seeds} --drift-seeds {args.drift_seeds} "
+               f"--check-hours {args.check_hours:g}")
+    print(bench.to_markdown(result, command))
+    if args.record:
+        bench.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
 def cmd_broker(args: argparse.Namespace) -> None:
     """Run the development broker on loopback with the scorer's topics until Ctrl-C."""
     import signal
@@ -435,6 +449,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
+    b = bench.add_parser("retraining", help="gates and drift monitor on simulated worlds: false and true "
+                                            "promotions, false alarms, detection delay, AP recovered")
+    b.add_argument("--seeds", type=int, default=20, help="worlds for the promotion trials (default: 20)")
+    b.add_argument("--drift-seeds", type=int, default=3, help="of those, worlds the monitor watches (default: 3)")
+    b.add_argument("--check-hours", type=float, default=1.0, help="hours between drift checks (default: 1)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_benchmark_retraining)
     b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker")
     b.add_argument("--messages", type=int, default=30_000)
     b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
