@@ -1,4 +1,5 @@
-"""Run the project's DAGs for real on one machine: Airflow's own `dag.test()` runner, SQLite metadata DB.
+"""Run the project's DAGs for real on one machine: Airflow's own `dag.test()` runner, or a whole Airflow
+(`airflow standalone`: api-server, scheduler, dag-processor, triggerer, LocalExecutor) on loopback.
 
 `prepare()` must run before Airflow is first imported (Airflow reads its settings at import).
 """
@@ -6,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
@@ -73,7 +75,6 @@ class Runner:
     """The caller's side of `serve()`: a child process that runs DAGs on request."""
 
     def __init__(self, home: Path, log) -> None:
-        import subprocess
         import sys
 
         env = {**os.environ}
@@ -109,3 +110,42 @@ class Runner:
             except Exception:
                 self.process.kill()
                 self.process.wait()
+
+
+def standalone_env(home: Path, port: int) -> tuple[dict[str, str], str]:
+    """The environment of a loopback `airflow standalone` over this project's DAGs, and the admin's password.
+
+    The password is generated once per AIRFLOW_HOME and kept in Airflow's simple-auth-manager file.
+    """
+    import json
+    import secrets
+
+    prepare(home)
+    home = home.resolve()
+    passwords = home / "simple_auth_manager_passwords.json"
+    if not passwords.exists():
+        passwords.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+        passwords.chmod(0o600)
+    env = {**os.environ,
+           "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+           "AIRFLOW__API__HOST": "127.0.0.1",
+           "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+           "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+           "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+    return env, json.loads(passwords.read_text())["admin"]
+
+
+def standalone(home: Path, port: int, log) -> subprocess.Popen:
+    """Start `airflow standalone` on loopback; returns the process (its own session: stop it with `stop`)."""
+    import sys
+
+    env, _ = standalone_env(home, port)
+    airflow = Path(sys.executable).with_name("airflow")
+    env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"  # it starts its components as `airflow ...`
+    return subprocess.Popen([str(airflow), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)

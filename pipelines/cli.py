@@ -346,6 +346,58 @@ def cmd_ui(args: argparse.Namespace) -> None:
     os.execv(command[0], command)
 
 
+def cmd_airflow(args: argparse.Namespace) -> None:
+    """A real Airflow on loopback over this project's DAGs, until Ctrl-C."""
+    import signal
+    import socket
+    import time
+
+    from models.home import fraudloop_home
+    from pipelines import airflow_local
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+            raise ValueError(f"port {args.port} is already in use: choose another with --port")
+    home = fraudloop_home() / "airflow"
+    _, password = airflow_local.standalone_env(home, args.port)
+    signal.signal(signal.SIGTERM, _interrupt)  # a TERM stops Airflow too, as Ctrl-C does
+    log_path = home / "standalone.log"
+    with open(log_path, "ab") as log:
+        process = airflow_local.standalone(home, args.port, log)
+        print(f"starting Airflow (api-server, scheduler, dag-processor, triggerer) over {airflow_local.DAGS_FOLDER}; "
+              f"log: {log_path}", flush=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not _listening(args.port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Airflow did not start (see {log_path})")
+                time.sleep(1)
+            print(f"Airflow UI: http://127.0.0.1:{args.port}  login: admin / {password}\n"
+                  "DAGs start paused: unpause drift_monitor, retrain and store_retention in the UI. Ctrl-C stops "
+                  "Airflow.", flush=True)
+            process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except Exception:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fraudloop", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -424,6 +476,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("airflow", help="a real Airflow on loopback (airflow standalone) over this project's DAGs")
+    p.add_argument("--port", type=int, default=8080, help="the UI and API port (default: 8080)")
+    p.set_defaults(func=cmd_airflow)
 
     p = sub.add_parser("prune", help="retention: delete stored decisions (and labels) older than --keep-days")
     p.add_argument("--keep-days", type=float, default=RETENTION_DAYS, help="(default: %(default)s)")

@@ -84,11 +84,17 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
         tags = registry.version_info(reg, version).tags
         served, cpu = costs.get(version, (0, 0.0))
         versions.append({"version": version, "validation": tags.get("validation_status", "?"),
+                         "ap_difference": tags.get("validation_ap_difference", "none"),
+                         "validated_against": tags.get("validated_against", "none"),
                          "training_cpu_seconds": float(tags.get("training_cpu_seconds", "nan")),
                          "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
                          "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
     latency = [histogram_quantile(metrics, "fraud_end_to_end_seconds", q) for q in (0.5, 0.99)]
+    before, after, retrained = (p.get("average_precision") for p in periods)
+    recovered = ((retrained - after) / (before - after) if None not in (before, after, retrained) and before > after
+                 else None)
     return {
+        "recovered_share": recovered,
         "scored": int(len(decisions)), "dead_letters": int(sum(v for k, v in metrics.items()
                                                                if k.startswith("fraud_dead_letters_total"))),
         "stream_seconds": stream_seconds, "throughput": len(decisions) / stream_seconds,
@@ -113,18 +119,27 @@ def print_report(r: dict) -> None:
                   f"  ({p['transactions']:,} transactions, {p['frauds']:,} frauds; model v{p['versions']})")
         else:
             print(f"  {p['period']:<40} not measured ({p['transactions']:,} transactions, {p['frauds']} frauds)")
+    if r["recovered_share"] is not None:
+        print(f"  share of the AP lost to the drift that retraining recovered: {r['recovered_share']:.0%}")
     days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
             for e in r["runs"]]
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
+    from pipelines.demo import verdict_line
+
+    for e in r["runs"]:
+        if e.get("verdict"):
+            print(f"  day {e['day']}: {verdict_line(e['verdict'])}")
     print("\nchampion moves:")
     for move in r["moves"]:
         before = "" if move.get("from_version") in (None, "none") else f"v{move.get('from_version')} -> "
         print(f"  {move.get('at', '?')} {move.get('action')} {before}v{move.get('to_version')}"
               f" by {move.get('actor')}: {move.get('reason', '')[:160]}")
-    print("\ncost per model version:")
+    print("\nmodel versions: verdict (AP difference vs the champion it was validated against, 95 % interval), cost:")
     for v in r["versions"]:
         serving = f"{v['serving_cpu_ms_per_1k']:.0f} CPU ms per 1,000 scored" if v["serving_cpu_ms_per_1k"] else "-"
-        print(f"  v{v['version']} ({v['validation']}): training {v['training_cpu_seconds']:.1f} CPU s, "
+        against = (f" vs v{v['validated_against']} {v['ap_difference']}" if v["validated_against"] != "none"
+                   else "")
+        print(f"  v{v['version']} ({v['validation']}{against}): training {v['training_cpu_seconds']:.1f} CPU s, "
               f"{v['training_peak_rss_mb']:.0f} MB peak RSS; served {v['served']:,}: {serving}")
     print(f"\ndemo took {r['total_seconds']:.0f} s. Everything is under {r['home']}.")
     print(f"The review UI: {r['ui']}/#/models/card-fraud while the demo runs; `./dev demo --keep-running` leaves "
