@@ -84,7 +84,8 @@ def validate(training_set: str, version: str, average_precision_margin: float | 
     from pipelines.validate import validate_challenger
 
     gates = Gates() if average_precision_margin is None else Gates(average_precision_margin=average_precision_margin)
-    return validate_challenger(sets.read(training_set), _registry(), version, gates).as_dict()
+    return validate_challenger(sets.read(training_set), _registry(), version, gates,
+                               store_url=_store_url(None)).as_dict()
 
 
 def promote(version: str, reason: str, actor: str | None = None) -> dict:

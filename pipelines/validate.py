@@ -15,7 +15,7 @@ import pandas as pd
 
 from models import registry, report
 from models.training import predict
-from pipelines.gates import Gates, Verdict, judge
+from pipelines.gates import FAILED, PASSED, Gates, Verdict, judge
 from pipelines.train import holdout_masks, split_of_version
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
@@ -27,26 +27,74 @@ POLICY = ("recall_at_review", "recall_at_decline", "alerts_per_day", "declines_p
 class Validation:
     version: str
     champion_version: str | None
-    verdict: Verdict
+    verdict: Verdict  # on the holdout
     thresholds: tuple[float, float]
+    live: Verdict | None = None  # on shadow traffic whose labels have matured, when there is a champion
+
+    @property
+    def status(self) -> str:
+        """The holdout's verdict, unless the live gate has the evidence to fail it (too little live evidence
+        is reported, and does not block: right after training there is none)."""
+        if self.live is not None and self.live.status == FAILED and self.verdict.status == PASSED:
+            return FAILED
+        return self.verdict.status
+
+    @property
+    def summary(self) -> str:
+        text = f"{self.status}: holdout {self.verdict.summary}"
+        return text + (f" | live (shadow) {self.live.summary}" if self.live else "")
 
     def as_dict(self) -> dict:
         """What a task passes on and a terminal prints: the verdict, its metrics, interval and reason."""
-        verdict = self.verdict
-        difference = verdict.difference
         return {
-            "version": self.version, "status": verdict.status, "passed": verdict.passed,
-            "summary": verdict.summary, "champion_version": self.champion_version,
-            "evidence": asdict(verdict.evidence),
-            "challenger": {k: round(v, 4) for k, v in verdict.challenger.items()},
-            "champion": {k: round(v, 4) for k, v in verdict.champion.items()} if verdict.champion else None,
-            "ap_difference": asdict(difference) if difference else None,
+            "version": self.version, "status": self.status, "passed": self.status == PASSED,
+            "summary": self.summary, "champion_version": self.champion_version,
+            **_verdict_dict(self.verdict),
+            "live": _verdict_dict(self.live) if self.live else None,
             "thresholds": {"review": self.thresholds[0], "decline": self.thresholds[1]},
         }
 
 
+def _verdict_dict(verdict: Verdict) -> dict:
+    difference = verdict.difference
+    return {"gate_status": verdict.status, "evidence": asdict(verdict.evidence),
+            "challenger": {k: round(v, 4) for k, v in verdict.challenger.items()},
+            "champion": {k: round(v, 4) for k, v in verdict.champion.items()} if verdict.champion else None,
+            "ap_difference": asdict(difference) if difference else None}
+
+
+def live_verdict(store_url: str, version: str, champion_version: str, maturity_seconds: float,
+                 gates: Gates) -> Verdict:
+    """The live gate: the challenger's shadow scores against the champion's served scores on the same
+    transactions, those old enough that their labels have matured, paired, by the holdout's rules."""
+    from streaming.store import Store
+
+    store = Store(store_url)
+    try:
+        newest = store.newest_event_time() or 0.0
+        pairs = store.shadow_pairs(version, until=newest - maturity_seconds)
+        pairs = pairs[pairs["model_version"] == champion_version]
+        labels = store.labels_for(pairs["transaction_id"].tolist(), known_by=newest)
+    finally:
+        store.close()
+    latest = labels.sort_values("known_at").drop_duplicates("transaction_id", keep="last")
+    is_fraud = pairs["transaction_id"].map(latest.set_index("transaction_id")["is_fraud"]).fillna(False)
+    return judge(pairs["event_time"].to_numpy(), pairs["card_id"].to_numpy(), is_fraud.astype(bool).to_numpy(),
+                 pairs["shadow_score"].to_numpy(float), pairs["score"].to_numpy(float), gates)
+
+
 def _cell(metrics: dict[str, float] | None, key: str) -> str:
     return f"{metrics[key]:.4f}" if metrics and key in metrics else "-"
+
+
+def _gate_row(name: str, verdict: Verdict | None) -> str:
+    if verdict is None:
+        return f"| {name} | - | - | - | not run |"
+    e, d = verdict.evidence, verdict.difference
+    interval = f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" if d else "-"
+    return (f"| {name} | {e.frauds:,} frauds, {e.fraud_cards:,} compromised of {e.cards:,} cards | "
+            f"{_cell(verdict.challenger, 'average_precision')} vs {_cell(verdict.champion, 'average_precision')} | "
+            f"{interval} | **{verdict.status}** |")
 
 
 def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
@@ -54,12 +102,17 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
     champion = f"version {result.champion_version}" if result.champion_version else "none"
     review, decline = result.thresholds
     lines = [
-        f"## Validation of version {result.version}: **{verdict.status.upper()}**",
+        f"## Validation of version {result.version}: **{result.status.upper()}**",
         "",
         f"Holdout: {pd.Timestamp(holdout['event_time'].min(), unit='s'):%Y-%m-%d} to "
-        f"{pd.Timestamp(holdout['event_time'].max(), unit='s'):%Y-%m-%d}, {len(holdout):,} transactions, "
-        f"{verdict.evidence.frauds:,} frauds on {verdict.evidence.fraud_cards:,} of {verdict.evidence.cards:,} cards; "
-        f"neither model trained on it. Champion: {champion}.",
+        f"{pd.Timestamp(holdout['event_time'].max(), unit='s'):%Y-%m-%d}, {len(holdout):,} transactions; neither "
+        f"model trained on it. Live: the challenger's shadow scores beside the champion's decisions on the same "
+        f"transactions, once their labels have matured. Champion: {champion}.",
+        "",
+        "| gate | evidence | AP challenger vs champion | AP difference [95 % interval, by card] | verdict |",
+        "|---|---|---|---|---|",
+        _gate_row("holdout", verdict),
+        _gate_row("live (shadow)", result.live),
         "",
         "| metric (holdout) | challenger | champion |",
         "|---|---|---|",
@@ -71,22 +124,21 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
         "|---|---|---|",
         *(f"| {m} | {_cell(verdict.challenger, m)} | {_cell(verdict.champion, m)} |" for m in POLICY),
         "",
-    ]
-    if verdict.difference:
-        lines += [f"AP difference, challenger - champion, paired on the holdout and resampled by card: "
-                  f"{verdict.difference}.", ""]
-    lines += [
-        "Checks:",
+        "Checks (holdout):",
         *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in verdict.checks),
-        "",
-        "Gates: " + ", ".join(f"{k}={v}" for k, v in asdict(gates).items()),
     ]
+    if result.live:
+        lines += ["", "Checks (live):",
+                  *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in result.live.checks)]
+    lines += ["", "Gates: " + ", ".join(f"{k}={v}" for k, v in asdict(gates).items())]
     return "\n".join(lines)
 
 
 def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, version: str,
-                        gates: Gates | None = None, thresholds: tuple[float, float] | None = None) -> Validation:
-    """Score the challenger and the current champion on the challenger's holdout; judge; record everything."""
+                        gates: Gates | None = None, thresholds: tuple[float, float] | None = None,
+                        store_url: str | None = None) -> Validation:
+    """Score the challenger and the current champion on the challenger's holdout, and (with the scorer's
+    store) compare them on shadow traffic; judge; record everything."""
     from streaming.config import ScorerConfig
 
     gates = gates or Gates()
@@ -110,7 +162,11 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     if champion_version is not None:
         champion_scores = predict(registry.load_version(reg, champion_version), holdout)
     verdict = judge(when, cards, y, challenger_scores, champion_scores, gates, thresholds)
-    result = Validation(version, champion_version, verdict, thresholds)
+    live = None
+    if champion_version is not None and store_url is not None:
+        maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * 86_400
+        live = live_verdict(store_url, version, champion_version, maturity, gates)
+    result = Validation(version, champion_version, verdict, thresholds, live)
 
     text = _report(result, holdout, gates)
     client = registry.client(reg)
@@ -133,9 +189,13 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
         plt.close(figure)
     client.update_model_version(reg.model_name, version, description=f"{info.description or ''}\n\n{text}")
     difference = verdict.difference
+    live_difference = live.difference if live else None
     registry.tag_version(reg, version, {
-        "validation_status": verdict.status,
-        "validation_summary": verdict.summary[:4900],
+        "validation_status": result.status,
+        "validation_summary": result.summary[:4900],
+        "shadow_status": live.status if live else "none",
+        "shadow_ap_difference": (f"{live_difference.estimate:+.4f} [{live_difference.low:+.4f}, "
+                                 f"{live_difference.high:+.4f}]" if live_difference else "none"),
         "validated_against": champion_version or "none",
         "validated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "validation_average_precision": _cell(verdict.challenger, "average_precision"),
@@ -174,6 +234,13 @@ def describe(result: dict) -> str:
                      f"{pair('alerts_per_day', 'alerts/day', ',.1f')}; at decline >= {t['decline']}: "
                      f"{pair('recall_at_decline', 'recall', '.3f')}, "
                      f"{pair('declines_per_day', 'declines/day', ',.1f')}")
+    live = result.get("live")
+    if live:
+        d = live["ap_difference"]
+        e = live["evidence"]
+        interval = f", AP difference {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else ""
+        lines.append(f"  live (shadow) gate: {live['gate_status']} on {e['frauds']:,} frauds of {e['cards']:,} cards"
+                     f"{interval}")
     lines.append(f"  reason: {result['summary']}")
     return "\n".join(lines)
 

@@ -43,6 +43,9 @@ class ScorerConfig:
     event_clock: str = WALL
     partition_skew_seconds: float = 30 * 86_400.0
     model_alias: str = "champion"
+    # Also scored between batches, on the same features, stored with its version, never produced as a decision
+    # (validation's live gate compares it with the champion once labels mature). Empty: no shadow scoring.
+    shadow_alias: str = "challenger"
     model_check_seconds: float = 5.0
     model_grace_seconds: float = 120.0  # the alias may name a version not served this long before it is reported
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME

@@ -43,6 +43,11 @@ class ScorerMetrics:
                                          "(what was on its way is sent again)", registry=r)
         self.topics_replaced = Counter("fraud_topics_replaced", "Input topics the broker replaced (a new topic id), "
                                        "read again from the start", registry=r)
+        self.shadow_scored = Counter("fraud_shadow_scored", "Transactions also scored by the shadow model "
+                                     "(never decisions)", registry=r)
+        self.shadow_cpu = Counter("fraud_shadow_cpu_seconds", "CPU seconds the worker spent on shadow scoring "
+                                  "(included in fraud_scoring_cpu_seconds)", registry=r)
+        self.shadow_version = Gauge("fraud_shadow_model_version", "Shadow model version (0: none)", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
         for outcome in (APPROVE, REVIEW, DECLINE):
             self.decisions.labels(outcome)

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.features import N_FEATURES
@@ -73,11 +74,18 @@ class ModelHolder:
         self._watching: threading.Event | None = None  # set: stop watching
 
     @classmethod
-    def from_registry(cls, config: RegistryConfig, alias: str, check_every: float, **kwargs) -> ModelHolder:
+    def from_registry(cls, config: RegistryConfig, alias: str, check_every: float, optional: bool = False,
+                      **kwargs) -> ModelHolder:
+        """`optional`: the alias may not exist (the shadow's `challenger`): then nothing is served, quietly."""
         client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
 
-        def resolve() -> str:
-            return str(client.get_model_version_by_alias(config.model_name, alias).version)
+        def resolve() -> str | None:
+            try:
+                return str(client.get_model_version_by_alias(config.model_name, alias).version)
+            except MlflowException as error:
+                if optional and error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    return None
+                raise
 
         return cls(config.model_name, resolve, lambda version: load_version(config, version), check_every, **kwargs)
 
@@ -120,6 +128,8 @@ class ModelHolder:
             self._on_event("registry_error", "")
             return None
         self.alias_version = version
+        if version is None:  # an optional alias that is not set (yet)
+            return None
         if version != serving and self._behind_since is None:
             self._behind_since = time.monotonic()
         failures, retry_at = self._failed_loads.get(version, (0, 0.0))

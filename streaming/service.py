@@ -336,6 +336,11 @@ class ScorerService:
             if event == "refused":
                 self.refused[version] = detail
         self.metrics.model_behind_alias.set(scored.model_behind_seconds)
+        self.metrics.shadow_scored.inc(scored.shadow_scored)
+        self.metrics.shadow_cpu.inc(scored.shadow_cpu_seconds)
+        self.metrics.scoring_cpu.inc(scored.shadow_cpu_seconds)
+        if scored.shadow_version:
+            self.metrics.shadow_version.set(float(scored.shadow_version))
         if scored.model_version and scored.model_version != self.model_version:
             self.model_version = scored.model_version
             self.metrics.model_version.labels(self.model_name).set(float(scored.model_version))

@@ -47,6 +47,15 @@ serving_costs = sa.Table(
     sa.Column("transactions", sa.BigInteger, nullable=False),
     sa.Column("cpu_seconds", sa.Float, nullable=False),
 )
+# Scores of the shadow model (the `challenger` alias) on transactions the champion decided: never decisions,
+# kept for validation's live gate. One row per transaction and shadow version.
+shadow_scores = sa.Table(
+    "shadow_scores", metadata,
+    sa.Column("transaction_id", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("event_time", sa.Float, nullable=False, index=True),
+)
 feature_sets = sa.Table(
     "feature_sets", metadata,
     sa.Column("name", sa.String(64), primary_key=True),
@@ -126,6 +135,37 @@ class Store:
                     "transactions": serving_costs.c.transactions + count,
                     "cpu_seconds": serving_costs.c.cpu_seconds + cpu}))
         return inserted
+
+    def write_shadow(self, version: str, scored: Sequence[tuple[str, float, float]]) -> None:
+        """Shadow scores of `version`: (transaction id, score, event time); a redelivered batch changes nothing."""
+        if scored:
+            with self.engine.begin() as db:
+                db.execute(self._insert(shadow_scores), [
+                    {"transaction_id": tx_id, "model_version": version, "score": score, "event_time": when}
+                    for tx_id, score, when in scored])
+
+    def shadow_pairs(self, version: str, until: float) -> pd.DataFrame:
+        """The shadow scores of `version` beside the served decisions of the same transactions (event_time <=
+        `until`): transaction_id, card_id, event_time, shadow_score, score (served), model_version (served)."""
+        d, sh = decisions.c, shadow_scores.c
+        query = (sa.select(d.transaction_id, d.card_id, d.event_time, sh.score.label("shadow_score"), d.score,
+                           d.model_version)
+                 .join(shadow_scores, shadow_scores.c.transaction_id == d.transaction_id)
+                 .where(sh.model_version == version, d.event_time <= until, d.score.is_not(None))
+                 .order_by(d.event_time))
+        with self.engine.connect() as db:
+            return pd.read_sql(query, db)
+
+    def labels_for(self, transaction_ids: Sequence[str], known_by: float) -> pd.DataFrame:
+        """Labels of these transactions known by `known_by`."""
+        parts = []
+        with self.engine.connect() as db:
+            for start in range(0, len(transaction_ids), 500):
+                parts.append(pd.read_sql(sa.select(labels).where(
+                    labels.c.transaction_id.in_(list(transaction_ids[start:start + 500])),
+                    labels.c.known_at <= known_by), db))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", "known_at",
+                                                                                     "is_fraud"])
 
     def decisions_for(self, transaction_ids: Sequence[str]) -> dict[str, StoredDecision]:
         """The stored decisions of these transaction ids (those there are)."""
@@ -208,6 +248,7 @@ class Store:
         old = sa.select(decisions.c.transaction_id).where(decisions.c.event_time < before)
         with self.engine.begin() as db:
             gone_labels = db.execute(sa.delete(labels).where(labels.c.transaction_id.in_(old))).rowcount
+            db.execute(sa.delete(shadow_scores).where(shadow_scores.c.event_time < before))
             gone = db.execute(sa.delete(decisions).where(decisions.c.event_time < before)).rowcount
         return gone, gone_labels
 

@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+import numpy as np
 import orjson
 
 from models.features import FeatureState, replay
@@ -59,6 +60,10 @@ class Scored:
     model_events: list[tuple[str, str, str]] = field(default_factory=list)  # (event, version, detail)
     model_version: str = ""
     model_behind_seconds: float = 0.0  # how long the alias has named a version that is not served
+    # Shadow scoring since the last reply (it runs after a batch's reply: its cost is never a decision's latency)
+    shadow_scored: int = 0
+    shadow_cpu_seconds: float = 0.0
+    shadow_version: str = ""
 
 
 def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = None) -> FeatureState:
@@ -109,6 +114,12 @@ class ScoringCore:
         self.events: deque[tuple[str, str, str]] = deque()  # appended by the model watcher's thread too
         self.model = ModelHolder.from_registry(registry, config.model_alias, config.model_check_seconds,
                                                on_event=self._model_event, compile_models=config.compile_models)
+        self.shadow = None
+        if config.shadow_alias and config.shadow_alias != config.model_alias:
+            self.shadow = ModelHolder.from_registry(registry, config.shadow_alias, config.model_check_seconds,
+                                                    optional=True, compile_models=False)
+        self._pending: list = []  # the last batch's new decisions, for the shadow
+        self._shadow = Scored()  # shadow work not reported yet
         # Several instances in one group share their events through Redis (see shared_state.py).
         self.shared = (SharedEvents(config.shared_state_url, stream=f"fraudloop:{config.group_id}:feature-events")
                        if config.shared_state_url else None)
@@ -135,8 +146,34 @@ class ScoringCore:
         """Model events since the last reply, and the version in use."""
         events = [self.events.popleft() for _ in range(len(self.events))]
         version = self.model.current.version if self.model.current else ""
+        shadow, self._shadow = self._shadow, Scored()
         return Scored(model_events=events, model_version=version,
-                      model_behind_seconds=self.model.behind_alias(self.config.model_grace_seconds))
+                      model_behind_seconds=self.model.behind_alias(self.config.model_grace_seconds),
+                      shadow_scored=shadow.shadow_scored, shadow_cpu_seconds=shadow.shadow_cpu_seconds,
+                      shadow_version=shadow.shadow_version)
+
+    def score_shadow(self) -> None:
+        """The last batch's new decisions scored again by the shadow model, on the very features the champion
+        used, and stored under its version; never produced. A shadow that fails costs a log line, nothing more."""
+        rows, self._pending = self._pending, []
+        if self.shadow is None or not rows:
+            return
+        self.shadow.refresh()
+        model = self.shadow.current
+        if model is None or model.version == rows[0].model_version:  # no challenger, or it serves already
+            return
+        cpu = time.process_time()
+        try:
+            scores = model.predict(np.array([row.features for row in rows], dtype=float))
+            self.store.write_shadow(model.version, [(row.tx.transaction_id, float(score), row.tx.time)
+                                                    for row, score in zip(rows, scores, strict=True)
+                                                    if 0 <= score <= 1])
+            self._shadow.shadow_scored += len(rows)
+            self._shadow.shadow_version = model.version
+        except Exception as error:  # noqa: BLE001 - the shadow never touches serving
+            log.warning("shadow version %s could not score a batch of %d: %r", model.version, len(rows), error)
+        finally:
+            self._shadow.shadow_cpu_seconds += time.process_time() - cpu
 
     def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None) -> Scored:
         cpu = time.process_time()
@@ -146,6 +183,7 @@ class ScoringCore:
         if self.shared:
             self.shared.apply_others(self.scorer.state)
         result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions)
+        self._pending = result.rows
         if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
             self.shared.publish([row.tx for row in result.rows], result.labels)
         scored = self._report()  # the model was refreshed before this batch
@@ -173,6 +211,8 @@ class ScoringCore:
 
     def close(self) -> None:
         self.model.close()
+        if self.shadow:
+            self.shadow.close()
         self.store.write([], [], self._take_costs(every_seconds=0))
         self.store.close()
         if self.shared:
@@ -189,6 +229,8 @@ def _serve(connection: _Duplex) -> None:
         core = ScoringCore(config, registry)
         core.model.require()
         core.model.watch()  # the registry is checked off the scoring path from here on
+        if core.shadow:
+            core.shadow.watch()
     except Exception as error:
         connection.send(("error", str(error)))
         return
@@ -204,6 +246,8 @@ def _serve(connection: _Duplex) -> None:
                 break
             reply = core.score(*request[1:]) if request[0] == "score" else core.status()
             connection.send(("ok", reply))
+            if request[0] == "score":
+                core.score_shadow()  # between batches: the decisions are on their way already
     except (BrokenPipeError, EOFError):
         pass
     except Exception:

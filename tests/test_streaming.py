@@ -395,3 +395,37 @@ def test_an_operator_sees_the_lag_and_skips_a_partition_with_every_skipped_messa
     assert {dict(r.headers)["error.kind"] for r in dead} == {b"skipped"} and dead[2].value == b""
     row = next(r for r in operate.group_lag(config) if (r.topic, r.partition) == (config.transactions_topic, 0))
     assert (row.committed, row.end, row.lag) == (6, 10, 4)
+
+
+def test_the_challenger_is_scored_in_the_shadow_on_the_same_features_and_never_decides(
+    broker, served, small_history, small_labels, tmp_path
+):
+    from models.registry import CHALLENGER, client
+
+    registry, _, _ = served
+    shadow = build_model(small_history, small_labels, registry,
+                         BuildConfig(21, 7, 7, params=TrainParams(num_boost_round=40)), progress=False)
+    assert shadow.model.version != "1"  # build_model moved `challenger` to it; `champion` stays on 1
+    stream = small_history.iloc[5_000:6_000]
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", model_check_seconds=0.2)
+    try:
+        with RunningScorer(config, registry) as service:
+            send_transactions(broker.bootstrap, config.transactions_topic, stream)
+            records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(stream))
+            deadline = time.monotonic() + 30
+            while service.metrics.shadow_scored._value.get() < len(stream) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        client(registry).delete_registered_model_alias(registry.model_name, CHALLENGER)
+    assert {orjson.loads(r.value)["model_version"] for r in records} == {"1"}  # the shadow never decides
+    assert len(records) == len(stream)
+    assert service.metrics.shadow_scored._value.get() == len(stream)
+    assert service.metrics.shadow_cpu._value.get() > 0
+    assert service.metrics.shadow_version._value.get() == float(shadow.model.version)
+    stored = stored_rows(config.store_url)
+    store = Store(config.store_url)
+    pairs = store.shadow_pairs(shadow.model.version, until=float("inf")).set_index("transaction_id")
+    store.close()
+    assert set(pairs.index) == set(stream["transaction_id"]) and set(pairs["model_version"]) == {"1"}
+    features = np.array([orjson.loads(stored[t].features) for t in pairs.index], dtype=float)
+    assert np.allclose(pairs["shadow_score"], shadow.booster.predict(features, num_threads=1), rtol=0, atol=1e-12)

@@ -72,3 +72,33 @@ def test_the_store_is_read_by_time_range_and_bounded_by_retention(store):
     assert store.prune(before=T - 365 * DAY) == (1, 1)
     assert store.frames(T - 1_000 * DAY, T)[0]["transaction_id"].tolist() == ["recent"]
     assert store.prune(before=T - 365 * DAY) == (0, 0)
+
+
+def test_the_live_gate_pairs_shadow_and_served_scores_on_matured_transactions_only(store, tmp_path):
+    import numpy as np
+
+    from pipelines.gates import Gates, judge
+    from pipelines.validate import live_verdict
+
+    rng = np.random.default_rng(0)
+    rows, shadow, labels, expected = [], [], [], []
+    for i in range(3_000):
+        when = T - 30 * DAY + i * 600  # ~20 days, the newest 7 immature
+        fraud = rng.random() < 0.05
+        served, challenger = float(rng.beta(1, 9) + 0.3 * fraud), float(rng.beta(1, 9) + 0.6 * fraud)
+        tx = Transaction(f"t{i}", f"C{i % 700}", "T1", when, 1_000)
+        rows.append(DecisionRow(tx, min(served, 1.0), "approve", "3", [0.0] * len(FEATURE_NAMES), when))
+        shadow.append((tx.transaction_id, min(challenger, 1.0), when))
+        if fraud:
+            labels.append(Label(tx.transaction_id, True, when + DAY))
+        if when <= rows[0].tx.time + 3_000 * 600 - MATURITY - 600:
+            expected.append((when, tx.card_id, fraud, min(challenger, 1.0), min(served, 1.0)))
+    store.write(rows, labels)
+    store.write_shadow("4", shadow)
+    store.write_shadow("4", shadow[:10])  # a redelivered batch changes nothing
+    verdict = live_verdict(str(store.engine.url), "4", "3", MATURITY, Gates())
+    time_, card, fraud, mine, theirs = (np.array(c) for c in zip(*expected, strict=True))
+    same = judge(time_, card, fraud, mine, theirs, Gates())
+    assert verdict.evidence == same.evidence and verdict.difference == same.difference
+    assert verdict.passed and verdict.difference.low > 0  # the shadow is clearly better here
+    assert live_verdict(str(store.engine.url), "4", "2", MATURITY, Gates()).evidence.frauds == 0  # other champion
