@@ -400,12 +400,13 @@ def test_an_operator_sees_the_lag_and_skips_a_partition_with_every_skipped_messa
 def test_the_challenger_is_scored_in_the_shadow_on_the_same_features_and_never_decides(
     broker, served, small_history, small_labels, tmp_path
 ):
-    from models.registry import CHALLENGER, client
+    from models.registry import CHALLENGER, alias_version, client
 
     registry, _, _ = served
+    champion = alias_version(registry, CHAMPION)
     shadow = build_model(small_history, small_labels, registry,
                          BuildConfig(21, 7, 7, params=TrainParams(num_boost_round=40)), progress=False)
-    assert shadow.model.version != "1"  # build_model moved `challenger` to it; `champion` stays on 1
+    assert shadow.model.version != champion  # build_model moved `challenger` to it; `champion` stays
     stream = small_history.iloc[5_000:6_000]
     config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", model_check_seconds=0.2)
     try:
@@ -417,7 +418,7 @@ def test_the_challenger_is_scored_in_the_shadow_on_the_same_features_and_never_d
                 time.sleep(0.1)
     finally:
         client(registry).delete_registered_model_alias(registry.model_name, CHALLENGER)
-    assert {orjson.loads(r.value)["model_version"] for r in records} == {"1"}  # the shadow never decides
+    assert {orjson.loads(r.value)["model_version"] for r in records} == {champion}  # the shadow never decides
     assert len(records) == len(stream)
     assert service.metrics.shadow_scored._value.get() == len(stream)
     assert service.metrics.shadow_cpu._value.get() > 0
@@ -426,6 +427,6 @@ def test_the_challenger_is_scored_in_the_shadow_on_the_same_features_and_never_d
     store = Store(config.store_url)
     pairs = store.shadow_pairs(shadow.model.version, until=float("inf")).set_index("transaction_id")
     store.close()
-    assert set(pairs.index) == set(stream["transaction_id"]) and set(pairs["model_version"]) == {"1"}
+    assert set(pairs.index) == set(stream["transaction_id"]) and set(pairs["model_version"]) == {champion}
     features = np.array([orjson.loads(stored[t].features) for t in pairs.index], dtype=float)
     assert np.allclose(pairs["shadow_score"], shadow.booster.predict(features, num_threads=1), rtol=0, atol=1e-12)
