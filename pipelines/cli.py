@@ -223,6 +223,22 @@ def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
         print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 
+def cmd_benchmark_store(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from pipelines import store_benchmark as bench
+
+    if args.decisions < 1 or args.days <= 0:
+        raise ValueError("--decisions must be at least 1 and --days positive")
+    with tempfile.TemporaryDirectory(prefix="fraudloop-store-") as work:
+        result = bench.run(args.decisions, args.days, Path(work), tuple(args.backends.split(",")))
+    command = f"fraudloop benchmark store --decisions {args.decisions} --days {args.days:g}"
+    print(bench.to_markdown(result, command))
+    if args.record:
+        bench.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
 def cmd_broker(args: argparse.Namespace) -> None:
     """Run the development broker on loopback with the scorer's topics until Ctrl-C."""
     import signal
@@ -513,6 +529,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark_retraining)
+    b = bench.add_parser("store", help="time and peak memory of the training-set build and the monitor's read on "
+                                       "a large store (SQLite and a real PostgreSQL)")
+    b.add_argument("--decisions", type=int, default=10_000_000)
+    b.add_argument("--days", type=float, default=200)
+    b.add_argument("--backends", default="sqlite,postgresql")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.set_defaults(func=cmd_benchmark_store)
     b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker")
     b.add_argument("--messages", type=int, default=30_000)
     b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
