@@ -593,6 +593,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a terminal shows verdicts, not bars
     try:
         args.func(args)
     except (FileNotFoundError, ValueError, InvalidRecord, RuntimeError) as error:

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,17 @@ def test_simulate_then_train_registers_a_version(tmp_path):
                   env=env)
     assert trained.returncode == 0, trained.stderr
     assert '"version": "1"' in trained.stdout and '"to_version": "1"' in trained.stdout
+    verdict = re.search(r"version 1 vs no champion: PASSED\n  holdout: ([\d,]+) frauds on ([\d,]+) of ([\d,]+) cards",
+                        trained.stdout)
+    assert verdict and int(verdict.group(1).replace(",", "")) >= 30, trained.stdout  # the evidence, printed
+    assert re.search(r"  AP 0\.\d{4}, CP@100 0\.\d{4}", trained.stdout) and "  reason: passed: holdout passed" in \
+        trained.stdout
+    again = run("train", "--history", str(out), "--train-days", "14", "--num-boost-round", "100", "--promote",
+                env=env)  # the same data and settings: no evidence that it is better
+    assert again.returncode == 2 and "version 2 vs champion v1: FAILED" in again.stdout
+    assert "AP difference +0.0000, 95% interval [+0.0000, +0.0000]" in again.stdout
+    assert again.stderr.strip().splitlines()[-1] == ("fraudloop train: error: version 2 was not promoted (failed); "
+                                                     "the champion stays")
     rollback = run("rollback", "--reason", "nothing before it", env=env)
     assert rollback.returncode == 2 and rollback.stderr.strip() == (
         "fraudloop rollback: error: no 'previous_champion' alias on card-fraud: nothing to roll back to")
