@@ -15,7 +15,8 @@ Hourly:
 
 1. **check_drift**: mean feature PSI of the last `window_days` of scored traffic against the champion's
    reference (its holdout), and PSI of its scores, each against a threshold calibrated for the window's size
-   to `false_alarm_rate` (a window too small to detect `detectable_psi` gets no verdict); and its Average
+   to `false_alarm_rate` and no lower than a material shift (`material_mean_psi`, `material_score_psi`); a
+   window too small to detect `detectable_psi` gets no verdict; and its Average
    Precision on transactions whose labels have matured. A report (table, plots, verdict) is logged to MLflow
    (`card-fraud-monitoring`).
 2. **record_serving_cost**: CPU time per 1,000 transactions the scorer spent on the champion, as version tags.
@@ -43,6 +44,10 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
                                   description="per check: drift thresholds are calibrated to this"),
         "detectable_psi": Param(None, type=["null", "number"], minimum=0,
                                 description="mean PSI a window must be able to detect (sets the minimum window)"),
+        "material_mean_psi": Param(None, type=["null", "number"], minimum=0,
+                                   description="mean feature PSI below this is never drift"),
+        "material_score_psi": Param(None, type=["null", "number"], minimum=0,
+                                    description="score PSI below this is never drift"),
         "max_relative_ap_drop": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                       description="decay: labelled AP below holdout AP x (1 - this)"),
         "cooldown_days": Param(None, type=["null", "number"], minimum=0,
