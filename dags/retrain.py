@@ -15,7 +15,9 @@ Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confir
 
 1. **build_training_set**: the scorer's stored decisions (feature values used at scoring time) joined with
    the labels known at `as_of`; transactions younger than the label maturity are held out.
-2. **train_challenger**: LightGBM on a time-ordered split; a new MLflow version with alias `challenger`.
+2. **train_challenger**: LightGBM on a time-ordered split; a new MLflow version with alias `challenger`. When
+   drift scheduled the run, the split has no gap before the holdout: the newest mature days, the drifted
+   ones, are trained on as early as labels allow (the training set already leaves out immature rows).
 3. **validate**: challenger and champion on the same holdout; evidence minimums, floors, and a paired
    bootstrap interval of their AP difference whose lower bound must clear the margin (`pipelines/gates.py`).
    The verdict is `passed`, `failed` or `insufficient evidence`; the report, plot and verdict go to the
@@ -61,12 +63,14 @@ def retrain() -> None:
         return jobs.build_training_set(as_of=run_as_of(context), maturity_days=p["maturity_days"],
                                        name=context["run_id"], lookback_days=lookback)["uri"]
 
-    @task(doc_md="Train and register a challenger (alias `challenger`); returns its version.")
+    @task(doc_md="Train and register a challenger (alias `challenger`); returns its version. A run scheduled by "
+                 "drift trains without the gap before the holdout, so the newest mature (drifted) days are learnt.")
     def train_challenger(training_set: str, **context) -> str:
         from pipelines import jobs
 
         p = context["params"]
-        return jobs.train(training_set, train_days=p["train_days"], delay_days=p["delay_days"],
+        delay = 0 if jobs.triggered_by_drift(context) else p["delay_days"]
+        return jobs.train(training_set, train_days=p["train_days"], delay_days=delay,
                           test_days=p["test_days"], maturity_days=p["maturity_days"],
                           num_boost_round=p["num_boost_round"], shuffle_labels=p["shuffle_labels"],
                           trained_by=f"airflow retrain {context['run_id']}")["version"]

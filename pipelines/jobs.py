@@ -172,16 +172,23 @@ DRIFT_ASSET = {"name": "card_fraud_drift_confirmed", "uri": "fraudloop://card-fr
 
 
 def run_as_of(context) -> float:
-    """Epoch seconds a DAG run works as of: its `as_of` param, else the triggering drift event's, else its time.
+    """Epoch seconds a DAG run works as of: its `as_of` param (UTC when it names no zone), else the triggering
+    drift event's, else its time.
 
     Simulated or replayed data runs on its own clock, so a run can be told the time it works as of.
     """
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     if context["params"].get("as_of"):
-        return datetime.fromisoformat(context["params"]["as_of"]).timestamp()
+        when = datetime.fromisoformat(context["params"]["as_of"])
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     for events in (context.get("triggering_asset_events") or {}).values():
         for event in events:
             if "as_of" in (event.extra or {}):
                 return float(event.extra["as_of"])
     return context["dag_run"].run_after.timestamp()
+
+
+def triggered_by_drift(context) -> bool:
+    """Whether the drift asset scheduled this run (the daily schedule and manual runs did not)."""
+    return any((context.get("triggering_asset_events") or {}).values())
