@@ -59,7 +59,7 @@ def retrain() -> None:
         from pipelines import jobs
 
         p = context["params"]
-        lookback = p["train_days"] + p["delay_days"] + p["test_days"] + p["maturity_days"] + 1
+        lookback = jobs.days_needed(p["train_days"], p["delay_days"], p["test_days"], p["maturity_days"])
         return jobs.build_training_set(as_of=run_as_of(context), maturity_days=p["maturity_days"],
                                        name=context["run_id"], lookback_days=lookback)["uri"]
 

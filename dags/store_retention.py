@@ -11,8 +11,9 @@ from pipelines.jobs import run_as_of
 DOC = """
 ### Bound the scorer's store
 
-Daily: **prune** deletes decisions on transactions older than `keep_days` before the run's `as_of`, and their
-labels. The default (`pipelines/jobs.py` RETENTION_DAYS) outlasts what `retrain` reads (its split plus the
+Daily: **prune** deletes decisions on transactions more than `keep_days` older than the run's `as_of` or the
+newest stored transaction, whichever is earlier (a replayed or simulated stream keeps its own clock: the wall
+clock never empties its store), with their labels and shadow scores. The default (`pipelines/jobs.py` RETENTION_DAYS) outlasts what `retrain` reads (its split plus the
 label maturity) and what `drift_monitor` reads (its window and the matured performance window), so nothing
 either needs is deleted, and the store, the training-set build and the monitor stay bounded in size and time.
 """
@@ -28,8 +29,8 @@ either needs is deleted, and the store, the training-set build and the monitor s
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
         "as_of": Param("", type="string", description="ISO time to prune as of; empty: the run's time"),
-        "keep_days": Param(None, type=["null", "number"], exclusiveMinimum=0,
-                           description="days of decisions kept; empty: RETENTION_DAYS"),
+        "keep_days": Param(None, type=["null", "number"], minimum=0,
+                           description="days of decisions kept; empty: RETENTION_DAYS (at least MIN_RETENTION_DAYS)"),
     },
 )
 def store_retention() -> None:

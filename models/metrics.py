@@ -103,7 +103,7 @@ class Difference:
                 f"{self.resamples:,} resamples of {self.clusters:,} cards)")
 
 
-def paired_ap_difference(is_fraud: np.ndarray, champion: np.ndarray, challenger: np.ndarray, card_id: np.ndarray,
+def paired_ap_difference(is_fraud: np.ndarray, challenger: np.ndarray, champion: np.ndarray, card_id: np.ndarray,
                          resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Difference:
     """Challenger AP minus champion AP on the same rows, with a percentile interval from a bootstrap by card.
 

@@ -40,7 +40,9 @@ MALFORMED = [b"not json", b'{"schema_version": 1, "transaction_id": "X1"}',
 class DemoConfig:
     customers: int = 2_000
     terminals: int = 4_000
-    history_days: int = 35  # before the stream: the first champion's training data
+    # Before the stream: the first champion's training data. Long enough that the simulated world's 30-day windows
+    # (37 for the label-delayed terminal risk) have filled before its holdout, or the monitor rightly sees drift.
+    history_days: int = 45
     stream_days: int = 15
     drift_after_days: int = 3  # drift starts this many days into the stream
     seconds_per_day: float = 5.0  # wall-clock seconds per simulated day while streaming

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.metrics import Difference, achievable_card_precision, evaluate, paired_ap_difference, policy_effect
+from models.metrics import DAY, Difference, achievable_card_precision, evaluate, paired_ap_difference
 
 PASSED, FAILED, INSUFFICIENT = "passed", "failed", "insufficient evidence"
 
@@ -43,6 +43,7 @@ class Gates:
 class Check:
     ok: bool
     text: str
+    kind: str = "gate"  # or "evidence": a failed evidence check makes the verdict `insufficient evidence`
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Verdict:
 
     @property
     def status(self) -> str:
-        if any(check.text.startswith("evidence") and not check.ok for check in self.checks):
+        if any(check.kind == "evidence" and not check.ok for check in self.checks):
             return INSUFFICIENT
         return PASSED if all(check.ok for check in self.checks) else FAILED
 
@@ -82,31 +83,22 @@ def evidence_of(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray) -> 
     y = np.asarray(is_fraud, dtype=bool)
     cards = np.asarray(card_id)
     return Evidence(int(y.sum()), len(np.unique(cards[y])), len(np.unique(cards)),
-                    len(np.unique(np.asarray(time) // 86_400)))
+                    len(np.unique(np.asarray(time) // DAY)))
 
 
 def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenger: np.ndarray,
-          champion: np.ndarray | None, gates: Gates = Gates(),
-          thresholds: tuple[float, float] | None = None) -> Verdict:
-    """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows.
-
-    `thresholds` (review, decline), when given, adds what the decision policy would feel to the metrics.
-    """
+          champion: np.ndarray | None, gates: Gates = Gates()) -> Verdict:
+    """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows."""
     evidence = evidence_of(time, card_id, is_fraud)
-    enough = (evidence.frauds >= gates.min_frauds, evidence.fraud_cards >= gates.min_fraud_cards,
+    enough = (evidence.frauds >= max(gates.min_frauds, 1), evidence.fraud_cards >= gates.min_fraud_cards,
               evidence.cards >= gates.min_cards)
     checks = [Check(all(enough), f"evidence: {evidence.frauds:,} frauds (min {gates.min_frauds}), "
                                  f"{evidence.fraud_cards:,} compromised cards (min {gates.min_fraud_cards}), "
-                                 f"{evidence.cards:,} cards (min {gates.min_cards})")]
-    if evidence.frauds == 0:
+                                 f"{evidence.cards:,} cards (min {gates.min_cards})", kind="evidence")]
+    if evidence.frauds == 0:  # nothing to measure: insufficient whatever the minimums say
         return Verdict(evidence, tuple(checks))
-
-    def metrics(scores: np.ndarray) -> dict[str, float]:
-        found = evaluate(time, card_id, is_fraud, scores)
-        return {**found, **policy_effect(time, is_fraud, scores, *thresholds)} if thresholds else found
-
-    mine = metrics(challenger)
-    theirs = metrics(champion) if champion is not None else None
+    mine = evaluate(time, card_id, is_fraud, challenger)
+    theirs = evaluate(time, card_id, is_fraud, champion) if champion is not None else None
 
     def floor(metric: str, minimum: float, label: str) -> None:
         value = mine[metric]
@@ -122,7 +114,7 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
     if theirs is None:
         checks.append(Check(True, "no champion to compare with"))
     else:
-        difference = paired_ap_difference(is_fraud, champion, challenger, card_id, gates.resamples, gates.confidence,
+        difference = paired_ap_difference(is_fraud, challenger, champion, card_id, gates.resamples, gates.confidence,
                                           gates.seed)
         ok = difference.low > gates.average_precision_margin
         checks.append(Check(ok, f"AP difference vs champion {difference} lower bound "

@@ -49,7 +49,7 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
     else:
         if lookback_days is None:
             default = BuildConfig()
-            lookback_days = default.train_days + default.delay_days + default.test_days + maturity_days + 1
+            lookback_days = days_needed(default.train_days, default.delay_days, default.test_days, maturity_days)
         frame = training_set.from_store(_store_url(store_url), as_of, maturity, lookback_days * DAY)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     uri = training_set.write(frame, out or f"{training_sets_uri()}/{safe}.parquet")
@@ -128,21 +128,34 @@ def check_drift(as_of: float, store_url: str | None = None, **settings: float | 
             "drifted_features": report.table.loc[report.table["drifted"], "feature"].tolist()}
 
 
-RETENTION_DAYS = 90.0  # > the default training lookback (50 days) and the monitor's reach (15 days)
+def days_needed(train_days: float, delay_days: float, test_days: float, maturity_days: float) -> float:
+    """Days before `as_of` a training set needs from the store: the split, the label maturity, and a day."""
+    return train_days + delay_days + test_days + maturity_days + 1
+
+
+RETENTION_DAYS = 90.0
+MIN_RETENTION_DAYS = days_needed(28, 7, 7, 7)  # the default retrain's reach (the monitor's is 15 days)
 
 
 def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str | None = None) -> dict:
-    """Retention: delete decisions (and their labels) on transactions older than `keep_days` before `as_of`."""
+    """Retention: delete decisions (and their labels and shadow scores) on transactions more than `keep_days`
+    older than `as_of` or than the newest stored transaction, whichever is earlier: a store that runs on a
+    clock of its own (a replayed or simulated stream) is measured by its own newest data, never emptied by
+    the wall clock."""
     from streaming.store import Store
 
-    if keep_days <= 0:
-        raise ValueError(f"keep_days must be positive, got {keep_days}")
+    if keep_days < MIN_RETENTION_DAYS:
+        raise ValueError(f"keep_days must be at least {MIN_RETENTION_DAYS:g} (what the default retrain and "
+                         f"drift_monitor read), got {keep_days:g}")
     store = Store(_store_url(store_url))
     try:
-        decisions, labels = store.prune(before=as_of - keep_days * DAY)
+        newest = store.newest_event_time()
+        before = min(as_of, newest if newest is not None else as_of) - keep_days * DAY
+        decisions, labels = store.prune(before=before)
     finally:
         store.close()
-    return {"as_of": as_of, "keep_days": keep_days, "deleted_decisions": decisions, "deleted_labels": labels}
+    return {"as_of": as_of, "keep_days": keep_days, "deleted_before": before, "deleted_decisions": decisions,
+            "deleted_labels": labels}
 
 
 def record_serving_cost(store_url: str | None = None) -> dict:

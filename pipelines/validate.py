@@ -14,9 +14,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from models import registry, report
+from models.metrics import policy_effect
 from models.training import predict
 from pipelines.gates import FAILED, PASSED, Gates, Verdict, judge
+from pipelines.protocol import DAY, test_period
 from pipelines.train import holdout_masks, split_of_version
+from pipelines.training_set import outcomes_known_by
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -29,6 +32,9 @@ class Validation:
     champion_version: str | None
     verdict: Verdict  # on the holdout
     thresholds: tuple[float, float]
+    # What the decision policy would feel at the served thresholds, per model, on all the holdout days' traffic
+    # (the cards already known compromised included, as the scorer sees them)
+    policy: dict[str, dict[str, float]]
     live: Verdict | None = None  # on shadow traffic whose labels have matured, when there is a champion
 
     @property
@@ -52,6 +58,7 @@ class Validation:
             **_verdict_dict(self.verdict),
             "live": _verdict_dict(self.live) if self.live else None,
             "thresholds": {"review": self.thresholds[0], "decline": self.thresholds[1]},
+            "policy": {who: {k: round(v, 4) for k, v in values.items()} for who, values in self.policy.items()},
         }
 
 
@@ -77,9 +84,8 @@ def live_verdict(store_url: str, version: str, champion_version: str, maturity_s
         labels = store.labels_for(pairs["transaction_id"].tolist(), known_by=newest)
     finally:
         store.close()
-    latest = labels.sort_values("known_at").drop_duplicates("transaction_id", keep="last")
-    is_fraud = pairs["transaction_id"].map(latest.set_index("transaction_id")["is_fraud"]).fillna(False)
-    return judge(pairs["event_time"].to_numpy(), pairs["card_id"].to_numpy(), is_fraud.astype(bool).to_numpy(),
+    is_fraud = pairs["transaction_id"].map(outcomes_known_by(labels, newest)).fillna(False).astype(bool)
+    return judge(pairs["event_time"].to_numpy(), pairs["card_id"].to_numpy(), is_fraud.to_numpy(),
                  pairs["shadow_score"].to_numpy(float), pairs["score"].to_numpy(float), gates)
 
 
@@ -109,7 +115,8 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
         f"model trained on it. Live: the challenger's shadow scores beside the champion's decisions on the same "
         f"transactions, once their labels have matured. Champion: {champion}.",
         "",
-        "| gate | evidence | AP challenger vs champion | AP difference [95 % interval, by card] | verdict |",
+        f"| gate | evidence | AP challenger vs champion | AP difference [{gates.confidence:.0%} interval, by card] | "
+        "verdict |",
         "|---|---|---|---|---|",
         _gate_row("holdout", verdict),
         _gate_row("live (shadow)", result.live),
@@ -120,9 +127,10 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
         "",
         f"At the served thresholds (review >= {review}, decline >= {decline}):",
         "",
-        "| decision policy (holdout) | challenger | champion |",
+        "| decision policy (holdout days, all traffic) | challenger | champion |",
         "|---|---|---|",
-        *(f"| {m} | {_cell(verdict.challenger, m)} | {_cell(verdict.champion, m)} |" for m in POLICY),
+        *(f"| {m} | {_cell(result.policy.get('challenger'), m)} | {_cell(result.policy.get('champion'), m)} |"
+          for m in POLICY),
         "",
         "Checks (holdout):",
         *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in verdict.checks),
@@ -161,12 +169,17 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     champion_scores = None
     if champion_version is not None:
         champion_scores = predict(registry.load_version(reg, champion_version), holdout)
-    verdict = judge(when, cards, y, challenger_scores, champion_scores, gates, thresholds)
+    verdict = judge(when, cards, y, challenger_scores, champion_scores, gates)
+    traffic = frame[test_period(frame["event_time"].to_numpy(), split)]
+    models = {"challenger": version, "champion": champion_version} if champion_version else {"challenger": version}
+    policy = {who: policy_effect(traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy(),
+                                 predict(registry.load_version(reg, v), traffic), *thresholds)
+              for who, v in models.items()}
     live = None
     if champion_version is not None and store_url is not None:
-        maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * 86_400
+        maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
         live = live_verdict(store_url, version, champion_version, maturity, gates)
-    result = Validation(version, champion_version, verdict, thresholds, live)
+    result = Validation(version, champion_version, verdict, thresholds, policy, live)
 
     text = _report(result, holdout, gates)
     client = registry.client(reg)
@@ -228,12 +241,12 @@ def describe(result: dict) -> str:
         d = result["ap_difference"]
         lines.append(f"  AP difference {d['estimate']:+.4f}, {d['confidence']:.0%} interval [{d['low']:+.4f}, "
                      f"{d['high']:+.4f}] (paired, {d['resamples']:,} resamples by card)")
-    if "alerts_per_day" in mine:
-        t = result["thresholds"]
+    if result.get("policy"):
+        t, mine, theirs = result["thresholds"], result["policy"]["challenger"], result["policy"].get("champion", {})
         lines.append(f"  at review >= {t['review']}: {pair('recall_at_review', 'recall', '.3f')}, "
                      f"{pair('alerts_per_day', 'alerts/day', ',.1f')}; at decline >= {t['decline']}: "
                      f"{pair('recall_at_decline', 'recall', '.3f')}, "
-                     f"{pair('declines_per_day', 'declines/day', ',.1f')}")
+                     f"{pair('declines_per_day', 'declines/day', ',.1f')} (all traffic of the holdout days)")
     live = result.get("live")
     if live:
         d = live["ap_difference"]

@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from models.metrics import _ranked, achievable_card_precision, paired_ap_difference, weighted_average_precision
+from models.metrics import (
+    _ranked,
+    achievable_card_precision,
+    paired_ap_difference,
+    policy_effect,
+    weighted_average_precision,
+)
 from pipelines.gates import FAILED, INSUFFICIENT, PASSED, Gates, judge
 
 DAY = 86_400
@@ -33,11 +39,12 @@ def scores(fraud: np.ndarray, rng, skill: float) -> np.ndarray:
 def test_weighted_average_precision_is_sklearns(rows):
     y = np.array([r[0] for r in rows])
     score = np.array([r[1] / 5 for r in rows])  # coarse: many ties
-    weights = np.array([[float(r[2]) for r in rows]])
-    if not (weights[0] * y).sum():
+    weights = np.array([[float(r[2]) for r in rows], [float((r[2] + 1) % 3) for r in rows]])
+    if not (weights * y).sum(axis=1).all():
         return
-    expected = average_precision_score(y, score, sample_weight=weights[0])
-    assert weighted_average_precision(_ranked(y, score), weights)[0] == pytest.approx(expected)
+    found = weighted_average_precision(_ranked(y, score), weights)  # both resamples in one pass
+    for row, value in zip(weights, found, strict=True):
+        assert value == pytest.approx(average_precision_score(y, score, sample_weight=row))
 
 
 def test_the_same_model_is_not_promoted_and_a_clearly_better_one_is():
@@ -94,14 +101,51 @@ def test_resampling_by_card_widens_the_interval_when_a_cards_frauds_go_together(
     # Each card's frauds share how hard they are for each model: the models' difference varies by card.
     champion = scores(fraud, rng, 3.0 + rng.normal(0, 1.5, 2_000)[index])
     challenger = scores(fraud, rng, 3.0 + rng.normal(0, 1.5, 2_000)[index])
-    by_card = paired_ap_difference(fraud, champion, challenger, card)
-    by_row = paired_ap_difference(fraud, champion, challenger, np.arange(len(card)))
+    by_card = paired_ap_difference(fraud, challenger, champion, card)
+    by_row = paired_ap_difference(fraud, challenger, champion, np.arange(len(card)))
     assert by_card.estimate == by_row.estimate
     assert (by_card.high - by_card.low) > 1.3 * (by_row.high - by_row.low)
 
 
 def test_the_served_thresholds_give_recall_and_alerts_per_day():
-    time, card, fraud, rng = holdout(days=7)
-    verdict = judge(time, card, fraud, fraud * 0.8 + 0.1, None, thresholds=(0.3, 0.7))  # every fraud at 0.9
-    assert verdict.challenger["recall_at_review"] == 1 and verdict.challenger["recall_at_decline"] == 1
-    assert verdict.challenger["alerts_per_day"] == pytest.approx(fraud.sum() / 7)
+    time, card, fraud, _ = holdout(days=7)
+    effect = policy_effect(time, fraud, fraud * 0.8 + 0.1, 0.3, 0.7)  # every fraud at 0.9, every genuine at 0.1
+    assert effect["recall_at_review"] == 1 and effect["recall_at_decline"] == 1
+    assert effect["alerts_per_day"] == pytest.approx(fraud.sum() / 7) == effect["declines_per_day"]
+
+
+def test_card_precision_may_trail_the_champions_only_within_its_tolerance():
+    time, card, fraud, rng = holdout(frauds_per_card=1, compromised=700)  # 100 compromised cards a day
+    champion = scores(fraud, rng, 6.0)
+    worse_at_the_top = champion.copy()
+    genuine = np.flatnonzero(~fraud)
+    worse_at_the_top[rng.choice(genuine, 300, replace=False)] = 0.999  # 300 false alarms above every fraud
+    verdict = judge(time, card, fraud, worse_at_the_top, champion, Gates(min_average_precision=0,
+                                                                          min_card_precision_share=0))
+    cp = next(c for c in verdict.checks if "tolerance" in c.text)
+    assert not cp.ok and verdict.status == FAILED
+
+
+def test_a_holdout_without_fraud_is_insufficient_evidence_whatever_the_minimums():
+    time, card, fraud, rng = holdout()
+    verdict = judge(time, card, np.zeros_like(fraud), rng.uniform(0, 1, len(fraud)), None,
+                    Gates(min_frauds=0, min_fraud_cards=0, min_cards=0))
+    assert verdict.status == INSUFFICIENT and len(verdict.checks) == 1
+
+
+def test_the_live_gate_fails_a_holdout_pass_only_with_evidence_of_its_own():
+    from pipelines.validate import Validation
+
+    time, card, fraud, rng = holdout()
+    champion = scores(fraud, rng, 3.0)
+    passed = judge(time, card, fraud, scores(fraud, rng, 5.0), champion)
+    failed = judge(time, card, fraud, champion, scores(fraud, rng, 5.0))
+    too_little = judge(time[:50], card[:50], fraud[:50], champion[:50], champion[:50])
+    assert (passed.status, failed.status, too_little.status) == (PASSED, FAILED, INSUFFICIENT)
+
+    def status(live):
+        return Validation("2", "1", passed, (0.3, 0.7), {}, live).status
+
+    assert status(None) == PASSED and status(too_little) == PASSED  # no live evidence yet: the holdout decides
+    assert status(passed) == PASSED and status(failed) == FAILED
+    assert Validation("2", "1", failed, (0.3, 0.7), {}, passed).status == FAILED  # live never rescues a failure

@@ -19,3 +19,23 @@ def test_a_run_works_as_of_its_param_in_utc_else_the_drift_event_else_its_time()
     drift = {"asset": [SimpleNamespace(extra={"as_of": 1_500_000_000.0})]}
     assert run_as_of(context(events=drift)) == 1_500_000_000.0 and triggered_by_drift(context(events=drift))
     assert run_as_of(context()) == RUN_AFTER.timestamp() and not triggered_by_drift(context())
+
+
+def test_retention_measures_a_store_by_its_own_newest_data_and_refuses_to_cut_what_retrain_reads(tmp_path):
+    import pytest
+
+    from models.features import FEATURE_NAMES
+    from models.schema import Transaction
+    from pipelines.jobs import MIN_RETENTION_DAYS, prune_store
+    from streaming.store import DecisionRow, Store
+
+    url = f"sqlite:///{tmp_path / 'scoring.db'}"
+    store = Store(url)
+    newest = datetime(2018, 9, 1, tzinfo=UTC).timestamp()  # a simulated stream, years before the wall clock
+    store.write([DecisionRow(Transaction(f"t{d}", "C1", "T1", newest - d * 86_400, 100), 0.1, "approve", "1",
+                             [0.0] * len(FEATURE_NAMES), newest) for d in range(0, 200, 10)], [])
+    store.close()
+    done = prune_store(as_of=RUN_AFTER.timestamp(), keep_days=90, store_url=url)
+    assert done["deleted_decisions"] == 10 and done["deleted_before"] == newest - 90 * 86_400  # days 100..190
+    with pytest.raises(ValueError, match=f"at least {MIN_RETENTION_DAYS:g}"):
+        prune_store(as_of=newest, keep_days=7, store_url=url)
