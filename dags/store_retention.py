@@ -13,9 +13,10 @@ DOC = """
 
 Daily: **prune** deletes decisions on transactions more than `keep_days` older than the run's `as_of` or the
 newest stored transaction, whichever is earlier (a replayed or simulated stream keeps its own clock: the wall
-clock never empties its store), with their labels and shadow scores. The default (`pipelines/jobs.py` RETENTION_DAYS) outlasts what `retrain` reads (its split plus the
-label maturity) and what `drift_monitor` reads (its window and the matured performance window), so nothing
-either needs is deleted, and the store, the training-set build and the monitor stay bounded in size and time.
+clock never empties its store), with their labels and shadow scores. The default (`pipelines/jobs.py`
+RETENTION_DAYS) outlasts what `retrain` reads (its split plus the label maturity) and what `drift_monitor`
+reads (its window and the matured performance window), so nothing either needs is deleted, and the store,
+the training-set build and the monitor stay bounded in size and time.
 """
 
 
