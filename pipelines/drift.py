@@ -69,8 +69,8 @@ class Calibration:
     rows: int
     false_alarm_rate: float
     mean_psi: float  # over the features: the data-drift verdict
-    features: dict[str, float]  # each feature's own, to say which moved
-    score: float | None
+    feature_psi: dict[str, float]  # each feature's own, to say which moved
+    score_psi: float | None
 
 
 def _bins(reference: pd.DataFrame, bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +89,8 @@ def _bins(reference: pd.DataFrame, bins: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibrate(reference: pd.DataFrame, clusters: np.ndarray, rows: int, false_alarm_rate: float = 0.01,
-              resamples: int = 500, score: str | None = "score", bins: int = 10, seed: int = 0) -> Calibration:
+              resamples: int = 500, score_column: str | None = "score", bins: int = 10,
+              seed: int = 0) -> Calibration:
     """Thresholds from the statistics' own sampling noise at this window size: a bootstrap of stable traffic.
 
     Each resample draws a stand-in reference and a stand-in window of `rows` transactions from the reference,
@@ -97,6 +98,7 @@ def calibrate(reference: pd.DataFrame, clusters: np.ndarray, rows: int, false_al
     measures their PSI; the threshold is the (1 - false_alarm_rate) quantile. Both sides are resampled because
     the live check also compares two finite samples.
     """
+    score = score_column
     columns = [c for c in reference.columns if c != score] + ([score] if score else [])
     flat, starts = _bins(reference[columns], bins)
     _, cluster_of = np.unique(np.asarray(clusters), return_inverse=True)
@@ -130,11 +132,12 @@ def min_window(reference: pd.DataFrame, clusters: np.ndarray, detectable_psi: fl
     """The fewest rows whose calibrated mean-PSI threshold is at most `detectable_psi`: below it, a drift of that
     size hides in the noise, so a smaller window gets no verdict at all."""
     low, high = 50, max(100, len(reference))
-    if calibrate(reference, clusters, high, false_alarm_rate, resamples, score=None).mean_psi > detectable_psi:
+    if calibrate(reference, clusters, high, false_alarm_rate, resamples, score_column=None).mean_psi > detectable_psi:
         return high  # even a window as large as the reference cannot tell: insist on that much
     while high - low > max(10, low // 10):
         middle = (low + high) // 2
-        if calibrate(reference, clusters, middle, false_alarm_rate, resamples, score=None).mean_psi <= detectable_psi:
+        if calibrate(reference, clusters, middle, false_alarm_rate, resamples,
+                     score_column=None).mean_psi <= detectable_psi:
             high = middle
         else:
             low = middle
@@ -146,11 +149,11 @@ class Calibrator:
     little. Sizes are rounded down to a 5 % grid: a slightly smaller window has a slightly higher threshold,
     so the rounding only ever errs towards fewer alarms."""
 
-    def __init__(self, reference: pd.DataFrame, clusters: np.ndarray, features: list[str], false_alarm_rate: float,
-                 detectable_psi: float, resamples: int = 500, score: str = "score") -> None:
-        self.reference, self.clusters, self.columns = reference, clusters, features
-        self.false_alarm_rate, self.detectable_psi, self.resamples, self.score = (false_alarm_rate, detectable_psi,
-                                                                                 resamples, score)
+    def __init__(self, reference: pd.DataFrame, clusters: np.ndarray, columns: list[str], false_alarm_rate: float,
+                 detectable_psi: float, resamples: int = 500, score_column: str = "score") -> None:
+        self.reference, self.clusters, self.columns = reference, clusters, columns
+        self.false_alarm_rate, self.detectable_psi, self.resamples = false_alarm_rate, detectable_psi, resamples
+        self.score_column = score_column
         self._cache: dict[tuple[str, int], Calibration] = {}
         self._min_rows: int | None = None
 
@@ -161,16 +164,20 @@ class Calibrator:
                                         self.false_alarm_rate)
         return self._min_rows
 
+    @min_rows.setter
+    def min_rows(self, rows: int) -> None:  # computed before for this reference and these settings
+        self._min_rows = rows
+
     def _at(self, kind: str, rows: int) -> Calibration:
         size = max(1, int(1.05 ** np.floor(np.log(max(rows, 1)) / np.log(1.05))))
         if (kind, size) not in self._cache:
-            frame = self.reference[self.columns] if kind == "features" else self.reference[[self.score]]
+            frame = self.reference[self.columns] if kind == "features" else self.reference[[self.score_column]]
             self._cache[kind, size] = calibrate(frame, self.clusters, size, self.false_alarm_rate, self.resamples,
-                                                score=None if kind == "features" else self.score)
+                                                score_column=None if kind == "features" else self.score_column)
         return self._cache[kind, size]
 
-    def features(self, rows: int) -> Calibration:
+    def for_features(self, rows: int) -> Calibration:
         return self._at("features", rows)
 
-    def scores(self, rows: int) -> Calibration:
+    def for_scores(self, rows: int) -> Calibration:
         return self._at("score", rows)

@@ -16,6 +16,7 @@ starts afresh), not one per hourly check. The report (table, plots, verdict) is 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 
@@ -35,6 +36,7 @@ DAY = 86_400.0
 CALENDAR_FEATURES = ("is_weekend", "is_night")
 MONITORED = tuple(name for name in FEATURE_NAMES if name not in CALENDAR_FEATURES)
 SIGNAL_TAG = "drift_signalled_at"
+MIN_ROWS_TAG = "drift_min_rows"  # the minimum window per (detectable_psi, false_alarm_rate), computed once
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,14 @@ class DriftReport:
                 f"{' (decay)' if self.performance_decay else ''}")
 
 
+def reference_average_precision(reference: pd.DataFrame, holdout_ap: float) -> float:
+    """The champion's AP on its reference, all traffic of its holdout days, as live traffic is; a version logged
+    before the reference carried labels falls back on its evaluation holdout's AP."""
+    if "is_fraud" in reference and reference["is_fraud"].any():
+        return float(average_precision_score(reference["is_fraud"], reference["score"]))
+    return holdout_ap
+
+
 def calibrator(reference: pd.DataFrame, config: MonitorConfig) -> Calibrator:
     """The champion's reference calibrated for this monitor (reusable across checks of one champion)."""
     clusters = reference["card_id"].to_numpy() if "card_id" in reference else np.arange(len(reference))
@@ -124,10 +134,10 @@ def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndar
     features = reference[list(MONITORED)]
     min_rows = calibrated.min_rows
     enough, enough_scores = len(recent) >= min_rows, len(recent_scores) >= min_rows
-    data, scores = calibrated.features(len(recent)), calibrated.scores(len(recent_scores))
+    data, scores = calibrated.for_features(len(recent)), calibrated.for_scores(len(recent_scores))
     data_threshold = max(data.mean_psi, config.material_mean_psi)
-    score_threshold = max(float(scores.score), config.material_score_psi)
-    table = feature_drift(features, recent[list(MONITORED)], data.features)
+    score_threshold = max(float(scores.score_psi), config.material_score_psi)
+    table = feature_drift(features, recent[list(MONITORED)], data.feature_psi)
     mean_psi = float(table["psi"].mean()) if len(recent) else 0.0
     score_psi = psi(reference["score"].to_numpy(), recent_scores) if len(recent_scores) else 0.0
     recent_ap = None
@@ -156,26 +166,33 @@ def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
         raise ValueError(f"no '{registry.CHAMPION}' version of {reg.model_name} to monitor")
     info = registry.version_info(reg, version)
     reference = registry.load_run_frame(reg, info.run_id, REFERENCE_ARTIFACT)
-    reference_ap = registry.client(reg).get_run(info.run_id).data.metrics["average_precision"]
+    reference_ap = reference_average_precision(
+        reference, registry.client(reg).get_run(info.run_id).data.metrics["average_precision"])
+    calibrated = calibrator(reference, config)
+    key = f"{config.detectable_psi:g}/{config.false_alarm_rate:g}"
+    cached = json.loads(info.tags.get(MIN_ROWS_TAG, "{}"))
+    if key in cached:  # the costly part of the calibration depends only on the champion and these settings
+        calibrated.min_rows = int(cached[key])
 
+    maturity = config.maturity_days * DAY
     store = Store(store_url)
-    try:
-        maturity = config.maturity_days * DAY
-        start = min(as_of - config.window_days * DAY, as_of - maturity - config.performance_window_days * DAY)
-        decisions, labels = store.frames(start, as_of)
+    try:  # the recent window with its features; the matured window's scores only, with the labels known now
+        recent_decisions, _ = store.frames(as_of - config.window_days * DAY, as_of)
+        own, labels = store.frames(as_of - maturity - config.performance_window_days * DAY, as_of - maturity,
+                                   known_by=as_of, features=False)
     finally:
         store.close()
-    recent_decisions = decisions[decisions["event_time"] > as_of - config.window_days * DAY]
     recent = decode_decisions(recent_decisions)
     recent_scores = recent_decisions.loc[recent_decisions["model_version"] == version, "score"].to_numpy(float)
-    own = decisions[(decisions["model_version"] == version) & (decisions["event_time"] <= as_of - maturity)
-                    & (decisions["event_time"] > as_of - maturity - config.performance_window_days * DAY)]
+    own = own[own["model_version"] == version]
     outcome = outcomes_known_by(labels, as_of)
     labelled = pd.DataFrame({"score": own["score"].to_numpy(float),
                              "is_fraud": own["transaction_id"].map(outcome).fillna(False).astype(bool).to_numpy()})
     last_signal = info.tags.get(SIGNAL_TAG)
     result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config,
-                    float(last_signal) if last_signal else None)
+                    float(last_signal) if last_signal else None, calibrated)
+    if key not in cached:
+        registry.tag_version(reg, version, {MIN_ROWS_TAG: json.dumps({**cached, key: result.min_rows})})
     if log:
         _log(reg, result, reference["score"].to_numpy(), recent_scores, config)
     if result.signal:

@@ -64,9 +64,10 @@ def split_of_version(tags: dict[str, str]) -> Split:
 
 def drift_reference(frame: pd.DataFrame, split: Split, booster: lgb.Booster) -> pd.DataFrame:
     """What the monitor compares live traffic with: every row of the holdout days (the evaluation's holdout drops
-    cards already known compromised, live traffic does not) with the model's scores."""
+    cards already known compromised, live traffic does not) with the model's scores and the labels known then
+    (so the monitor's decay check compares the champion's live AP with its AP on the same kind of traffic)."""
     rows = frame[test_period(frame["event_time"].to_numpy(), split)]
-    return rows[[*FEATURE_NAMES, "event_time", "card_id"]].assign(score=predict(booster, rows))
+    return rows[[*FEATURE_NAMES, "event_time", "card_id", "is_fraud"]].assign(score=predict(booster, rows))
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -232,15 +232,18 @@ class Store:
                      .order_by(labels.c.known_at, labels.c.transaction_id))
             return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
 
-    def frames(self, since: float, until: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def frames(self, since: float, until: float, known_by: float | None = None,
+               features: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Decisions on transactions with since < event_time <= until, and the labels of those transactions
-        known by `until`: a time range read through the event-time index, never the whole store."""
+        known by `known_by` (default `until`): a time range read through the event-time index, never the whole
+        store. `features=False` leaves out the feature values (the widest column) when only scores are needed."""
         window = (decisions.c.event_time > since, decisions.c.event_time <= until)
         ids = sa.select(decisions.c.transaction_id).where(*window)
+        columns = decisions.columns if features else [c for c in decisions.columns if c.name != "features"]
         with self.engine.connect() as db:
-            made = pd.read_sql(sa.select(decisions).where(*window).order_by(decisions.c.event_time), db)
-            known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= until, labels.c.transaction_id.in_(ids)),
-                                db)
+            made = pd.read_sql(sa.select(*columns).where(*window).order_by(decisions.c.event_time), db)
+            known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= (until if known_by is None else known_by),
+                                                        labels.c.transaction_id.in_(ids)), db)
         return made, known
 
     def prune(self, before: float) -> tuple[int, int]:

@@ -60,7 +60,8 @@ class Scored:
     model_events: list[tuple[str, str, str]] = field(default_factory=list)  # (event, version, detail)
     model_version: str = ""
     model_behind_seconds: float = 0.0  # how long the alias has named a version that is not served
-    # Shadow scoring since the last reply (it runs after a batch's reply: its cost is never a decision's latency)
+    # Shadow scoring since the last reply. It runs after a batch's reply, so it never delays that batch's
+    # decisions; under a backlog the next batch waits for it (its CPU is metered for that reason).
     shadow_scored: int = 0
     shadow_cpu_seconds: float = 0.0
     shadow_version: str = ""
@@ -119,7 +120,7 @@ class ScoringCore:
             self.shadow = ModelHolder.from_registry(registry, config.shadow_alias, config.model_check_seconds,
                                                     optional=True, compile_models=False)
         self._pending: list = []  # the last batch's new decisions, for the shadow
-        self._shadow = Scored()  # shadow work not reported yet
+        self._shadow_work = Scored()  # shadow scoring not reported yet
         # Several instances in one group share their events through Redis (see shared_state.py).
         self.shared = (SharedEvents(config.shared_state_url, stream=f"fraudloop:{config.group_id}:feature-events")
                        if config.shared_state_url else None)
@@ -146,7 +147,7 @@ class ScoringCore:
         """Model events since the last reply, and the version in use."""
         events = [self.events.popleft() for _ in range(len(self.events))]
         version = self.model.current.version if self.model.current else ""
-        shadow, self._shadow = self._shadow, Scored()
+        shadow, self._shadow_work = self._shadow_work, Scored()
         return Scored(model_events=events, model_version=version,
                       model_behind_seconds=self.model.behind_alias(self.config.model_grace_seconds),
                       shadow_scored=shadow.shadow_scored, shadow_cpu_seconds=shadow.shadow_cpu_seconds,
@@ -168,12 +169,12 @@ class ScoringCore:
             self.store.write_shadow(model.version, [(row.tx.transaction_id, float(score), row.tx.time)
                                                     for row, score in zip(rows, scores, strict=True)
                                                     if 0 <= score <= 1])
-            self._shadow.shadow_scored += len(rows)
-            self._shadow.shadow_version = model.version
+            self._shadow_work.shadow_scored += len(rows)
+            self._shadow_work.shadow_version = model.version
         except Exception as error:  # noqa: BLE001 - the shadow never touches serving
             log.warning("shadow version %s could not score a batch of %d: %r", model.version, len(rows), error)
         finally:
-            self._shadow.shadow_cpu_seconds += time.process_time() - cpu
+            self._shadow_work.shadow_cpu_seconds += time.process_time() - cpu
 
     def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None) -> Scored:
         cpu = time.process_time()

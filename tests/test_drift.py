@@ -43,9 +43,9 @@ def test_the_simulators_drift_is_flagged_and_its_absence_is_not():
     reference, before, after = (features[m] for m in ((day >= 38) & (day < 52), (day >= 52) & (day < 59),
                                                       (day >= 61) & (day < 68)))
     cards = history["card_id"].to_numpy()[(day >= 38) & (day < 52)]
-    thresholds = calibrate(reference, cards, len(before), score=None)
-    calm, drifted = feature_drift(reference, before, thresholds.features), feature_drift(reference, after,
-                                                                                       thresholds.features)
+    thresholds = calibrate(reference, cards, len(before), score_column=None)
+    calm, drifted = feature_drift(reference, before, thresholds.feature_psi), feature_drift(reference, after,
+                                                                                       thresholds.feature_psi)
     assert calm["psi"].mean() < thresholds.mean_psi < drifted["psi"].mean()
     flagged = set(drifted.loc[drifted["drifted"], "feature"])
     assert "amount" in flagged  # genuine spending shifted by 1.3
@@ -62,7 +62,7 @@ def test_calibrated_thresholds_hold_their_false_alarm_rate_and_shrink_with_the_w
         return pd.DataFrame(rng.normal(shift, 1, (n, 4)) + card_effect[who], columns=list("abcd"))
 
     reference = pd.DataFrame(rng.normal(0, 1, (20_000, 4)) + card_effect[cards], columns=list("abcd"))
-    small, large = (calibrate(reference, cards, n, false_alarm_rate=0.05, score=None) for n in (300, 3_000))
+    small, large = (calibrate(reference, cards, n, false_alarm_rate=0.05, score_column=None) for n in (300, 3_000))
     assert large.mean_psi < small.mean_psi / 3  # PSI's noise shrinks as the window grows
 
     def mean_psi(window: pd.DataFrame) -> float:
@@ -73,8 +73,8 @@ def test_calibrated_thresholds_hold_their_false_alarm_rate_and_shrink_with_the_w
     assert np.mean([mean_psi(traffic(3_000, shift=0.3)) > large.mean_psi for _ in range(20)]) == 1.0
 
     needed = min_window(reference, cards, detectable_psi=0.05, false_alarm_rate=0.05)
-    assert calibrate(reference, cards, needed, 0.05, score=None).mean_psi <= 0.05 * 1.15
-    assert calibrate(reference, cards, needed // 2, 0.05, score=None).mean_psi > 0.05
+    assert calibrate(reference, cards, needed, 0.05, score_column=None).mean_psi <= 0.05 * 1.15
+    assert calibrate(reference, cards, needed // 2, 0.05, score_column=None).mean_psi > 0.05
 
 
 def _traffic(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
