@@ -156,6 +156,16 @@ def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndar
     )
 
 
+def read_window(store, as_of: float, config: MonitorConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What one check reads: the recent window with its features; the matured window's scores only, with the
+    labels known at `as_of`. Two indexed time ranges."""
+    maturity = config.maturity_days * DAY
+    recent, _ = store.frames(as_of - config.window_days * DAY, as_of)
+    matured, labels = store.frames(as_of - maturity - config.performance_window_days * DAY, as_of - maturity,
+                                   known_by=as_of, features=False)
+    return recent, matured, labels
+
+
 def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
                 config: MonitorConfig = MonitorConfig(), log: bool = True) -> DriftReport:
     """Read the store and the champion's reference, assess, and log the report to MLflow."""
@@ -174,12 +184,9 @@ def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
     if key in cached:  # the costly part of the calibration depends only on the champion and these settings
         calibrated.min_rows = int(cached[key])
 
-    maturity = config.maturity_days * DAY
     store = Store(store_url)
-    try:  # the recent window with its features; the matured window's scores only, with the labels known now
-        recent_decisions, _ = store.frames(as_of - config.window_days * DAY, as_of)
-        own, labels = store.frames(as_of - maturity - config.performance_window_days * DAY, as_of - maturity,
-                                   known_by=as_of, features=False)
+    try:
+        recent_decisions, own, labels = read_window(store, as_of, config)
     finally:
         store.close()
     recent = decode_decisions(recent_decisions)

@@ -57,16 +57,14 @@ def _task(kind: str, url: str, out: str) -> None:
         result = jobs.build_training_set(END, maturity_days=7.0, store_url=url, out=out)
         rows = result["rows"]
     else:
-        from pipelines.monitor import MonitorConfig
+        from pipelines.monitor import MonitorConfig, read_window
         from pipelines.training_set import decode_decisions
         from streaming.store import Store
 
-        config = MonitorConfig()
         store = Store(url)
-        start = END - (config.maturity_days + config.performance_window_days) * DAY
-        decisions, labels = store.frames(min(start, END - config.window_days * DAY), END)
+        recent, matured, labels = read_window(store, END, MonitorConfig())
         store.close()
-        rows = len(decode_decisions(decisions)) + len(labels)
+        rows = len(decode_decisions(recent)) + len(matured) + len(labels)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "rows": rows}))
@@ -116,14 +114,17 @@ def run(decisions: int, days: float, work: Path, backends: tuple[str, ...] = ("s
 
 
 def to_markdown(result: Result, command: str) -> str:
+    from models.features import FEATURE_NAMES
+
     lines = [
         "# Store: the training-set build and the monitor's read on a large store (measured)",
         "",
-        f"Command: `{command}`. {result.decisions:,} synthetic decisions (16 features each, as the scorer stores "
-        f"them) over {result.days:g} days, labels for 5 % of them; each job in a fresh process (peak RSS is "
-        "its own). The training set reads what the default split needs (28 + 7 + 7 days, the 7-day maturity and "
-        "a day); the monitor reads one check's window (the last day, and the matured week before the maturity). "
-        "Both read an indexed time range; nothing reads the whole table.",
+        f"Command: `{command}`. {result.decisions:,} synthetic decisions ({len(FEATURE_NAMES)} features each, as "
+        f"the scorer stores them) over {result.days:g} days, labels for 5 % of them; each job in a fresh process "
+        "(peak RSS is its own). The training set reads what the default split needs (28 + 7 + 7 days, the 7-day "
+        "maturity and a day); the monitor reads one check's data (`pipelines/monitor.py` read_window: the last "
+        "day with its features, and the scores and labels of the matured week). Both read indexed time ranges; "
+        "nothing reads the whole table.",
         "",
         "| store | rows written | fill (s) | training set: rows, s, peak RSS MB | monitor read: rows, s, peak RSS MB |",
         "|---|---|---|---|---|",
