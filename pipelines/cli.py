@@ -168,7 +168,7 @@ def cmd_dag(args: argparse.Namespace) -> None:
 def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
     """What a DAG run decided, in words: the drift verdict, or the challenger's verdict and what became of it."""
     from models import registry
-    from pipelines.validate import describe, recorded_verdict
+    from pipelines.validate import challenger_verdict, describe
 
     reg = registry.RegistryConfig.from_env()
     if dag_id == "drift_monitor" and states.get("check_drift") == "success":
@@ -177,8 +177,7 @@ def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
             verdict = registry.version_info(reg, champion).tags.get("drift_verdict")
             print(f"drift check of champion v{champion}: {verdict}")
     if dag_id == "retrain" and states.get("validate") == "success":
-        version = registry.alias_version(reg, registry.CHALLENGER)
-        verdict = recorded_verdict(reg, version) if version else None
+        verdict = challenger_verdict(reg)
         if verdict:
             print(describe(verdict))
             print("promoted: it is the champion now" if states.get("promote") == "success"

@@ -262,6 +262,9 @@ def close_day(day: int, as_of: float, status: StatusLine, dags) -> dict:
     (what the scheduler does on the asset event). Their wall time is not the simulated system's."""
     from datetime import UTC, datetime
 
+    from models.registry import RegistryConfig
+    from pipelines.validate import challenger_verdict, one_line
+
     conf = {"as_of": datetime.fromtimestamp(as_of, UTC).isoformat(), "maturity_days": RETRAIN["maturity_days"]}
     status.extra = " | drift_monitor..."
     monitor = dags.run("drift_monitor", conf)
@@ -271,37 +274,16 @@ def close_day(day: int, as_of: float, status: StatusLine, dags) -> dict:
         states = dags.run("retrain", {**conf, **RETRAIN})
         entry["retrain"] = "promoted" if states.get("promote") == "success" else (
             "rejected" if states.get("reject") == "success" else "failed")
-        entry["verdict"] = challenger_verdict() if states.get("validate") == "success" else None
+        entry["verdict"] = (challenger_verdict(RegistryConfig.from_env()) if states.get("validate") == "success"
+                            else None)
     status.extra = ""
     said = ""
     if entry["retrain"]:
         said = f"; retrain: challenger {entry['retrain']}"
         if entry.get("verdict"):
-            said += " " + verdict_line(entry["verdict"])
+            said += " " + one_line(entry["verdict"])
     say(f"day {day} closed: drift {'confirmed' if entry['drift'] else 'not seen'}{said}")
     return entry
-
-
-def challenger_verdict() -> dict | None:
-    from models import registry
-    from pipelines.validate import recorded_verdict
-
-    reg = registry.RegistryConfig.from_env()
-    version = registry.alias_version(reg, registry.CHALLENGER)
-    return recorded_verdict(reg, version) if version else None
-
-
-def verdict_line(verdict: dict) -> str:
-    """v7 passed: AP 0.612 vs 0.480, difference +0.132 [+0.081, +0.177]"""
-    mine, theirs, d = verdict["challenger"], verdict["champion"] or {}, verdict["ap_difference"]
-    text = f"v{verdict['version']} {verdict['status']}"
-    if "average_precision" in mine:
-        text += f": AP {mine['average_precision']:.3f}"
-        if "average_precision" in theirs:
-            text += f" vs {theirs['average_precision']:.3f}"
-    if d:
-        text += f", difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-    return text
 
 
 def wait_until_consumed(port: int, expected: int, timeout: float = 120) -> None:

@@ -124,11 +124,11 @@ def print_report(r: dict) -> None:
     days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
             for e in r["runs"]]
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
-    from pipelines.demo import verdict_line
+    from pipelines.validate import one_line
 
     for e in r["runs"]:
         if e.get("verdict"):
-            print(f"  day {e['day']}: {verdict_line(e['verdict'])}")
+            print(f"  day {e['day']}: {one_line(e['verdict'])}")
     print("\nchampion moves:")
     for move in r["moves"]:
         before = "" if move.get("from_version") in (None, "none") else f"v{move.get('from_version')} -> "

@@ -258,6 +258,25 @@ def describe(result: dict) -> str:
     return "\n".join(lines)
 
 
+def challenger_verdict(reg: registry.RegistryConfig) -> dict | None:
+    """The verdict recorded on the version the `challenger` alias names (what a retrain run just judged)."""
+    version = registry.alias_version(reg, registry.CHALLENGER)
+    return recorded_verdict(reg, version) if version else None
+
+
+def one_line(verdict: dict) -> str:
+    """v7 passed: AP 0.612 vs 0.480, difference +0.132 [+0.081, +0.177]"""
+    mine, theirs, d = verdict["challenger"], verdict["champion"] or {}, verdict["ap_difference"]
+    text = f"v{verdict['version']} {verdict['status']}"
+    if "average_precision" in mine:
+        text += f": AP {mine['average_precision']:.3f}"
+        if "average_precision" in theirs:
+            text += f" vs {theirs['average_precision']:.3f}"
+    if d:
+        text += f", difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    return text
+
+
 def recorded_verdict(reg: registry.RegistryConfig, version: str) -> dict | None:
     """The verdict validation recorded on a version (`Validation.as_dict()`), or None if it was not validated."""
     import mlflow
