@@ -276,7 +276,7 @@ def to_markdown(result: Result, command: str) -> str:
 
 def _hours(result: Result) -> str:
     days = sorted({round(c["day"], 6) for c in result.checks if c["seed"] == 0})
-    return f"{(days[1] - days[0]) * 24:g}" if len(days) > 1 else "?"
+    return f"{(days[1] - days[0]) * 24:.3g}" if len(days) > 1 else "?"
 
 
 def _days(value: float | None) -> str:
