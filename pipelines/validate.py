@@ -162,19 +162,18 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
                          f"{version}")
     y, when, cards = holdout["is_fraud"].to_numpy(), holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy()
 
-    challenger_scores = predict(registry.load_version(reg, version), holdout)
     champion_version = registry.alias_version(reg, registry.CHAMPION)
     if champion_version == version:
         champion_version = None
-    champion_scores = None
+    boosters = {"challenger": registry.load_version(reg, version)}
     if champion_version is not None:
-        champion_scores = predict(registry.load_version(reg, champion_version), holdout)
+        boosters["champion"] = registry.load_version(reg, champion_version)
+    challenger_scores = predict(boosters["challenger"], holdout)
+    champion_scores = predict(boosters["champion"], holdout) if champion_version else None
     verdict = judge(when, cards, y, challenger_scores, champion_scores, gates)
     traffic = frame[test_period(frame["event_time"].to_numpy(), split)]
-    models = {"challenger": version, "champion": champion_version} if champion_version else {"challenger": version}
     policy = {who: policy_effect(traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy(),
-                                 predict(registry.load_version(reg, v), traffic), *thresholds)
-              for who, v in models.items()}
+                                 predict(booster, traffic), *thresholds) for who, booster in boosters.items()}
     live = None
     if champion_version is not None and store_url is not None:
         maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
