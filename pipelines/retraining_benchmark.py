@@ -40,6 +40,7 @@ class Scenario:
     test_days: int = 3
     maturity_days: float = 4.0
     num_boost_round: int = 300
+    weak_rounds: int = 40  # a champion this much smaller, on the same data: a modestly better challenger's bar
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Model:
         return float(average_precision_score(self.holdout["is_fraud"], self.holdout["score"]))
 
 
-def fit(world: World, scenario: Scenario, as_of_day: float, seed: int) -> Model:
+def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None) -> Model:
     """What `retrain` trains as of a day: the latest split of the point-in-time training set."""
     from pipelines.training_set import training_set_as_of
 
@@ -85,7 +86,7 @@ def fit(world: World, scenario: Scenario, as_of_day: float, seed: int) -> Model:
     rows = world.rows[world.rows["event_time"] <= as_of]
     frame = training_set_as_of(rows, world.labels, as_of, scenario.maturity_days * DAY)
     config = BuildConfig(scenario.train_days, 0, scenario.test_days, scenario.maturity_days,
-                         TrainParams(num_boost_round=scenario.num_boost_round, seed=seed))
+                         TrainParams(num_boost_round=rounds or scenario.num_boost_round, seed=seed))
     split = latest_split(frame["event_time"].to_numpy(), config)
     train_rows, test_rows = holdout_masks(frame, split)
     booster = train(frame[train_rows], frame["is_fraud"].to_numpy()[train_rows], config.params)
@@ -114,12 +115,17 @@ def promotions(world: World, scenario: Scenario, seed: int, gates: Gates) -> tup
     champion = fit(world, scenario, scenario.champion_day, seed=0)
     same = fit(world, scenario, scenario.champion_day, seed=1_000 + seed)  # no better: same data, another seed
     better = fit(world, scenario, scenario.after_drift_day, seed=0)
+    weak = fit(world, scenario, scenario.champion_day, seed=0, rounds=scenario.weak_rounds)
     null, real = verdict(same, champion, gates), verdict(better, champion, gates)
+    modest = verdict(champion, weak, gates)  # the full model challenging a smaller one
     before = average_precision_on(world, champion, scenario.champion_day, scenario.drift_day)
+    weak_before = average_precision_on(world, weak, scenario.champion_day, scenario.drift_day)
     old_after = average_precision_on(world, champion, scenario.after_drift_day, scenario.days)
     new_after = average_precision_on(world, better, scenario.after_drift_day, scenario.days)
     return {"seed": seed, "null_status": null.status, "null_difference": asdict(null.difference),
             "drift_status": real.status, "drift_difference": asdict(real.difference),
+            "modest_status": modest.status, "modest_difference": asdict(modest.difference),
+            "modest_true_difference": before - weak_before,
             "ap_before_drift": before, "ap_after_drift_champion": old_after, "ap_after_drift_retrained": new_after,
             "recovered_share": (new_after - old_after) / (before - old_after) if before > old_after else None,
             }, champion
@@ -157,6 +163,7 @@ class Result:
     seeds: int
     false_promotion_rate: float
     true_promotion_rate: float
+    modest_promotion_rate: float  # power at a realistic difference: the full model over a 40-tree one
     stable_days: float
     false_alarms: int
     detection_delay_days: float | None
@@ -185,7 +192,8 @@ def run(seeds: int = 20, drift_seeds: int = 3, check_hours: float = 1.0, scenari
                                  config):
                 checks.append({"seed": seed, **check})
         if progress:
-            print(f"seed {seed}: same-data challenger {trial['null_status']} "
+            print(f"seed {seed}: realistic-margin challenger {trial['modest_status']} "
+                  f"({trial['modest_difference']['estimate']:+.4f}); same-data challenger {trial['null_status']} "
                   f"({trial['null_difference']['estimate']:+.4f} [{trial['null_difference']['low']:+.4f}, "
                   f"{trial['null_difference']['high']:+.4f}]); after-drift challenger {trial['drift_status']} "
                   f"({trial['drift_difference']['estimate']:+.4f} [{trial['drift_difference']['low']:+.4f}, "
@@ -200,6 +208,7 @@ def run(seeds: int = 20, drift_seeds: int = 3, check_hours: float = 1.0, scenari
         seeds=seeds,
         false_promotion_rate=float(np.mean([t["null_status"] == "passed" for t in trials])),
         true_promotion_rate=float(np.mean([t["drift_status"] == "passed" for t in trials])),
+        modest_promotion_rate=float(np.mean([t["modest_status"] == "passed" for t in trials])),
         stable_days=float(min(seeds, drift_seeds) * (scenario.drift_day - scenario.champion_day)),
         false_alarms=int(sum(c["signal"] for c in stable)),
         detection_delay_days=float(max(delays)) if delays else None,
@@ -239,6 +248,9 @@ def to_markdown(result: Result, command: str) -> str:
         f"promoted | <= 5 % | **{result.false_promotion_rate:.0%}** of {result.seeds} seeds |",
         f"| challenger trained after the drift (as of day {s['after_drift_day']}) promoted over the pre-drift "
         f"champion | >= 90 % | **{result.true_promotion_rate:.0%}** of {result.seeds} seeds |",
+        f"| challenger better by a realistic margin (the {s['num_boost_round']}-tree model over a "
+        f"{s['weak_rounds']}-tree champion, same data) promoted | (power; no target) | "
+        f"**{result.modest_promotion_rate:.0%}** of {result.seeds} seeds |",
         f"| drift signals (retrains asked for) over {result.stable_days:.0f} stable days, checked every "
         f"{_hours(result)} h | <= 1 | **{result.false_alarms}** |",
         f"| delay from the injected drift to its signal (worst seed) | <= 1 day | "
@@ -254,13 +266,19 @@ def to_markdown(result: Result, command: str) -> str:
         _spread("its interval's lower bound", [x["low"] for x in nulls], "+.4f"),
         _spread("AP difference, after-drift challenger", [x["estimate"] for x in real], "+.4f"),
         _spread("its interval's lower bound", [x["low"] for x in real], "+.4f"),
+        _spread("AP difference, realistic margin, on the holdout", [x["modest_difference"]["estimate"] for x in t],
+                "+.4f"),
+        _spread("its interval's lower bound", [x["modest_difference"]["low"] for x in t], "+.4f"),
+        _spread(f"the same difference on days {s['champion_day']}-{s['drift_day'] - 1} (ground truth)",
+                [x["modest_true_difference"] for x in t], "+.4f"),
         _spread("AP before the drift (champion)", [x["ap_before_drift"] for x in t], ".3f"),
         _spread("AP after the drift, champion", [x["ap_after_drift_champion"] for x in t], ".3f"),
         _spread("AP after the drift, retrained", [x["ap_after_drift_retrained"] for x in t], ".3f"),
         _spread("share of the loss recovered", recovered, ".0%"),
         "",
         f"Verdicts of the same-data challengers: {_counts([x['null_status'] for x in t])}; of the after-drift "
-        f"challengers: {_counts([x['drift_status'] for x in t])}.",
+        f"challengers: {_counts([x['drift_status'] for x in t])}; of the realistic-margin challengers: "
+        f"{_counts([x['modest_status'] for x in t])}.",
         "",
         f"Drift checks on stable days: {len(stable):,}; judged (window at least the derived minimum of "
         f"{_range([c['min_rows'] for c in stable])} rows): {len(judged):,}; checks over a threshold: {raw_alarms} "
