@@ -69,12 +69,14 @@ def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_
             as_of = store.newest_event_time()
             if as_of is None:
                 raise ValueError("the store holds no decisions yet")
-        decisions, labels = store.frames(as_of - lookback_seconds, as_of)
+        since = as_of - lookback_seconds
+        rows = [decode_decisions(chunk) for chunk in store.decision_chunks(since, as_of)]  # decoded as they come
+        labels = store.labels_of_window(since, as_of, known_by=as_of)
     finally:
         store.close()
-    if decisions.empty:
+    if not rows:
         raise ValueError(f"the store holds no decisions up to {pd.Timestamp(as_of, unit='s')}")
-    return training_set_as_of(decode_decisions(decisions), labels, as_of, maturity_seconds)
+    return training_set_as_of(pd.concat(rows, ignore_index=True), labels, as_of, maturity_seconds)
 
 
 def from_history(folder: Path, as_of: float | None, maturity_seconds: float, progress: bool = False) -> pd.DataFrame:

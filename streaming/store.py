@@ -237,14 +237,24 @@ class Store:
         """Decisions on transactions with since < event_time <= until, and the labels of those transactions
         known by `known_by` (default `until`): a time range read through the event-time index, never the whole
         store. `features=False` leaves out the feature values (the widest column) when only scores are needed."""
-        window = (decisions.c.event_time > since, decisions.c.event_time <= until)
-        ids = sa.select(decisions.c.transaction_id).where(*window)
         columns = decisions.columns if features else [c for c in decisions.columns if c.name != "features"]
         with self.engine.connect() as db:
-            made = pd.read_sql(sa.select(*columns).where(*window).order_by(decisions.c.event_time), db)
-            known = pd.read_sql(sa.select(labels).where(labels.c.known_at <= (until if known_by is None else known_by),
-                                                        labels.c.transaction_id.in_(ids)), db)
-        return made, known
+            made = pd.read_sql(sa.select(*columns).where(*_window(since, until)).order_by(decisions.c.event_time), db)
+        return made, self.labels_of_window(since, until, until if known_by is None else known_by)
+
+    def decision_chunks(self, since: float, until: float, rows: int = 100_000) -> Iterator[pd.DataFrame]:
+        """The decisions of `frames`, `rows` at a time through a server-side cursor: a caller that reduces each
+        chunk (decodes its features) never holds the whole range as Python objects."""
+        query = sa.select(decisions).where(*_window(since, until)).order_by(decisions.c.event_time)
+        with self.engine.connect().execution_options(stream_results=True) as db:
+            yield from pd.read_sql(query, db, chunksize=rows)
+
+    def labels_of_window(self, since: float, until: float, known_by: float) -> pd.DataFrame:
+        """Labels known by `known_by` of the transactions with since < event_time <= until."""
+        ids = sa.select(decisions.c.transaction_id).where(*_window(since, until))
+        with self.engine.connect() as db:
+            return pd.read_sql(sa.select(labels).where(labels.c.known_at <= known_by, labels.c.transaction_id.in_(ids)),
+                               db)
 
     def prune(self, before: float) -> tuple[int, int]:
         """Delete decisions on transactions older than `before` and their labels (retention); (decisions, labels)."""
@@ -261,6 +271,10 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _window(since: float, until: float) -> tuple:
+    return decisions.c.event_time > since, decisions.c.event_time <= until
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

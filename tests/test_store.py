@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
 from models.schema import Label, Transaction
 from streaming.event_time import STREAM, EventTimePolicy
-from streaming.store import DecisionRow, Store, decisions, labels
+from streaming.store import DecisionRow, Store, decisions, labels, shadow_scores
 from streaming.worker import rebuild_state
 
 pytestmark = pytest.mark.integration
@@ -33,6 +33,7 @@ def store(request, tmp_path):
     with opened.engine.begin() as db:  # a clean slate on the shared server
         db.execute(decisions.delete())
         db.execute(labels.delete())
+        db.execute(shadow_scores.delete())
     yield opened
     opened.close()
 
@@ -83,3 +84,18 @@ def test_a_stored_row_far_ahead_cannot_poison_the_rebuilt_state(store, clock):
     rebuilt = rebuild_state(store, policy, now=t0 + 48 * 3_600)
     assert rebuilt.watermark == history[-1].time and "FUTURE" not in rebuilt.seen
     assert len(rebuilt.cards["C1"].times) == len(history)
+
+
+def test_a_time_range_is_read_in_chunks_with_its_labels_and_shadow_scores(store):
+    """What the training-set build, the monitor and the live gate read, on both databases."""
+    rows = [_row(Transaction(f"TX{i}", f"C{i % 3}", "T1", 1_530_000_000.0 + i, 100), [float(i)] * len(FEATURE_NAMES))
+            for i in range(25)]
+    store.write(rows, [Label("TX3", True, 1_530_000_100.0), Label("TX20", True, 1_530_009_000.0)])
+    store.write_shadow("9", [(f"TX{i}", 0.5, 1_530_000_000.0 + i) for i in range(10)])
+    chunks = list(store.decision_chunks(1_530_000_000.0 + 4, 1_530_000_000.0 + 21, rows=5))
+    assert [len(c) for c in chunks] == [5, 5, 5, 2]  # transactions 5..21, in time order
+    assert [t for c in chunks for t in c["transaction_id"]] == [f"TX{i}" for i in range(5, 22)]
+    known = store.labels_of_window(1_530_000_000.0, 1_530_000_000.0 + 21, known_by=1_530_000_200.0)
+    assert list(known["transaction_id"]) == ["TX3"]  # TX20's label came later; TX0 is outside the window
+    pairs = store.shadow_pairs("9", until=1_530_000_000.0 + 7)
+    assert list(pairs["transaction_id"]) == [f"TX{i}" for i in range(8)] and set(pairs["shadow_score"]) == {0.5}
