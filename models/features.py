@@ -31,6 +31,8 @@ HOUR = 3_600.0
 CARD_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_DELAY_DAYS = 7
+# How far back a terminal's fraud episode is traced: the reach of its longest delayed window.
+EPISODE_REACH = (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
 # How late (event time behind the newest seen) a transaction may arrive and still see exact windows, by
 # default: the state keeps this much more than the windows need (the scorer's allowed lateness sets it).
 LATENESS = DAY
@@ -57,8 +59,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "card_seconds_since_prev",
     "card_amount_ratio_30d",
     "card_amount_to_median_30d",
+    "card_large_amounts_30d",
     "card_new_terminal_30d",
     "terminal_known_frauds_7d",
+    "terminal_fraud_episode_days",
+    "terminal_fraud_episode_risk",
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -218,6 +223,8 @@ class FeatureState:
         else:
             median = amounts[middle] if month_count % 2 else (amounts[middle - 1] + amounts[middle]) / 2
         to_median = cents / median if median else nan
+        # Amounts far above the card's usual (3x its median): a compromised card repeats them.
+        large = month_count - bisect_right(amounts, 3 * median) if month_count else 0
         at_terminal = card.terminal_times.get(tx.terminal_id, ())
         new_terminal = 1.0 if _count_between(at_terminal, t - month * DAY, t) <= 1 else 0.0
         burst = end - bisect_right(times, t - HOUR, month_start, end)
@@ -232,8 +239,18 @@ class FeatureState:
             risks = [(fraud_end - bisect_right(frauds, delayed_end - w * DAY, 0, fraud_end)) / n if n else 0.0
                      for w, n in zip(TERMINAL_WINDOWS_DAYS, term_counts, strict=True)]
             known_frauds = float(_count_between(frauds, t - 7 * DAY, t))
+            # The terminal's fraud episode, as the delayed windows see it: from its earliest fraud within their
+            # reach to their end. Its age (an old episode may be over while the delayed risk still reads high)
+            # and its risk (a compromised terminal's episode is all frauds; a stolen card's visit is one in many).
+            first = bisect_right(frauds, t - EPISODE_REACH)
+            if first < fraud_end:
+                start = frauds[first]
+                episode_age = (t - start) / DAY
+                episode_risk = (fraud_end - first) / max(seen_end - bisect_left(seen, start, 0, seen_end), 1)
+            else:
+                episode_age = episode_risk = nan
         else:
-            risks, known_frauds = [0.0] * len(TERMINAL_WINDOWS_DAYS), 0.0
+            risks, known_frauds, episode_age, episode_risk = [0.0] * len(TERMINAL_WINDOWS_DAYS), 0.0, nan, nan
 
         day_number, second_of_day = divmod(t, DAY)
         is_weekend = 1.0 if (int(day_number) + 3) % 7 >= 5 else 0.0  # 1970-01-01 was a Thursday
@@ -254,8 +271,11 @@ class FeatureState:
             since_prev,
             ratio,
             to_median,
+            float(large),
             new_terminal,
             known_frauds,
+            episode_age,
+            episode_risk,
         ]
 
     # -- housekeeping ----------------------------------------------------------------------------

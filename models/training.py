@@ -17,25 +17,37 @@ from models.features import FEATURE_NAMES
 
 @dataclass(frozen=True)
 class TrainParams:
-    # Defaults selected by the reference-protocol benchmark's validation folds (benchmarks/RESULTS.md).
+    """LightGBM settings. The defaults are the choice of `fraudloop benchmark model` on its validation folds
+    (disjoint from its test folds); `benchmarks/model-quality.md` records every alternative tried."""
+
     num_boost_round: int = 600
     learning_rate: float = 0.02
     num_leaves: int = 7
     min_data_in_leaf: int = 5
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
+    feature_fraction: float = 1.0
+    bagging_fraction: float = 1.0
+    bagging_freq: int = 0
     lambda_l2: float = 1.0
-    # Fine bins: rare, exact amount cut-offs (e.g. one card network rule) must stay separable.
     max_bin: int = 1023
+    # The amount gets finer bins than the rest: LightGBM bins by quantiles, so the rare large amounts share
+    # a few wide bins, and an exact cut-off among them (a card network's limit) would not be separable.
+    amount_max_bin: int = 32767
     min_data_in_bin: int = 1
     scale_pos_weight: float = 1.0
+    increasing: tuple[str, ...] = ()  # features the score may only rise with (monotone constraints)
     num_threads: int = 2
     seed: int = 0
 
     def lightgbm(self) -> dict:
         params = asdict(self)
         params.pop("num_boost_round")
+        amount_bins, increasing = params.pop("amount_max_bin"), set(params.pop("increasing"))
+        unknown = increasing - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"monotone constraints on unknown features: {sorted(unknown)}")
+        params["max_bin_by_feature"] = [amount_bins if f == "amount" else self.max_bin for f in FEATURE_NAMES]
+        if increasing:
+            params["monotone_constraints"] = [int(f in increasing) for f in FEATURE_NAMES]
         return {"objective": "binary", "verbosity": -1, "deterministic": True, "force_col_wise": True, **params}
 
 

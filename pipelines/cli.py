@@ -199,13 +199,34 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from pipelines import benchmark
 
-    result = benchmark.run(seed=args.seed, progress=not args.quiet)
-    text = benchmark.to_markdown(result, "fraudloop benchmark model" + (f" --seed {args.seed}" if args.seed else ""))
-    print(text)
+    if args.history:
+        from pipelines.history import read_history
+
+        history, labels = read_history(args.history)
+        source, command = f"the history in {args.history.name}", f"fraudloop benchmark model --history {args.history}"
+    else:
+        from pipelines.simulate import SimulationConfig, labels_of, simulate
+
+        history = simulate(SimulationConfig(seed=args.seed), progress=not args.quiet)
+        labels = labels_of(history)
+        source = f"the project's reference simulation (seed {args.seed})"
+        command = "fraudloop benchmark model" + (f" --seed {args.seed}" if args.seed else "")
+    if args.test_start != benchmark.TEST_START:
+        command += f" --test-start {args.test_start}"
+    result = benchmark.run(history, labels, source, args.test_start, progress=not args.quiet)
+    print(benchmark.to_markdown(result, command))
     if args.record:
-        args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(text)
-        print(f"recorded in {args.record}")
+        benchmark.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from pipelines.importer import Mapping, import_history
+
+    mapping = Mapping.load(args.mapping, args.map or [], timezone=args.timezone, currency=args.currency,
+                           label_delay_days=args.label_delay_days, label_delay_sigma=args.label_delay_sigma,
+                           seed=args.seed)
+    print(import_history(args.file, args.out, mapping, labels=args.labels).summary())
 
 
 def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
@@ -442,11 +463,28 @@ def parser() -> argparse.ArgumentParser:
     _add_simulation_options(p)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("import", help="a CSV or Parquet file of transactions (and labels) into a history folder, "
+                                      "every row checked by the stream's contracts")
+    p.add_argument("file", type=Path, help="transactions: .csv, .csv.gz or .parquet")
+    p.add_argument("--out", type=Path, required=True, help="history folder to write")
+    p.add_argument("--mapping", type=Path, help="TOML: [columns], [label_columns], [options] (see docs/import.md)")
+    p.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                   help="our field = the file's column (repeatable; over --mapping)")
+    p.add_argument("--labels", type=Path, help="outcomes file: transaction_id, is_fraud, known_at")
+    p.add_argument("--timezone", help="for times without an offset (default: UTC)")
+    p.add_argument("--currency", help="when the file has no currency column (default: EUR)")
+    p.add_argument("--label-delay-days", type=float,
+                   help="fraud flag only: each label known this long after (default: 7)")
+    p.add_argument("--label-delay-sigma", type=float, help="> 0: log-normal delays of this shape (default: 0)")
+    p.add_argument("--seed", type=int, help="for log-normal delays (default: 0)")
+    p.set_defaults(func=cmd_import)
+
     p = sub.add_parser("training-set", help="point-in-time training set from the scorer's store (or a history)")
     p.add_argument("--as-of", help="ISO date/time; default: everything stored")
     p.add_argument("--maturity-days", type=float, default=7.0, help="label delay to wait for (default: 7)")
     p.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or SQLite under FRAUDLOOP_HOME)")
-    p.add_argument("--history", type=Path, help="a folder written by 'fraudloop simulate' instead of the store")
+    p.add_argument("--history", type=Path,
+                   help="a history folder ('fraudloop simulate' or 'fraudloop import') instead of the store")
     p.add_argument("--days", type=float, help="days before --as-of read from the store (default: what the default "
                                               "split needs, plus the maturity and a day)")
     p.add_argument("--out", help="Parquet file or URI (default: FRAUDLOOP_TRAINING_SETS_URI or "
@@ -456,7 +494,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a challenger on a training set; register it (alias 'challenger')")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--training-set", help="file or URI written by 'fraudloop training-set'")
-    source.add_argument("--history", type=Path, help="folder written by 'fraudloop simulate'")
+    source.add_argument("--history", type=Path, help="a history folder ('fraudloop simulate' or 'fraudloop import')")
     p.add_argument("--train-days", type=int, default=28)
     p.add_argument("--delay-days", type=int, default=7, help="gap between training and holdout")
     p.add_argument("--test-days", type=int, default=7, help="holdout days")
@@ -502,8 +540,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("backfill", help="write a simulated history into the scorer's store (warm start)")
-    p.add_argument("--history", type=Path, required=True)
+    p = sub.add_parser("backfill", help="write a history (simulated or imported) into the scorer's store")
+    p.add_argument("--history", type=Path, required=True,
+                   help="a history folder ('fraudloop simulate' or 'fraudloop import')")
     p.add_argument("--store")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_backfill)
@@ -515,9 +554,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="benchmarks (model: the reference protocol vs the published table)")
     bench = p.add_subparsers(dest="benchmark", required=True)
-    b = bench.add_parser("model", help="reference protocol on the reference run; prints our row beside the table")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
+    b = bench.add_parser("model", help="the handbook's protocol on the reference run (or --history); our row beside "
+                                       "the published table")
+    data = b.add_mutually_exclusive_group()
+    data.add_argument("--seed", type=int, default=0, help="reference simulation seed (default: 0)")
+    data.add_argument("--history", type=Path, help="a history folder (fraudloop simulate or fraudloop import)")
+    b.add_argument("--test-start", default="2018-08-15",
+                   help="training start of the latest test fold (default: the published 2018-08-15)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
     b = bench.add_parser("retraining", help="gates and drift monitor on simulated worlds: false and true "
@@ -565,7 +609,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_group)
 
     p = sub.add_parser("replay", help="produce a simulated history to the transactions and labels topics")
-    p.add_argument("--history", type=Path, required=True, help="folder written by 'fraudloop simulate'")
+    p.add_argument("--history", type=Path, required=True,
+                   help="a history folder ('fraudloop simulate' or 'fraudloop import')")
     p.add_argument("--config", type=Path)
     p.add_argument("--bootstrap")
     pace = p.add_mutually_exclusive_group()

@@ -21,7 +21,8 @@ def read_history(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     tx_path, label_path = folder / TRANSACTIONS_FILE, folder / LABELS_FILE
     for path in (tx_path, label_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (expected a folder written by 'fraudloop simulate')")
+            raise FileNotFoundError(f"{path} not found (expected a history folder: 'fraudloop simulate' or "
+                                    "'fraudloop import' write one)")
     history = pd.read_parquet(tx_path)
     missing = REQUIRED - set(history.columns)
     if missing:

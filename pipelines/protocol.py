@@ -31,6 +31,14 @@ class Split:
         start = datetime.fromisoformat(self.train_start) + timedelta(days=days)
         return Split(start.date().isoformat(), self.train_days, self.delay_days, self.test_days)
 
+    @property
+    def span_days(self) -> int:
+        return self.train_days + self.delay_days + self.test_days
+
+    def days(self) -> range:
+        """Day numbers (days since the epoch) from the first training day to the last test day."""
+        return range(self.start_day, self.start_day + self.span_days)
+
     def describe(self) -> dict[str, str]:
         day = datetime.fromisoformat(self.train_start).date()
         test_start = day + timedelta(days=self.train_days + self.delay_days)
@@ -68,3 +76,10 @@ def split_masks(
 def prequential(split: Split, folds: int = 4) -> list[Split]:
     """`folds` splits, each shifted back by one test period from the previous."""
     return [split.shifted(-k * split.test_days) for k in range(folds)]
+
+
+def disjoint_validation(test_folds: list[Split], folds: int | None = None) -> list[Split]:
+    """Prequential validation folds that share no day with any test fold: the latest ends the day before
+    the earliest test fold starts, the others step back a week each. Tuning on them cannot see the test."""
+    earliest = min(test_folds, key=lambda s: s.start_day)
+    return prequential(earliest.shifted(-earliest.span_days), folds or len(test_folds))

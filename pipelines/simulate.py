@@ -131,10 +131,7 @@ def simulate(config: SimulationConfig, progress: bool = True) -> pd.DataFrame:
     order = np.lexsort((terminal, customer, time))
     time, customer, terminal, amount, scenario = (a[order] for a in (time, customer, terminal, amount, scenario))
     is_fraud = scenario != GENUINE
-    delay = np.full(len(time), float(config.label_delay_days) * DAY)
-    if config.label_delay_sigma > 0:
-        delay *= np.exp(config.label_delay_sigma * rng.standard_normal(len(time)))
-    label_known_at = np.where(is_fraud, time + np.round(delay).astype(np.int64), -1)
+    label_known_at = np.where(is_fraud, label_times(time, config.label_delay_days, config.label_delay_sigma, rng), -1)
     frame = pd.DataFrame(
         {
             "transaction_id": _ids("TX", np.arange(len(time)), 9),
@@ -150,6 +147,15 @@ def simulate(config: SimulationConfig, progress: bool = True) -> pd.DataFrame:
     steps.update()
     steps.close()
     return frame
+
+
+def label_times(time: np.ndarray, delay_days: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """When each outcome becomes known (epoch seconds): after a log-normal delay of median `delay_days` and
+    shape `sigma` (0: the fixed delay of the reference protocol), rounded to the second."""
+    delay = np.full(len(time), float(delay_days) * DAY)
+    if sigma > 0:
+        delay *= np.exp(sigma * rng.standard_normal(len(time)))
+    return np.asarray(time, dtype=np.int64) + np.round(delay).astype(np.int64)
 
 
 def _card_testing(rng: np.random.Generator, config: SimulationConfig, n_reachable: np.ndarray) -> dict:
