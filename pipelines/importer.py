@@ -58,7 +58,7 @@ class Mapping:
     seed: int = 0
 
     @classmethod
-    def load(cls, path: Path | None, columns: list[str] = (), **options: object) -> Mapping:
+    def load(cls, path: Path | None, columns: list[str] | tuple[str, ...] = (), **options: object) -> Mapping:
         """From a TOML file (optional), then `field=COLUMN` flags and options that are not None."""
         mapping = cls()
         if path is not None:
@@ -168,6 +168,11 @@ def _timestamps(values: pd.Series, timezone: str) -> list[str]:
     return out
 
 
+def _texts(values: pd.Series) -> list[str]:
+    """Ids as text; a missing one becomes "" (which the contract refuses), never the word "None"."""
+    return values.where(values.notna(), "").astype(str).tolist()
+
+
 def _amounts(values: pd.Series) -> list[object]:
     if pd.api.types.is_numeric_dtype(values):
         return values.tolist()
@@ -197,8 +202,7 @@ def import_history(transactions: Path, out: Path, mapping: Mapping, labels: Path
     currency_column = mapping.column("currency")
     currencies = table[currency_column].tolist() if currency_column in table else [mapping.currency] * len(table)
     flags = _flags(table[mapping.column("is_fraud")]) if has_flag else [False] * len(table)
-    ids, cards, terminals = (table[mapping.column(n)].astype(str).tolist()
-                             for n in ("transaction_id", "card_id", "terminal_id"))
+    ids, cards, terminals = (_texts(table[mapping.column(n)]) for n in ("transaction_id", "card_id", "terminal_id"))
 
     accepted, reasons, seen = [], [None] * len(table), set()
     for row, record in enumerate(zip(ids, cards, terminals, stamps, amounts, currencies, flags, strict=True)):
@@ -215,11 +219,13 @@ def import_history(transactions: Path, out: Path, mapping: Mapping, labels: Path
             reasons[row] = str(error)
             continue
         seen.add(tx_id)
-        accepted.append((tx.transaction_id, tx.card_id, tx.terminal_id, int(tx.time), tx.amount_cents / 100, flag))
+        accepted.append((tx.transaction_id, tx.card_id, tx.terminal_id, tx.time, tx.amount_cents / 100, flag))
 
     history = pd.DataFrame(accepted, columns=["transaction_id", "card_id", "terminal_id", "time", "amount",
                                               "is_fraud"])
     history = history.sort_values(["time", "transaction_id"], kind="stable", ignore_index=True)
+    if (history["time"] % 1 == 0).all():
+        history["time"] = history["time"].astype(np.int64)  # whole seconds, as the simulator writes them
     rejected = table.assign(reason=reasons)[[r is not None for r in reasons]]
 
     label_rejects: Counter = Counter()
@@ -265,7 +271,7 @@ def _read_labels(path: Path, mapping: Mapping, transactions: set[str]) -> tuple[
     stamps = _timestamps(table[column["known_at"]], mapping.timezone)
     flags = _flags(table[column["is_fraud"]])
     kept, reasons = [], []
-    for tx_id, flag, stamp in zip(table[column["transaction_id"]].astype(str), flags, stamps, strict=True):
+    for tx_id, flag, stamp in zip(_texts(table[column["transaction_id"]]), flags, stamps, strict=True):
         try:
             label = parse_label({"schema_version": 1, "transaction_id": tx_id, "is_fraud": flag, "known_at": stamp})
             if label.transaction_id not in transactions:
@@ -274,7 +280,7 @@ def _read_labels(path: Path, mapping: Mapping, transactions: set[str]) -> tuple[
             reasons.append(str(error))
             continue
         reasons.append(None)
-        kept.append((label.transaction_id, label.is_fraud, int(label.known_at)))
+        kept.append((label.transaction_id, label.is_fraud, label.known_at))
     outcomes = pd.DataFrame(kept, columns=["transaction_id", "is_fraud", "known_at"])
     rejected = table.assign(reason=reasons)[[r is not None for r in reasons]]
     return outcomes, rejected.assign(file=path.name)

@@ -2,9 +2,9 @@
 
 Runs the same pure code the DAGs run (`pipelines.gates.judge`, `pipelines.monitor.assess`, the training split)
 on simulated worlds whose truth is known, without MLflow or Airflow in the loop (they only move the results):
-- promotions: per seed, a world with drift; a challenger no better than the champion (same data, another
-  training seed) must not be promoted; a challenger trained after the drift against the pre-drift champion
-  must be;
+- promotions: per seed, a world with drift; a challenger no better than the champion (same data and recipe,
+  another training seed; both bagged, as unbagged training ignores the seed) must not be promoted; a
+  challenger trained after the drift against the pre-drift champion must be;
 - drift: a stable stretch checked every `check_hours` with a one-day window (false alarms, counted as
   episodes: the cooldown turns an alarm into one retrain a day at most), then injected drift (delay to flag).
 """
@@ -78,7 +78,13 @@ class Model:
         return float(average_precision_score(self.holdout["is_fraud"], self.holdout["score"]))
 
 
-def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None) -> Model:
+# Training is deterministic without bagging: two seeds give one model. The no-better trial bags rows and
+# features instead, so that champion and challenger are two draws of one recipe (exchangeable: the exact null).
+BAGGED = {"bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8}
+
+
+def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None,
+        bagged: bool = False) -> Model:
     """What `retrain` trains as of a day: the latest split of the point-in-time training set."""
     from pipelines.training_set import training_set_as_of
 
@@ -86,7 +92,8 @@ def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: i
     rows = world.rows[world.rows["event_time"] <= as_of]
     frame = training_set_as_of(rows, world.labels, as_of, scenario.maturity_days * DAY)
     config = BuildConfig(scenario.train_days, 0, scenario.test_days, scenario.maturity_days,
-                         TrainParams(num_boost_round=rounds or scenario.num_boost_round, seed=seed))
+                         TrainParams(num_boost_round=rounds or scenario.num_boost_round, seed=seed,
+                                     **(BAGGED if bagged else {})))
     split = latest_split(frame["event_time"].to_numpy(), config)
     train_rows, test_rows = holdout_masks(frame, split)
     booster = train(frame[train_rows], frame["is_fraud"].to_numpy()[train_rows], config.params)
@@ -113,10 +120,12 @@ def average_precision_on(world: World, model: Model, first_day: float, last_day:
 
 def promotions(world: World, scenario: Scenario, seed: int, gates: Gates) -> tuple[dict, Model]:
     champion = fit(world, scenario, scenario.champion_day, seed=0)
-    same = fit(world, scenario, scenario.champion_day, seed=1_000 + seed)  # no better: same data, another seed
+    # no better: the same data and recipe, another seed (bagged: see BAGGED)
+    bagged_champion = fit(world, scenario, scenario.champion_day, seed=0, bagged=True)
+    same = fit(world, scenario, scenario.champion_day, seed=1_000 + seed, bagged=True)
     better = fit(world, scenario, scenario.after_drift_day, seed=0)
     weak = fit(world, scenario, scenario.champion_day, seed=0, rounds=scenario.weak_rounds)
-    null, real = verdict(same, champion, gates), verdict(better, champion, gates)
+    null, real = verdict(same, bagged_champion, gates), verdict(better, champion, gates)
     modest = verdict(champion, weak, gates)  # the full model challenging a smaller one
     before = average_precision_on(world, champion, scenario.champion_day, scenario.drift_day)
     weak_before = average_precision_on(world, weak, scenario.champion_day, scenario.drift_day)
@@ -244,8 +253,8 @@ def to_markdown(result: Result, command: str) -> str:
         "",
         "| measure | target | measured |",
         "|---|---|---|",
-        f"| challenger no better than the champion (same data as of day {s['champion_day']}, another training seed) "
-        f"promoted | <= 5 % | **{result.false_promotion_rate:.0%}** of {result.seeds} seeds |",
+        f"| challenger no better than the champion (same data as of day {s['champion_day']}, another training seed, "
+        f"both bagged) promoted | <= 5 % | **{result.false_promotion_rate:.0%}** of {result.seeds} seeds |",
         f"| challenger trained after the drift (as of day {s['after_drift_day']}) promoted over the pre-drift "
         f"champion | >= 90 % | **{result.true_promotion_rate:.0%}** of {result.seeds} seeds |",
         f"| challenger better by a realistic margin (the {s['num_boost_round']}-tree model over a "
