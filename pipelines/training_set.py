@@ -40,7 +40,13 @@ def outcomes_known_by(labels: pd.DataFrame, as_of: float) -> pd.Series:
 
 def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     """Stored decisions (features as a JSON list) as rows with one float column per feature."""
-    values = np.array([orjson.loads(f) for f in decisions["features"]], dtype=float)
+    rows = [orjson.loads(f) for f in decisions["features"]]
+    other = {len(r) for r in rows} - {len(FEATURE_NAMES)}
+    if other:
+        raise ValueError(f"stored decisions carry {sorted(other)} features where this version computes "
+                         f"{len(FEATURE_NAMES)}: they were scored by another feature set; build this training set "
+                         "from a history (--history) or from decisions scored since the upgrade")
+    values = np.array(rows, dtype=float)
     frame = pd.DataFrame(values.reshape(len(decisions), len(FEATURE_NAMES)), columns=list(FEATURE_NAMES))
     for column in ROW_COLUMNS:
         frame[column] = decisions[column].to_numpy()

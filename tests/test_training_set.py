@@ -102,3 +102,12 @@ def test_the_live_gate_pairs_shadow_and_served_scores_on_matured_transactions_on
     assert verdict.evidence == same.evidence and verdict.difference == same.difference
     assert verdict.passed and verdict.difference.low > 0  # the shadow is clearly better here
     assert live_verdict(str(store.engine.url), "4", "2", MATURITY, Gates()).evidence.frauds == 0  # other champion
+
+
+def test_decisions_scored_by_another_feature_set_are_refused_with_a_clear_error(store):
+    decide(store, "now", T - 3 * DAY)
+    tx = Transaction("before-upgrade", "C1", "T1", T - 2 * DAY, 1_000)
+    store.write([DecisionRow(tx, 0.1, "approve", "1", [1.0] * 21, T - 2 * DAY)], [])
+    decisions, _ = store.frames(T - 60 * DAY, T)
+    with pytest.raises(ValueError, match=rf"carry \[21\] features where this version computes {len(FEATURE_NAMES)}"):
+        decode_decisions(decisions)
