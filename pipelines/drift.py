@@ -18,13 +18,24 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
 EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
+# Values this close (relative) to a bin edge count as on it. Scores come in tie blocks (every row a tree
+# ensemble routes alike gets one value), a block can sit on a quantile edge, and the scorer's compiled model
+# reproduces LightGBM's value only to the last digits: without it, noise splits the block across two bins.
+EDGE_TOLERANCE = 1e-9
+
+
+def _edges(present: np.ndarray, bins: int) -> np.ndarray:
+    """The reference's inner quantile edges (repeats merged), each widened by EDGE_TOLERANCE."""
+    if not len(present):
+        return np.array([])
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
+    return edges + EDGE_TOLERANCE * np.abs(edges)
 
 
 def bin_shares(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Shares of each sample in the reference's quantile bins, plus a last bin for missing values."""
     reference, current = np.asarray(reference, dtype=float), np.asarray(current, dtype=float)
-    present = reference[~np.isnan(reference)]
-    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])) if len(present) else np.array([])
+    edges = _edges(reference[~np.isnan(reference)], bins)
 
     def shares(values: np.ndarray) -> np.ndarray:
         missing = np.isnan(values)
@@ -80,7 +91,7 @@ def _bins(reference: pd.DataFrame, bins: int) -> tuple[np.ndarray, np.ndarray]:
     for name in reference.columns:
         values = reference[name].to_numpy(float)
         present = values[~np.isnan(values)]
-        edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])) if len(present) else np.array([])
+        edges = _edges(present, bins)
         column = np.where(np.isnan(values), len(edges) + 1, np.searchsorted(edges, values, side="left"))
         index.append(column + offset)
         starts.append(offset)

@@ -21,6 +21,15 @@ def test_a_shift_drifts_and_grows_with_its_size():
     assert jensen_shannon(base, rng.normal(1.0, 1, 20_000)) > 0.1
 
 
+def test_a_tie_block_on_a_bin_edge_is_not_split_by_last_digit_noise():
+    # 10 % of scores share one value, which is also the reference's first decile edge; the scorer's compiled
+    # model reproduces it only to the last digits.
+    reference = np.r_[np.full(1_000, 0.0011792506565179524), rng.uniform(0.002, 1, 9_000)]
+    noisy = reference * (1 + rng.uniform(0, 1e-12, len(reference)))
+    assert psi(reference, noisy) < 1e-3
+    assert psi(reference, np.r_[reference[1_000:], rng.uniform(0.002, 1, 1_000)]) > 0.1  # the block gone: drift
+
+
 def test_missing_values_have_a_bin_of_their_own():
     reference = np.r_[rng.normal(0, 1, 9_000), np.full(1_000, np.nan)]
     expected, actual = bin_shares(reference, np.full(500, np.nan))
