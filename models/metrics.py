@@ -81,7 +81,9 @@ def policy_effect(time: np.ndarray, is_fraud: np.ndarray, score: np.ndarray, rev
 
 
 def achievable_card_precision(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, k: int = 100) -> float:
-    """The best CP@k any model could reach here: that of a model scoring every fraud 1 and the rest 0."""
+    """The CP@k of a perfect ranking here (every fraud scored 1, the rest 0): what this holdout allows. Not
+    strictly the maximum when more than k cards are compromised on a day and some again later (which of them
+    a ranking finds first changes the later days), but the reference the gates' floor is a share of."""
     y = np.asarray(is_fraud, dtype=float)
     return card_precision_at_k(time, card_id, y, y, k)
 

@@ -29,7 +29,7 @@ from sklearn.metrics import average_precision_score
 
 from models.features import FEATURE_NAMES, compute_features
 from models.metrics import evaluate
-from models.training import TrainParams, predict, train
+from models.training import BAGGED, TrainParams, predict, train
 from pipelines.cost import measure
 from pipelines.protocol import DAY, Split, disjoint_validation, prequential, split_masks
 
@@ -78,8 +78,7 @@ IDEAS: tuple[Idea, ...] = (
     Idea("1,000 rounds", {"num_boost_round": 1000}),
     Idea("smaller: 200 rounds at 0.06", {"num_boost_round": 200, "learning_rate": 0.06}),
     Idea("min 20 rows a leaf", {"min_data_in_leaf": 20}),
-    Idea("bagging 0.8 of rows and of features each tree", {"bagging_fraction": 0.8, "bagging_freq": 1,
-                                                           "feature_fraction": 0.8}),
+    Idea("bagging 0.8 of rows and of features each tree", BAGGED),
     Idea("L2 10", {"lambda_l2": 10.0}),
     Idea("frauds weighted 3x", {"scale_pos_weight": 3.0}),
     Idea("monotone in the terminal risks and the amount ratios", {"increasing": (
@@ -88,7 +87,7 @@ IDEAS: tuple[Idea, ...] = (
 )
 
 
-def test_folds(start: str = TEST_START, folds: int = FOLDS) -> list[Split]:
+def published_test_folds(start: str = TEST_START, folds: int = FOLDS) -> list[Split]:
     return sorted(prequential(Split(start), folds), key=lambda s: s.start_day)
 
 
@@ -145,7 +144,7 @@ def check_coverage(history: pd.DataFrame, splits: list[Split]) -> None:
 def run(history: pd.DataFrame, labels: pd.DataFrame, source: str, test_start: str = TEST_START,
         progress: bool = True, ideas: tuple[Idea, ...] = IDEAS) -> dict:
     started = time.perf_counter()
-    tests = test_folds(test_start)
+    tests = published_test_folds(test_start)
     validation = sorted(disjoint_validation(tests), key=lambda s: s.start_day)
     check_coverage(history, tests + validation)
     with measure() as feature_cost:

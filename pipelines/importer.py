@@ -33,6 +33,7 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,11 @@ class Mapping:
         for name in mapping.label_columns:
             if name not in LABEL_FIELDS:
                 raise ValueError(f"unknown label field {name!r} (fields: {', '.join(LABEL_FIELDS)})")
+        try:
+            ZoneInfo(mapping.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {mapping.timezone!r} is not a known time zone (e.g. UTC, Europe/Paris)"
+                             ) from None
         if mapping.label_delay_days < 0 or mapping.label_delay_sigma < 0:
             raise ValueError("label_delay_days and label_delay_sigma must be non-negative")
         return mapping
@@ -151,20 +157,26 @@ def read_table(path: Path) -> pd.DataFrame:
 def _timestamps(values: pd.Series, timezone: str) -> list[str]:
     """RFC 3339 strings with an offset; times without one are read in `timezone`. Unreadable -> as written."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        stamps = values if values.dt.tz is not None else values.dt.tz_localize(timezone)
-        return stamps.map(lambda t: t.isoformat() if not pd.isna(t) else "").tolist()
+        stamps = values if values.dt.tz is not None else values.dt.tz_localize(timezone, nonexistent="NaT",
+                                                                                  ambiguous="NaT")
+        return [t.isoformat() if not pd.isna(t) else f"{v} (not one time in {timezone})"
+                for t, v in zip(stamps, values, strict=True)]
     if pd.api.types.is_numeric_dtype(values):  # epoch seconds
         stamps = pd.to_datetime(values, unit="s", utc=True, errors="coerce")
         return [t.isoformat() if not pd.isna(t) else str(v) for t, v in zip(stamps, values, strict=True)]
     out = []
     for text in values.astype(str):
         try:
-            stamp = pd.Timestamp(text)
-            if stamp.tzinfo is None:
-                stamp = stamp.tz_localize(timezone)
-            out.append(stamp.isoformat())
-        except (ValueError, TypeError):
-            out.append(text)  # the contract names it
+            stamp = pd.Timestamp(float(text), unit="s", tz="UTC")  # epoch seconds written as text
+        except (ValueError, OverflowError):
+            try:
+                stamp = pd.Timestamp(text)
+                if stamp.tzinfo is None:
+                    stamp = stamp.tz_localize(timezone)
+            except (ValueError, TypeError):
+                stamp = None
+        # an unreadable or nonexistent time goes on as text: the contract names it
+        out.append(stamp.isoformat() if stamp is not None and not pd.isna(stamp) else f"{text} (in {timezone})")
     return out
 
 
@@ -174,10 +186,10 @@ def _texts(values: pd.Series) -> list[str]:
 
 
 def _amounts(values: pd.Series) -> list[object]:
-    if pd.api.types.is_numeric_dtype(values):
-        return values.tolist()
+    """Numbers where the column holds them; anything else (text, a missing value) as text, which the contract
+    refuses with its reason."""
     numbers = pd.to_numeric(values, errors="coerce")
-    return [float(n) if not np.isnan(n) else text for n, text in zip(numbers, values, strict=True)]
+    return [float(n) if np.isfinite(n) else str(text) for n, text in zip(numbers, values, strict=True)]
 
 
 def _flags(values: pd.Series) -> list[object]:
@@ -194,6 +206,8 @@ def import_history(transactions: Path, out: Path, mapping: Mapping, labels: Path
     has_flag = "is_fraud" in mapping.columns or (labels is None and "is_fraud" in table)
     if labels is None and not has_flag:
         raise ValueError(f"{transactions}: no fraud flag column (map is_fraud=COLUMN) and no --labels file")
+    if has_flag and labels is not None:
+        raise ValueError("give the outcomes once: a fraud flag column (is_fraud) or a --labels file, not both")
     if has_flag and mapping.column("is_fraud") not in table:
         raise ValueError(f"{transactions}: no column {mapping.column('is_fraud')!r} for is_fraud")
 

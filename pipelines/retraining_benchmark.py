@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.training import TrainParams, predict, train
+from models.training import BAGGED, TrainParams, predict, train
 from pipelines.gates import Gates, judge
 from pipelines.monitor import DAY, MonitorConfig, assess, calibrator, reference_average_precision
 from pipelines.train import BuildConfig, drift_reference, holdout_masks, latest_split
@@ -79,8 +79,7 @@ class Model:
 
 
 # Training is deterministic without bagging: two seeds give one model. The no-better trial bags rows and
-# features instead, so that champion and challenger are two draws of one recipe (exchangeable: the exact null).
-BAGGED = {"bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8}
+# features instead (BAGGED), so champion and challenger are two draws of one recipe (exchangeable: the exact null).
 
 
 def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None,

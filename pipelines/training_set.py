@@ -44,8 +44,8 @@ def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     other = {len(r) for r in rows} - {len(FEATURE_NAMES)}
     if other:
         raise ValueError(f"stored decisions carry {sorted(other)} features where this version computes "
-                         f"{len(FEATURE_NAMES)}: they were scored by another feature set; build this training set "
-                         "from a history (--history) or from decisions scored since the upgrade")
+                         f"{len(FEATURE_NAMES)}: they were scored by another feature set; read only decisions "
+                         "scored since the upgrade (or build training sets from a history)")
     values = np.array(rows, dtype=float)
     frame = pd.DataFrame(values.reshape(len(decisions), len(FEATURE_NAMES)), columns=list(FEATURE_NAMES))
     for column in ROW_COLUMNS:

@@ -330,7 +330,7 @@ def to_markdown(outcome: dict, command: str) -> str:
         f"- p99 end-to-end at half the scorer's maximum throughput: **{p.percentile(99):.1f} ms** (target < 50 ms); "
         f"the pass-through at the same rate: {floor.percentile(99):.1f} ms",
         "",
-        "The scorer's numbers include JSON Schema validation, the 21 online features on a warm state (rebuilt "
+        "The scorer's numbers include JSON Schema validation, the online features on a warm state (rebuilt "
         "from the store), one prediction per batch by the model compiled with lleaves, exact contributions "
         "(LightGBM) for the transactions not approved, the SQLite write of each decision with its feature "
         "values, producing with acks=all and committing after the acks. Scoring runs in the scorer's worker "

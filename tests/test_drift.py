@@ -22,12 +22,13 @@ def test_a_shift_drifts_and_grows_with_its_size():
 
 
 def test_a_tie_block_on_a_bin_edge_is_not_split_by_last_digit_noise():
-    # 10 % of scores share one value, which is also the reference's first decile edge; the scorer's compiled
+    # 15 % of scores share one value, which is also the reference's first decile edge; the scorer's compiled
     # model reproduces it only to the last digits.
-    reference = np.r_[np.full(1_000, 0.0011792506565179524), rng.uniform(0.002, 1, 9_000)]
-    noisy = reference * (1 + rng.uniform(0, 1e-12, len(reference)))
+    reference = np.r_[np.full(1_500, 0.0011792506565179524), rng.uniform(0.002, 1, 8_500)]
+    assert np.quantile(reference, 0.1) == reference[0]  # the block straddles the first edge
+    noisy = reference * (1 + rng.uniform(1e-13, 1e-12, len(reference)))
     assert psi(reference, noisy) < 1e-3
-    assert psi(reference, np.r_[reference[1_000:], rng.uniform(0.002, 1, 1_000)]) > 0.1  # the block gone: drift
+    assert psi(reference, np.r_[reference[1_500:], rng.uniform(0.002, 1, 1_500)]) > 0.1  # the block gone: drift
 
 
 def test_missing_values_have_a_bin_of_their_own():

@@ -62,6 +62,33 @@ def test_terminal_risk_uses_only_labels_known_at_scoring_time():
     assert named(state.transform(probe))["terminal_risk_7d_delayed"] == 0.5  # a re-score sees current knowledge
 
 
+def test_the_cards_large_amounts_count_those_over_three_times_its_month_median():
+    state = FeatureState()
+    for n, cents in enumerate([1000, 1100, 900, 1000]):
+        assert named(state.transform(tx(n, "C", "T", n * 3600, cents)))["card_large_amounts_30d"] == 0
+    first = named(state.transform(tx(4, "C", "T", 5 * 3600, 5000)))  # median 10.00: 50.00 is large
+    second = named(state.transform(tx(5, "C", "T", 6 * 3600, 4500)))
+    assert first["card_large_amounts_30d"] == 1 and second["card_large_amounts_30d"] == 2
+    assert named(state.transform(tx(6, "C", "T", 31 * DAY, 1000)))["card_large_amounts_30d"] == 0  # a month on
+
+
+def test_the_terminal_fraud_episode_is_what_the_delayed_windows_know():
+    state = FeatureState()
+    state.transform(tx(1, "A", "T", 0, 100))  # genuine
+    state.transform(tx(2, "B", "T", DAY, 100))  # the episode's first fraud
+    state.transform(tx(3, "C", "T", 2 * DAY, 100))  # a fraud too
+    assert math.isnan(named(state.transform(tx(4, "D", "T", 8 * DAY, 100)))["terminal_fraud_episode_days"])
+    for n, day in ((2, 1), (3, 2)):
+        state.add_label(Label(f"TX{n}", True, T0 + (day + 7) * DAY))
+    f = named(state.transform(tx(5, "E", "T", 9.5 * DAY, 100)))  # the delayed windows end at day 2.5
+    assert f["terminal_fraud_episode_days"] == 8.5  # since the fraud of day 1
+    assert f["terminal_fraud_episode_risk"] == 1.0  # both transactions since then are frauds
+    later = named(state.transform(tx(6, "F", "T", 15.5 * DAY, 100)))  # ends at day 8.5: TX4 (genuine) inside
+    assert later["terminal_fraud_episode_days"] == 14.5 and later["terminal_fraud_episode_risk"] == 2 / 3
+    gone = named(state.transform(tx(7, "G", "T", 39 * DAY, 100)))  # past the delayed windows' 37-day reach
+    assert math.isnan(gone["terminal_fraud_episode_days"]) and math.isnan(gone["terminal_fraud_episode_risk"])
+
+
 def test_genuine_and_repeated_labels_change_nothing():
     state = FeatureState()
     state.transform(tx(1, "A", "T", 0, 100))

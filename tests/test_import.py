@@ -105,6 +105,30 @@ def test_a_mapping_that_does_not_fit_the_file_is_one_clear_line(world, tmp_path,
     assert "unknown field 'colour'" in capsys.readouterr().err
     assert main(["import", str(tmp_path / "nowhere.csv"), "--out", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["import", str(source), "--mapping", str(EXAMPLE_MAPPING), "--timezone", "Mars/Olympus",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "'Mars/Olympus' is not a known time zone" in capsys.readouterr().err
+    assert main(["import", str(source), "--mapping", str(EXAMPLE_MAPPING), "--labels", str(source),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "a fraud flag column (is_fraud) or a --labels file, not both" in capsys.readouterr().err
+
+
+def test_epoch_seconds_missing_amounts_and_times_that_do_not_exist_in_the_zone(world, tmp_path):
+    table = handbook_layout(world).head(5)
+    table["TX_DATETIME"] = world["time"].head(5).to_numpy()  # epoch seconds
+    table.to_csv(tmp_path / "epoch.csv", index=False)
+    epoch = import_history(tmp_path / "epoch.csv", tmp_path / "e", Mapping.load(EXAMPLE_MAPPING))
+    assert epoch.accepted == 5 and read_history(tmp_path / "e")[0]["time"].tolist() == world["time"].head(5).tolist()
+
+    table = handbook_layout(world).head(3)
+    table["TX_AMOUNT"] = [np.nan, 12.5, 3.0]
+    table["TX_DATETIME"] = pd.to_datetime(["2018-03-25 01:30", "2018-03-25 02:30", "2018-03-25 03:30"])
+    table.to_parquet(tmp_path / "paris.parquet")
+    paris = import_history(tmp_path / "paris.parquet", tmp_path / "p", Mapping.load(EXAMPLE_MAPPING,
+                                                                                    timezone="Europe/Paris"))
+    reasons = pd.read_csv(tmp_path / "p" / REJECTS_FILE)["reason"].tolist()
+    assert paris.accepted == 1 and len(reasons) == 2  # a missing amount; 02:30 did not happen in Paris that night
+    assert any("amount" in r for r in reasons) and any("timestamp" in r and "Europe/Paris" in r for r in reasons)
 
 
 def test_the_model_benchmark_runs_the_protocol_on_an_imported_history(tmp_path):

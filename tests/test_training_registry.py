@@ -66,3 +66,13 @@ def test_a_version_computed_on_other_features_is_refused(registry, small_history
                                          pip_requirements=["lightgbm"])
     with pytest.raises(ValueError, match="expects features"):
         load_version(registry, str(info.registered_model_version))
+
+
+def test_train_params_give_the_amount_its_own_bins_and_check_monotone_features():
+    params = TrainParams(max_bin=255, amount_max_bin=4095, increasing=("terminal_risk_1d_delayed",)).lightgbm()
+    assert params["max_bin_by_feature"][FEATURE_NAMES.index("amount")] == 4095
+    assert set(params["max_bin_by_feature"]) == {255, 4095} and len(params["max_bin_by_feature"]) == len(FEATURE_NAMES)
+    assert params["monotone_constraints"][FEATURE_NAMES.index("terminal_risk_1d_delayed")] == 1
+    assert sum(params["monotone_constraints"]) == 1
+    with pytest.raises(ValueError, match="unknown features: \\['colour'\\]"):
+        TrainParams(increasing=("colour",)).lightgbm()
