@@ -343,12 +343,11 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
     from streaming import benchmark
 
     outcome = benchmark.run(n=args.messages)
-    text = benchmark.to_markdown(outcome, "fraudloop benchmark streaming"
-                                 + (f" --messages {args.messages}" if args.messages != 30_000 else ""))
-    print(text)
+    command = "fraudloop benchmark streaming" + (f" --messages {args.messages}" if args.messages != 30_000 else "")
+    print(benchmark.to_markdown(outcome, command))
     if args.record:
-        args.record.write_text(text)
-        print(f"recorded in {args.record}")
+        benchmark.record(outcome, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 
 def cmd_soak(args: argparse.Namespace) -> None:
@@ -581,7 +580,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_benchmark_store)
     b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker")
     b.add_argument("--messages", type=int, default=30_000)
-    b.add_argument("--record", type=Path, help="also write the Markdown table to this file")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_streaming)
 
     p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")

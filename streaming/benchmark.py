@@ -14,6 +14,7 @@ maximum throughput by a separate producer process.
 from __future__ import annotations
 
 import gc
+import json
 import multiprocessing
 import os
 import platform
@@ -293,6 +294,32 @@ def run(n: int = 30_000, naive_n: int = 3_000, latency_seconds: float = 20.0, se
             producer.join(60)
     return {"results": results, "rate": rate, "seconds": time.perf_counter() - started,
             "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} cores, Python {platform.python_version()}"}
+
+
+def to_json(outcome: dict, command: str) -> dict:
+    """The figures as JSON under the keys of the streaming issue. This method runs each mode once and paces at
+    fixed fractions of one backlog run: the ratios are single values (a range of one) and the SLO-rate keys,
+    which need the latency-versus-load curve, are null until that method exists."""
+    r = outcome["results"]
+    ratio = r["scorer"].throughput / r["pass"].throughput
+    return {
+        "command": command, "repetitions": 1,
+        "throughput_ratio_median": ratio, "throughput_ratio_range": [ratio, ratio],
+        "slo_rate_passthrough": None, "slo_rate_scorer": None, "slo_rate_ratio": None,
+        "added_p99_ms_at_half_slo_rate": None,
+        "worker_cpu_us_per_message": r["scorer"].cpu_us.get("worker"),
+        "naive_ratio_median": r["scorer"].throughput / r["naive"].throughput,
+        "throughput_msg_per_s": {k: r[k].throughput for k in ("pass", "scorer", "naive")},
+        "paced_rate_msg_per_s": outcome["rate"],
+        "p99_ms_paced_half": {"scorer": r["paced"].percentile(99), "passthrough": r["paced_pass"].percentile(99)},
+        "seconds": outcome["seconds"], "machine": outcome["machine"],
+    }
+
+
+def record(outcome: dict, path: Path, command: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_markdown(outcome, command))
+    path.with_suffix(".json").write_text(json.dumps(to_json(outcome, command), indent=2) + "\n")
 
 
 def to_markdown(outcome: dict, command: str) -> str:
