@@ -49,6 +49,10 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
         "average_precision_margin": Param(None, type=["null", "number"],
                                           description="the AP difference's lower bound must exceed this; "
                                                       "empty: the gates' default (pipelines/gates.py)"),
+        "decline_precision": Param(0.8, type="number", exclusiveMinimum=0, maximum=1,
+                                   description="decline where the holdout's precision is at least this"),
+        "review_capacity_per_day": Param(100.0, type="number", minimum=0,
+                                         description="reviews a day the analysts can work"),
         "shuffle_labels": Param(False, type="boolean", description="sabotage: train on shuffled labels (tests)"),
     },
 )
@@ -79,8 +83,10 @@ def retrain() -> None:
     def validate(training_set: str, version: str, **context) -> dict:
         from pipelines import jobs
 
-        return jobs.validate(training_set, version,
-                             average_precision_margin=context["params"]["average_precision_margin"])
+        p = context["params"]
+        return jobs.validate(training_set, version, average_precision_margin=p["average_precision_margin"],
+                             decline_precision=p["decline_precision"],
+                             review_capacity_per_day=p["review_capacity_per_day"])
 
     @task.branch(doc_md="Promote only a challenger that passed validation.")
     def decide(verdict: dict) -> str:

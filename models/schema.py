@@ -16,6 +16,8 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
+from models.currency import Rates, load_rates
+
 TRANSACTION_SCHEMA = "transaction.v1.json"
 LABEL_SCHEMA = "label.v1.json"
 # Timestamps outside this range are impossible for a live card transaction (epoch seconds).
@@ -37,7 +39,7 @@ class Transaction:
     card_id: str
     terminal_id: str
     time: float  # epoch seconds, UTC
-    amount_cents: int
+    amount_cents: int  # in the reference currency (models/currency.py), whatever the message's currency
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +93,20 @@ def format_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def parse_transaction(record: Any) -> Transaction:
-    """Validate a decoded JSON object and return the typed transaction, or raise InvalidRecord."""
+def parse_transaction(record: Any, rates: Rates | None = None) -> Transaction:
+    """Validate a decoded JSON object and return the typed transaction, its amount converted to the reference
+    currency of `rates` (default: the packaged table), or raise InvalidRecord (a currency the table lacks too)."""
     _check(TRANSACTION_SCHEMA, record)
     time = parse_time(record["timestamp"], "timestamp")
     amount = record["amount"]
-    cents = round(amount * 100)
-    if abs(amount * 100 - cents) > 1e-6:
+    if abs(amount * 100 - round(amount * 100)) > 1e-6:
         raise InvalidRecord([f"amount: {amount!r} has more than two decimals"])
-    return Transaction(record["transaction_id"], record["card_id"], record["terminal_id"], time, cents)
+    rates = rates or load_rates()
+    converted = rates.to_reference(amount, record["currency"])
+    if converted is None:
+        raise InvalidRecord([f"currency: {record['currency']!r} is not in the rates table (version {rates.version}, "
+                             f"{len(rates.per_unit)} currencies); add its rate to convert it to {rates.reference}"])
+    return Transaction(record["transaction_id"], record["card_id"], record["terminal_id"], time, round(converted * 100))
 
 
 def parse_label(record: Any) -> Label:

@@ -42,6 +42,13 @@ def cmd_simulate(args: argparse.Namespace) -> None:
           f"({stats['fraud_rate']:.3%})")
 
 
+def _time_arg(text: str | None, flag: str) -> float | None:
+    try:
+        return _as_of(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not an ISO date or time (e.g. 2018-06-01 or 2018-06-01T12:00)") from None
+
+
 def _as_of(text: str | None) -> float | None:
     from datetime import UTC, datetime
 
@@ -92,10 +99,33 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from pipelines import jobs
     from pipelines.validate import describe
 
-    verdict = jobs.validate(str(args.training_set), args.version, args.margin)
+    verdict = jobs.validate(str(args.training_set), args.version, args.margin, args.decline_precision,
+                            args.review_capacity)
     print(describe(verdict))
     if args.json:
         _print_json(verdict)
+
+
+def cmd_rules(args: argparse.Namespace) -> None:
+    from models.registry import RegistryConfig
+    from pipelines import jobs, rules_backtest
+    from pipelines.promote import default_actor
+    from streaming.config import ScorerConfig
+
+    if not Path(args.rules).is_file():
+        raise FileNotFoundError(f"rules file {args.rules} not found")
+    registry, served = RegistryConfig.from_env(), ScorerConfig.load()
+    result = rules_backtest.run(jobs._store_url(args.store), args.rules, _time_arg(args.since, "--from"),
+                                _time_arg(args.until, "--to"), args.maturity_days,
+                                rules_backtest.version_thresholds(registry, (served.review_threshold,
+                                                                            served.decline_threshold)))
+    print(rules_backtest.describe(result))
+    if args.rules_command == "apply":
+        change = rules_backtest.apply(registry, args.rules, args.to_file, args.reason, result, default_actor())
+        print(f"serving rules {change['to_version']} at {args.to_file} (was {change['from_version']}); recorded in "
+              f"MLflow experiment {registry.experiment}-rules-changes")
+    if args.json:
+        _print_json(result)
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -507,8 +537,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     p.add_argument("--margin", type=float, default=None,
                    help="the lower bound of the AP difference's interval must exceed this (default: the gates')")
+    p.add_argument("--decline-precision", type=float, help="decline where the holdout's precision is at least "
+                   "this (default: models/thresholds.py)")
+    p.add_argument("--review-capacity", type=float, help="reviews a day the analysts can work (default: "
+                   "models/thresholds.py)")
     p.add_argument("--json", action="store_true", help="also print the verdict as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("rules", help="the decision rules: backtest a file on the stored decisions, or serve it")
+    rules = p.add_subparsers(dest="rules_command", required=True)
+    for name, text in (("backtest", "what a rules file would have decided on the stored decisions, per rule"),
+                       ("apply", "backtest, then serve a rules file (the scorer reloads it) and record the change")):
+        q = rules.add_parser(name, help=text)
+        q.add_argument("--rules", required=True, help="the rules file (TOML; see examples/rules.toml)")
+        q.add_argument("--from", dest="since", help="ISO date/time (default: 14 days before --to)")
+        q.add_argument("--to", dest="until", help="ISO date/time (default: the newest stored transaction less the "
+                       "label maturity)")
+        q.add_argument("--maturity-days", type=float, default=7.0, help="label delay to wait for (default: 7)")
+        q.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or the local SQLite store)")
+        q.add_argument("--json", action="store_true", help="also print the backtest as JSON")
+        q.set_defaults(func=cmd_rules)
+        if name == "apply":
+            q.add_argument("--to-file", required=True, help="the path the scorer's rules_file setting names")
+            q.add_argument("--reason", required=True, help="why: recorded with who and when")
 
     p = sub.add_parser("promote", help=f"move '{CHAMPION}' to a version that passed validation")
     p.add_argument("--version", required=True)

@@ -77,14 +77,19 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
             **{k: round(v, 4) for k, v in result.metrics.items()}}
 
 
-def validate(training_set: str, version: str, average_precision_margin: float | None = None) -> dict:
-    """The verdict (`passed`, `failed` or `insufficient evidence`) with its metrics, interval and reason."""
+def validate(training_set: str, version: str, average_precision_margin: float | None = None,
+             decline_precision: float | None = None, review_capacity_per_day: float | None = None) -> dict:
+    """The verdict (`passed`, `failed` or `insufficient evidence`) with its metrics, interval and reason; the
+    version's thresholds derived from the targets (None: the defaults of models/thresholds.Targets)."""
+    from models.thresholds import Targets
     from pipelines import training_set as sets
     from pipelines.gates import Gates
     from pipelines.validate import validate_challenger
 
     gates = Gates() if average_precision_margin is None else Gates(average_precision_margin=average_precision_margin)
-    return validate_challenger(sets.read(training_set), _registry(), version, gates,
+    stated = {"decline_precision": decline_precision, "review_capacity_per_day": review_capacity_per_day}
+    targets = Targets(**{k: v for k, v in stated.items() if v is not None})
+    return validate_challenger(sets.read(training_set), _registry(), version, gates, targets,
                                store_url=_store_url(None)).as_dict()
 
 

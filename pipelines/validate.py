@@ -2,7 +2,9 @@
 
 Everything lands on the challenger's MLflow run and version: metrics of both models, the paired interval of
 their AP difference, the comparison plot, a Markdown report (also appended to the version's description) and
-tags (`validation_status`, `validated_against`, ...). `promote` reads those tags.
+tags (`validation_status`, `validated_against`, ...). `promote` reads those tags. The challenger's review and
+decline thresholds are derived here from the stated targets (models/thresholds.py), logged with a threshold table
+and tagged on the version, which the scorer applies when it serves it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from models import registry, report
+from models import thresholds as policy_thresholds
 from models.metrics import policy_effect
 from models.training import predict
 from pipelines.gates import FAILED, PASSED, Gates, Verdict, judge
@@ -31,10 +34,12 @@ class Validation:
     version: str
     champion_version: str | None
     verdict: Verdict  # on the holdout
-    thresholds: tuple[float, float]
-    # What the decision policy would feel at the served thresholds, per model, on all the holdout days' traffic
-    # (the cards already known compromised included, as the scorer sees them)
+    thresholds: dict[str, tuple[float, float]]  # (review, decline) per model: the challenger's derived from targets
+    # What the decision policy would feel at each model's own thresholds, on all the holdout days' traffic (the
+    # cards already known compromised included, as the scorer sees them)
     policy: dict[str, dict[str, float]]
+    targets: policy_thresholds.Targets = policy_thresholds.Targets()
+    threshold_table: tuple[dict[str, float], ...] = ()  # the challenger's, on the holdout days' traffic
     live: Verdict | None = None  # on shadow traffic whose labels have matured, when there is a champion
 
     @property
@@ -57,7 +62,9 @@ class Validation:
             "summary": self.summary, "champion_version": self.champion_version,
             **_verdict_dict(self.verdict),
             "live": _verdict_dict(self.live) if self.live else None,
-            "thresholds": {"review": self.thresholds[0], "decline": self.thresholds[1]},
+            "thresholds": {who: {"review": review, "decline": decline}
+                           for who, (review, decline) in self.thresholds.items()},
+            "targets": asdict(self.targets),
             "policy": {who: {k: round(v, 4) for k, v in values.items()} for who, values in self.policy.items()},
         }
 
@@ -106,7 +113,8 @@ def _gate_row(name: str, verdict: Verdict | None) -> str:
 def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
     verdict = result.verdict
     champion = f"version {result.champion_version}" if result.champion_version else "none"
-    review, decline = result.thresholds
+    review, decline = result.thresholds["challenger"]
+    theirs = result.thresholds.get("champion")
     lines = [
         f"## Validation of version {result.version}: **{result.status.upper()}**",
         "",
@@ -125,12 +133,21 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
         "|---|---|---|",
         *(f"| {m} | {_cell(verdict.challenger, m)} | {_cell(verdict.champion, m)} |" for m in METRICS),
         "",
-        f"At the served thresholds (review >= {review}, decline >= {decline}):",
+        f"Thresholds from the targets ({result.targets.describe()}): review >= {review:.4f}, decline >= "
+        f"{decline:.4f}" + (f"; the champion serves review >= {theirs[0]:.4f}, decline >= {theirs[1]:.4f}." if theirs
+                            else "."),
         "",
-        "| decision policy (holdout days, all traffic) | challenger | champion |",
+        "| decision policy (holdout days, all traffic, each at its own thresholds) | challenger | champion |",
         "|---|---|---|",
         *(f"| {m} | {_cell(result.policy.get('challenger'), m)} | {_cell(result.policy.get('champion'), m)} |"
           for m in POLICY),
+        "",
+        "Threshold table (challenger, holdout days, all traffic; flag = score >= threshold):",
+        "",
+        "| threshold | alerts a day | precision | recall | false-positive rate |",
+        "|---|---|---|---|---|",
+        *(f"| {row['threshold']:.4f} | {row['alerts_per_day']:,.1f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+          f"{row['false_positive_rate']:.5f} |" for row in result.threshold_table),
         "",
         "Checks (holdout):",
         *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in verdict.checks),
@@ -143,16 +160,14 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
 
 
 def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, version: str,
-                        gates: Gates | None = None, thresholds: tuple[float, float] | None = None,
+                        gates: Gates | None = None, targets: policy_thresholds.Targets | None = None,
                         store_url: str | None = None) -> Validation:
     """Score the challenger and the current champion on the challenger's holdout, and (with the scorer's
-    store) compare them on shadow traffic; judge; record everything."""
+    store) compare them on shadow traffic; judge; derive the challenger's thresholds from `targets`; record
+    everything."""
     from streaming.config import ScorerConfig
 
-    gates = gates or Gates()
-    if thresholds is None:
-        served = ScorerConfig.load()
-        thresholds = (served.review_threshold, served.decline_threshold)
+    gates, targets = gates or Gates(), targets or policy_thresholds.Targets()
     info = registry.version_info(reg, version)
     split = split_of_version(info.tags)
     _, holdout_rows = holdout_masks(frame, split)
@@ -172,13 +187,23 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     champion_scores = predict(boosters["champion"], holdout) if champion_version else None
     verdict = judge(when, cards, y, challenger_scores, champion_scores, gates)
     traffic = frame[test_period(frame["event_time"].to_numpy(), split)]
-    policy = {who: policy_effect(traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy(),
-                                 predict(booster, traffic), *thresholds) for who, booster in boosters.items()}
+    traffic_time, traffic_fraud = traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy()
+    traffic_scores = {who: predict(booster, traffic) for who, booster in boosters.items()}
+    thresholds = {"challenger": policy_thresholds.choose(traffic_time, traffic_fraud, traffic_scores["challenger"],
+                                                         targets)}
+    if champion_version is not None:
+        served = ScorerConfig.load()
+        thresholds["champion"] = (policy_thresholds.from_tags(registry.version_info(reg, champion_version).tags)
+                                  or (served.review_threshold, served.decline_threshold))
+    policy = {who: policy_effect(traffic_time, traffic_fraud, traffic_scores[who], *thresholds[who])
+              for who in boosters}
+    grid = policy_thresholds.table(traffic_time, traffic_fraud, traffic_scores["challenger"],
+                                   [*(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9), *thresholds["challenger"]])
     live = None
     if champion_version is not None and store_url is not None:
         maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
         live = live_verdict(store_url, version, champion_version, maturity, gates)
-    result = Validation(version, champion_version, verdict, thresholds, policy, live)
+    result = Validation(version, champion_version, verdict, thresholds, policy, live, targets, tuple(grid))
 
     text = _report(result, holdout, gates)
     client = registry.client(reg)
@@ -192,6 +217,8 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
             client.log_metric(run_id, f"validation_ap_difference_{key}", getattr(verdict.difference, key))
     client.log_text(run_id, text, "validation/report.md")
     client.log_dict(run_id, result.as_dict(), VERDICT_ARTIFACT)
+    client.log_dict(run_id, {"targets": asdict(targets), "review": thresholds["challenger"][0],
+                             "decline": thresholds["challenger"][1], "table": grid}, "validation/thresholds.json")
     if y.any():
         scores = {f"challenger v{version}": challenger_scores}
         if champion_scores is not None:
@@ -203,6 +230,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     difference = verdict.difference
     live_difference = live.difference if live else None
     registry.tag_version(reg, version, {
+        **policy_thresholds.tags(*thresholds["challenger"], targets),
         "validation_status": result.status,
         "validation_summary": result.summary[:4900],
         "shadow_status": live.status if live else "none",
@@ -242,8 +270,12 @@ def describe(result: dict) -> str:
                      f"{d['high']:+.4f}] (paired, {d['resamples']:,} resamples by card)")
     if result.get("policy"):
         t, mine, theirs = result["thresholds"], result["policy"]["challenger"], result["policy"].get("champion", {})
-        lines.append(f"  at review >= {t['review']}: {pair('recall_at_review', 'recall', '.3f')}, "
-                     f"{pair('alerts_per_day', 'alerts/day', ',.1f')}; at decline >= {t['decline']}: "
+        own = t["challenger"]
+        champion = t.get("champion")
+        served = f" (champion: {champion['review']:.4f} / {champion['decline']:.4f})" if champion else ""
+        lines.append(f"  thresholds from the targets: review >= {own['review']:.4f}, decline >= {own['decline']:.4f}"
+                     f"{served}; each model at its own: {pair('recall_at_review', 'recall', '.3f')}, "
+                     f"{pair('alerts_per_day', 'alerts/day', ',.1f')}; declines: "
                      f"{pair('recall_at_decline', 'recall', '.3f')}, "
                      f"{pair('declines_per_day', 'declines/day', ',.1f')} (all traffic of the holdout days)")
     live = result.get("live")

@@ -32,8 +32,13 @@ class ScorerConfig:
     batch_size: int = 500
     poll_timeout_ms: int = 100
     commit_interval_ms: int = 100  # offsets of acknowledged batches are committed at most this often (0: each batch)
+    # For a version that carries no thresholds of its own (tags set at validation from capacity and appetite,
+    # models/thresholds.py): every validated version does.
     review_threshold: float = 0.3
     decline_threshold: float = 0.7
+    rules_file: str = ""  # the decision rules (streaming/rules.py); empty: the model's thresholds alone
+    rules_check_seconds: float = 2.0  # how often the rules file is checked for a new version, between batches
+    rates_file: str = ""  # exchange rates to the reference currency (models/currency.py); empty: the packaged table
     reasons: int = 3
     compile_models: bool = True  # serve each version compiled (lleaves) once built; LightGBM until then
     # The event-time policy (streaming/event_time.py): `wall` for live traffic, `stream` for replays of

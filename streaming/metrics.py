@@ -34,6 +34,10 @@ class ScorerMetrics:
                                        "commit", buckets=LATENCY_BUCKETS, registry=r)
         self.scoring_cpu = Counter("fraud_scoring_cpu_seconds", "CPU seconds of the Kafka loop and the scoring worker",
                                    registry=r)
+        self.rule_hits = Counter("fraud_rule_hits", "Decisions by what decided them: a rule, a list, or `model` "
+                                 "(the served version's thresholds)", ["rule"], registry=r)
+        self.rules_events = Counter("fraud_rules_events", "Rules files loaded, and refused (the set in force kept "
+                                    "deciding)", ["event"], registry=r)
         self.model_version = Gauge("fraud_model_version", "Model version in use", ["model"], registry=r)
         self.model_events = Counter("fraud_model_events", "Model swaps, compilations, refusals, failed loads, "
                                     "registry errors", ["event"], registry=r)
@@ -53,6 +57,9 @@ class ScorerMetrics:
             self.decisions.labels(outcome)
         for event in MODEL_EVENTS:
             self.model_events.labels(event)
+        self.rule_hits.labels("model")
+        for event in ("loaded", "refused"):
+            self.rules_events.labels(event)
         for source in sources:
             for kind in DEAD_LETTER_KINDS:
                 self.dead_letters.labels(dead_letter_topic_for(source), kind)

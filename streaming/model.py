@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from models.features import N_FEATURES
 from models.registry import IncompatibleModel, RegistryConfig, load_version
+from models.thresholds import from_tags
 from streaming import compiled
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ class ServingModel:
     version: str
     booster: lgb.Booster
     compiled: Any = None  # the lleaves model, once built
+    thresholds: tuple[float, float] | None = None  # (review, decline) the version was validated with (its tags)
+
+    def thresholds_or(self, default: tuple[float, float]) -> tuple[float, float]:
+        """The version's own thresholds; `default` (the scorer's settings) for a version that has none."""
+        return self.thresholds or default
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         if self.compiled is not None:
@@ -59,8 +65,8 @@ class ModelHolder:
 
     def __init__(self, name: str, resolve: Callable[[], str], load: Callable[[str], lgb.Booster],
                  check_every: float = 5.0, on_event: Callable[[str, str], None] = lambda kind, version: None,
-                 compile_models: bool = True):
-        self.name, self._resolve, self._load = name, resolve, load
+                 compile_models: bool = True, version_tags: Callable[[str], dict[str, str]] = lambda version: {}):
+        self.name, self._resolve, self._load, self._tags = name, resolve, load, version_tags
         self.check_every, self._on_event, self.compile_models = check_every, on_event, compile_models
         self.current: ServingModel | None = None
         self.refused: dict[str, str] = {}
@@ -87,7 +93,8 @@ class ModelHolder:
                     return None
                 raise
 
-        return cls(config.model_name, resolve, lambda version: load_version(config, version), check_every, **kwargs)
+        return cls(config.model_name, resolve, lambda version: load_version(config, version), check_every,
+                   version_tags=lambda version: client.get_model_version(config.model_name, version).tags, **kwargs)
 
     def refresh(self, force: bool = False) -> bool:
         """Between batches: swap if the alias names a new, healthy version (checked at most every check_every
@@ -137,6 +144,7 @@ class ModelHolder:
             return None
         try:
             booster = self._load(version)
+            thresholds = from_tags(self._tags(version))
         except IncompatibleModel as error:
             return self._refuse(version, error)
         except Exception as error:  # transient until shown otherwise: tried again, each time later
@@ -151,7 +159,7 @@ class ModelHolder:
             smoke_test(booster)
         except Exception as error:
             return self._refuse(version, error)
-        return ServingModel(self.name, version, booster)
+        return ServingModel(self.name, version, booster, thresholds=thresholds)
 
     def _refuse(self, version: str, error: Exception) -> None:
         self.refused[version] = str(error)

@@ -6,8 +6,9 @@ event-time policy (`late`, `future`; streaming/event_time.py); the transaction i
 decided (a redelivery gets the decision already made; other content under the same id is a `conflicting
 duplicate`); then the features. An unexpected exception while handling one message dead-letters that
 message alone (`internal: <type>: <message>`). Per batch: one model call (a row that breaks it is retried
-alone), reasons only for the transactions that are not approved (exact contributions cost ~100x a
-prediction), and one store write, which is also where a duplicate the state could not know of is caught.
+alone), the decision policy (streaming/rules.py: lists, rules, then the served version's thresholds), reasons
+only for the transactions that are not approved (exact contributions cost ~100x a prediction), and one store
+write, which is also where a duplicate the state could not know of is caught.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from models.currency import load_rates
 from models.features import FEATURE_NAMES, FeatureState
 from models.schema import InvalidRecord, Label, Transaction, parse_label, parse_transaction
 from streaming.config import ScorerConfig
-from streaming.decide import APPROVE, outcomes, top_reasons
+from streaming.decide import APPROVE, top_reasons
 from streaming.event_time import FUTURE, LATE
 from streaming.model import ServingModel
+from streaming.rules import NO_RULES, RuleSet
 from streaming.store import DecisionRow, Store, StoredDecision
 
 log = logging.getLogger(__name__)
@@ -84,13 +87,15 @@ class Scorer:
     def __init__(self, config: ScorerConfig, state: FeatureState, store: Store) -> None:
         self.config, self.state, self.store = config, state, store
         self.policy = config.event_time_policy()
+        self.rates = load_rates(config.rates_file)  # amounts in one currency (models/currency.py)
         self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
                 costs: dict[str, tuple[int, float]] | None = None,
-                partitions: Collection[int] | None = None) -> BatchResult:
+                partitions: Collection[int] | None = None, rules: RuleSet = NO_RULES) -> BatchResult:
         """Score a batch and store its new decisions and labels (with `costs`, see Store.write). `partitions`:
-        the transactions partitions assigned to this scorer now (None: those it has read).
+        the transactions partitions assigned to this scorer now (None: those it has read). `rules`: the decision
+        policy in force for this batch.
 
         Each message is judged in the order it was read (the event-time policy, as a partition's stream time
         advances); what is accepted is then applied in event-time order (a label at its known_at, before a
@@ -124,7 +129,7 @@ class Scorer:
             except Exception as error:  # noqa: BLE001 - one message never fails its batch
                 _failed(result, message, error, item.transaction_id)
         if batch.scored:
-            self._score(result, batch, model, now)
+            self._score(result, batch, model, now, rules)
         if result.rows or result.labels or costs:
             inserted = self.store.write(result.rows, result.labels, costs)
             if inserted < len(result.rows):
@@ -148,7 +153,7 @@ class Scorer:
                     label = parse_label(record)
                     judged.append((message, label, self.policy.label(label.known_at, watermark, now)))
                     continue
-                tx = parse_transaction(record)
+                tx = parse_transaction(record, self.rates)
                 key = (message.topic, message.partition)
                 verdict = self.policy.transaction(tx.time, times.get(key, -math.inf), watermark, now)
                 if verdict is None:
@@ -196,12 +201,17 @@ class Scorer:
         result.label_sources.append(message)
 
     # -- per batch -------------------------------------------------------------------------------
-    def _score(self, result: BatchResult, batch: _Batch, model: ServingModel, now: float) -> None:
+    def _score(self, result: BatchResult, batch: _Batch, model: ServingModel, now: float, rules: RuleSet) -> None:
         features = np.array([row for _, _, row in batch.scored], dtype=float)
         started = time.perf_counter()
         scores, failed = _predict(model, features)
         result.model_seconds = time.perf_counter() - started
-        decided = outcomes(np.nan_to_num(scores), self.config.review_threshold, self.config.decline_threshold)
+        columns = {name: features[:, j] for j, name in enumerate(FEATURE_NAMES)}
+        columns["score"] = np.nan_to_num(scores)
+        decided, by_rule = rules.decide(columns, [tx.card_id for _, tx, _ in batch.scored],
+                                        [tx.terminal_id for _, tx, _ in batch.scored],
+                                        *model.thresholds_or((self.config.review_threshold,
+                                                              self.config.decline_threshold)))
         reasons = self._reasons(model, features, decided, failed)
         index: dict[str, int] = {}  # transaction id -> its decision in result.decisions
         for j, (message, tx, row) in enumerate(batch.scored):
@@ -210,9 +220,10 @@ class Scorer:
                 continue
             score, why = float(scores[j]), reasons.get(j, [])
             index[tx.transaction_id] = len(result.decisions)
-            result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message),
-                          message)
-            result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why))
+            result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message,
+                                           by_rule[j], rules.version), message)
+            result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why, by_rule[j],
+                                           rules.version))
         for message, tx_id in batch.copies:
             if tx_id not in index:  # its first copy could not be scored either
                 result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: its first copy in the batch failed"))
@@ -302,7 +313,9 @@ def _latency_ms(message: Message) -> float:
 
 
 def decision_message(model_name: str, tx: Transaction, decision: str, score: float | None, version: str,
-                     reasons: list, decided_at: float, message: Message) -> dict:
+                     reasons: list, decided_at: float, message: Message, rule: str, rules_version: str) -> dict:
+    """`rule`: what decided (a rule's name, a list, or `model` for the version's thresholds); `rules_version`: the
+    rules file in force."""
     return {
         "schema_version": 1,
         "transaction_id": tx.transaction_id,
@@ -312,6 +325,8 @@ def decision_message(model_name: str, tx: Transaction, decision: str, score: flo
         "model": model_name,
         "model_version": version,
         "reasons": reasons,
+        "rule": rule,
+        "rules_version": rules_version,
         "latency_ms": _latency_ms(message),
         "decided_at": decided_at,
     }
@@ -319,7 +334,7 @@ def decision_message(model_name: str, tx: Transaction, decision: str, score: flo
 
 def _stored_message(model_name: str, made: StoredDecision, message: Message) -> dict:
     return decision_message(model_name, made.tx, made.decision, made.score, made.model_version, made.reasons,
-                            made.decided_at, message)
+                            made.decided_at, message, made.rule, made.rules_version)
 
 
 def _conflict(first: Transaction) -> str:

@@ -91,6 +91,8 @@ class ScorerService:
         self.model_name = registry.model_name
         self.model_version = ""
         self.refused: dict[str, str] = {}  # model versions the worker would not serve, and why
+        self.rules_version = ""  # the rules file in force
+        self.rules_refused = ""  # why the last rules file was refused (the set in force kept deciding)
         self.worker = ScoringProcess(config, registry)  # rebuilds the feature state; raises if no model serves
         self._take(self.worker.ready)
         client = config.client_settings()
@@ -330,11 +332,16 @@ class ScorerService:
             self._uncommitted, self._committed_at = False, now
 
     def _take(self, scored: Scored) -> None:
-        """Model events reported by the worker."""
+        """Model and rules events reported by the worker."""
         for event, version, detail in scored.model_events:
             self.metrics.model_events.labels(event).inc()
             if event == "refused":
                 self.refused[version] = detail
+        for event, _, detail in scored.rules_events:
+            self.metrics.rules_events.labels(event).inc()
+            if event == "refused":
+                self.rules_refused = detail
+        self.rules_version = scored.rules_version or self.rules_version
         self.metrics.model_behind_alias.set(scored.model_behind_seconds)
         self.metrics.shadow_scored.inc(scored.shadow_scored)
         self.metrics.shadow_cpu.inc(scored.shadow_cpu_seconds)
@@ -371,6 +378,8 @@ class ScorerService:
         m.replayed.inc(scored.replayed)
         for outcome, count in scored.outcomes.items():
             m.decisions.labels(outcome).inc(count)
+        for rule, count in scored.rule_hits.items():
+            m.rule_hits.labels(rule).inc(count)
         for r in transactions:
             m.end_to_end.observe(max(acked_ms - r.timestamp, 0) / 1000)
         for topic, _, _, reason in scored.dead_letters:

@@ -32,6 +32,8 @@ decisions = sa.Table(
     sa.Column("decided_at", sa.Float, nullable=False),
     # JSON list of the decision's reasons: a redelivered transaction gets the decision already made, whole
     sa.Column("reasons", sa.Text, nullable=True),
+    sa.Column("rule", sa.String(128), nullable=True),  # what decided: a rule, a list or `model` (streaming/rules.py)
+    sa.Column("rules_version", sa.String(64), nullable=True),  # the rules file in force
 )
 # One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
 labels = sa.Table(
@@ -72,6 +74,8 @@ class DecisionRow:
     features: Sequence[float]
     decided_at: float
     reasons: Sequence[dict] = ()
+    rule: str = "model"
+    rules_version: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,8 @@ class StoredDecision:
     model_version: str
     decided_at: float
     reasons: list[dict]
+    rule: str = "model"
+    rules_version: str = "none"
 
 
 def default_url() -> str:
@@ -125,7 +131,7 @@ class Store:
                 inserted = db.exec_driver_sql(self._insert_decisions_sql, [
                     (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
                      r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at,
-                     orjson.dumps(list(r.reasons)).decode())
+                     orjson.dumps(list(r.reasons)).decode(), r.rule, r.rules_version)
                     for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
                                   "known_at": lb.known_at} for lb in new_labels])
@@ -174,12 +180,14 @@ class Store:
         with self.engine.connect() as db:
             for start in range(0, len(transaction_ids), 500):
                 query = sa.select(c.transaction_id, c.card_id, c.terminal_id, c.event_time, c.amount_cents, c.score,
-                                  c.decision, c.model_version, c.decided_at, c.reasons).where(
+                                  c.decision, c.model_version, c.decided_at, c.reasons, c.rule,
+                                  c.rules_version).where(
                     c.transaction_id.in_(transaction_ids[start:start + 500]))
                 for r in db.execute(query):
                     found[r[0]] = StoredDecision(Transaction(r[0], r[1], r[2], float(r[3]), int(r[4])),
                                                  None if r[5] is None else float(r[5]), r[6], r[7], float(r[8]),
-                                                 orjson.loads(r[9]) if r[9] else [])
+                                                 orjson.loads(r[9]) if r[9] else [], r[10] or "model",
+                                                 r[11] or "none")
         return found
 
     def insert(self, db: sa.Connection, decision_records: list[dict], label_records: list[dict]) -> None:

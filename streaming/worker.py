@@ -36,6 +36,7 @@ from models.registry import RegistryConfig
 from streaming.config import ScorerConfig
 from streaming.event_time import WALL, EventTimePolicy
 from streaming.model import ModelHolder
+from streaming.rules_file import RulesFile
 from streaming.scorer import Message, Scorer
 from streaming.shared_state import SharedEvents
 from streaming.store import Store
@@ -60,6 +61,9 @@ class Scored:
     model_events: list[tuple[str, str, str]] = field(default_factory=list)  # (event, version, detail)
     model_version: str = ""
     model_behind_seconds: float = 0.0  # how long the alias has named a version that is not served
+    rule_hits: dict[str, int] = field(default_factory=dict)  # decisions by what decided them (a rule or `model`)
+    rules_events: list[tuple[str, str, str]] = field(default_factory=list)  # (loaded | refused, version, detail)
+    rules_version: str = ""
     # Shadow scoring since the last reply. It runs after a batch's reply, so it never delays that batch's
     # decisions; under a backlog the next batch waits for it (its CPU is metered for that reason).
     shadow_scored: int = 0
@@ -111,6 +115,7 @@ class ScoringCore:
 
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
         self.config = config
+        self.rules = RulesFile(config.rules_file, config.rules_check_seconds)  # a bad file stops the start
         self.store = Store(config.store_url)
         self.events: deque[tuple[str, str, str]] = deque()  # appended by the model watcher's thread too
         self.model = ModelHolder.from_registry(registry, config.model_alias, config.model_check_seconds,
@@ -141,6 +146,7 @@ class ScoringCore:
 
     def status(self) -> Scored:
         self.model.refresh()
+        self.rules.refresh()
         return self._report()
 
     def _report(self) -> Scored:
@@ -148,7 +154,8 @@ class ScoringCore:
         events = [self.events.popleft() for _ in range(len(self.events))]
         version = self.model.current.version if self.model.current else ""
         shadow, self._shadow_work = self._shadow_work, Scored()
-        return Scored(model_events=events, model_version=version,
+        return Scored(model_events=events, model_version=version, rules_events=self.rules.take_events(),
+                      rules_version=self.rules.current.version,
                       model_behind_seconds=self.model.behind_alias(self.config.model_grace_seconds),
                       shadow_scored=shadow.shadow_scored, shadow_cpu_seconds=shadow.shadow_cpu_seconds,
                       shadow_version=shadow.shadow_version)
@@ -180,10 +187,11 @@ class ScoringCore:
         cpu = time.process_time()
         self.model.refresh()  # between batches: a swap never splits one
         model = self.model.current
+        rules = self.rules.refresh()  # so is a new rules version
         messages = [Message(*fields) for fields in batch]
         if self.shared:
             self.shared.apply_others(self.scorer.state)
-        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions)
+        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions, rules=rules)
         self._pending = result.rows
         if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
             self.shared.publish([row.tx for row in result.rows], result.labels)
@@ -198,6 +206,7 @@ class ScoringCore:
         scored.model_seconds = result.model_seconds
         for decision in result.decisions:
             scored.outcomes[decision["decision"]] = scored.outcomes.get(decision["decision"], 0) + 1
+            scored.rule_hits[decision["rule"]] = scored.rule_hits.get(decision["rule"], 0) + 1
         scored.cpu_seconds = time.process_time() - cpu
         count, seconds = self._costs.get(model.version, (0, 0.0))
         self._costs[model.version] = (count + len(result.decisions), seconds + kafka_cpu_seconds + scored.cpu_seconds)

@@ -243,3 +243,44 @@ def test_scorer_core_applies_a_batch_in_event_time_order(booster, tmp_path):
     assert small["decision"] == "approve" and small["reasons"] == []
     assert big["decision"] == "decline" and big["reasons"][0]["feature"] == "amount"
     assert result.labels == [Label("A", True, t0 + 3_600)]
+
+
+def test_the_served_version_s_own_thresholds_and_the_rules_decide_and_each_decision_names_what_decided(
+        booster, tmp_path):
+    from streaming.rules import parse
+
+    registry = Registry({"1": booster, "2": booster})
+    tags = {"1": {"review_threshold": "0.0", "decline_threshold": "1.0"}, "2": {}}
+    holder = ModelHolder("m", registry.resolve, registry.load, check_every=0, compile_models=False,
+                         version_tags=lambda version: tags[version])
+    assert holder.require().thresholds == (0.0, 1.0)  # validated: its tags
+    config = ScorerConfig()  # 0.3 / 0.7 for a version without thresholds of its own
+    scorer = Scorer(config, FeatureState(), Store(f"sqlite:///{tmp_path / 'store.db'}"))
+    t0 = 1_530_000_000.0
+    txs = [Transaction(f"t{i}", f"C{i}", "T1", t0 + i, cents) for i, cents in enumerate((1000, 95_000, 95_000))]
+    rules = parse('version = "r1"\n[lists]\nblock_cards = ["C0"]\n[[rules]]\nname = "big"\naction = "review"\n'
+                  'when = "amount >= 900 and score >= 0.5"')
+    batch = [_message(config.transactions_topic, i, transaction_record(tx)) for i, tx in enumerate(txs[:2])]
+    first = scorer.process(batch, holder.current, rules=rules)
+    assert [(d["decision"], d["rule"], d["rules_version"]) for d in first.decisions] == [
+        ("decline", "block_cards list", "r1"), ("review", "big", "r1")]
+    registry.alias = "2"
+    holder.refresh(force=True)
+    assert holder.current.thresholds is None
+    third = scorer.process([_message(config.transactions_topic, 2, transaction_record(txs[2]))], holder.current)
+    assert [(d["decision"], d["rule"], d["rules_version"]) for d in third.decisions] == [("decline", "model", "none")]
+    stored = scorer.store.decisions_for(["t0", "t1"])  # a redelivery gets what decided, too
+    assert (stored["t0"].rule, stored["t0"].rules_version, stored["t1"].rule) == ("block_cards list", "r1", "big")
+
+
+def test_an_unknown_currency_is_dead_lettered_with_its_reason_and_a_known_one_converted(booster, tmp_path):
+    config = ScorerConfig()
+    scorer = Scorer(config, FeatureState(), Store(f"sqlite:///{tmp_path / 'store.db'}"))
+    record = transaction_record(Transaction("t1", "C1", "T1", 1_530_000_000.0, 10_000))
+    batch = [_message(config.transactions_topic, 0, {**record, "currency": "USD"}),
+             _message(config.transactions_topic, 1, {**record, "transaction_id": "t2", "currency": "XTS"})]
+    result = scorer.process(batch, ServingModel("m", "1", booster))
+    assert [d["transaction_id"] for d in result.decisions] == ["t1"]
+    assert result.rows[0].tx.amount_cents == round(100 * scorer.rates.per_unit["USD"] * 100)
+    assert [d.reason.split(":", 2)[:2] for d in result.dead_letters] == [["invalid", " currency"]]
+    assert "'XTS' is not in the rates table" in result.dead_letters[0].reason

@@ -430,3 +430,66 @@ def test_the_challenger_is_scored_in_the_shadow_on_the_same_features_and_never_d
     assert set(pairs.index) == set(stream["transaction_id"]) and set(pairs["model_version"]) == {champion}
     features = np.array([orjson.loads(stored[t].features) for t in pairs.index], dtype=float)
     assert np.allclose(pairs["shadow_score"], shadow.booster.predict(features, num_threads=1), rtol=0, atol=1e-12)
+
+
+def _serve_rules(path, text: str) -> None:
+    staged = path.with_suffix(".staged")
+    staged.write_text(text)
+    staged.replace(path)  # whole, as a ConfigMap update or `fraudloop rules apply` writes it
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_rules_decide_a_bad_rules_file_is_refused_and_a_new_version_is_reloaded_mid_stream(
+        broker, served, small_history, tmp_path):
+    registry, _, _ = served
+    stream = small_history.head(3_000)
+    parts = [stream.iloc[:1_000], stream.iloc[1_000:2_000], stream.iloc[2_000:]]
+    allowed, blocked = stream["card_id"].iloc[0], stream["card_id"].iloc[1]
+    terminal = stream["terminal_id"].iloc[2_500]
+    v1 = (f'version = "v1"\n[lists]\nallow_cards = ["{allowed}"]\nblock_cards = ["{blocked}"]\n'
+          '[[rules]]\nname = "big amount"\naction = "review"\nwhen = "amount >= 150"\n')
+    rules_path = tmp_path / "rules.toml"
+    _serve_rules(rules_path, v1)
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", rules_file=str(rules_path),
+                           rules_check_seconds=0.1)
+    amount = dict(zip(stream["transaction_id"], stream["amount"], strict=True))
+    with RunningScorer(config, registry) as service:
+        send_transactions(broker.bootstrap, config.transactions_topic, parts[0])
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 1_000)
+        _serve_rules(rules_path, v1.replace('"v1"', '"v2"').replace("amount >= 150", "amount >= 150 and nope"))
+        _wait_for(lambda: service.metrics.rules_events.labels("refused")._value.get() == 1)
+        assert "unknown name 'nope'" in service.rules_refused and service.rules_version == "v1"
+        send_transactions(broker.bootstrap, config.transactions_topic, parts[1])
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 2_000)
+        _serve_rules(rules_path, f'version = "v3"\n[lists]\nblock_terminals = ["{terminal}"]\n')
+        _wait_for(lambda: service.rules_version == "v3")
+        send_transactions(broker.bootstrap, config.transactions_topic, parts[2])
+        records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(stream))
+    hits = {rule: service.metrics.rule_hits.labels(rule)._value.get()  # every batch counted once stopped
+            for rule in ("allow_cards list", "block_cards list", "big amount", "block_terminals list", "model")}
+    decided = decisions_by_id(records)
+    assert len(decided) == len(stream)
+    version = {tx_id: "v1" if i < 2_000 else "v3" for i, tx_id in enumerate(stream["transaction_id"])}
+    card = dict(zip(stream["transaction_id"], stream["card_id"], strict=True))
+    at = dict(zip(stream["transaction_id"], stream["terminal_id"], strict=True))
+    for tx_id, d in decided.items():
+        assert d["rules_version"] == version[tx_id]  # the bad file never decided; v3 from the batch after its load
+        if version[tx_id] == "v1" and card[tx_id] == allowed:
+            expected = ("approve", "allow_cards list")
+        elif version[tx_id] == "v1" and card[tx_id] == blocked:
+            expected = ("decline", "block_cards list")
+        elif version[tx_id] == "v1" and amount[tx_id] >= 150:
+            expected = ("review", "big amount")
+        elif version[tx_id] == "v3" and at[tx_id] == terminal:
+            expected = ("decline", "block_terminals list")
+        else:
+            expected = (d["decision"], "model")
+        assert (d["decision"], d["rule"]) == expected, (tx_id, d)
+    counted = Counter(d["rule"] for d in decided.values())
+    assert all(counted[rule] > 0 for rule in hits) and hits == {rule: counted[rule] for rule in hits}
