@@ -33,7 +33,10 @@ TOPICS = tuple(ScorerConfig().topics)
 RETRAIN = {"train_days": 21, "delay_days": 0, "test_days": 3, "maturity_days": 4.0, "num_boost_round": 300}
 MALFORMED = [b"not json", b'{"schema_version": 1, "transaction_id": "X1"}',
              b'{"schema_version": 1, "transaction_id": "X2", "card_id": "C1", "terminal_id": "T1", '
-             b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": -5, "currency": "EUR"}']
+             b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": -5, "currency": "EUR"}',
+             b'{"schema_version": 1, "transaction_id": "X3", "card_id": "C1", "terminal_id": "T1", '
+             b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": 5, "currency": "XTS"}']  # no rate: not guessed
+RULES = Path(__file__).resolve().parents[1] / "examples" / "rules.toml"  # served by the demo's scorer
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,10 @@ def start_mlflow(config: DemoConfig, services: Services) -> str:
 
 
 def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics_port: int) -> subprocess.Popen:
-    env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_MODEL_CHECK_SECONDS": "2"}
+    served_rules = config.home / "rules.toml"
+    shutil.copyfile(RULES, served_rules)
+    env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_MODEL_CHECK_SECONDS": "2",
+           "FRAUDLOOP_RULES_FILE": str(served_rules)}
     log = open(config.home / "scorer.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--bootstrap", bootstrap,
@@ -247,7 +253,8 @@ def run(config: DemoConfig) -> dict:
             scorer.send_signal(signal.SIGTERM)
             scorer.wait(timeout=60)
         report = build_report(config, stream, cut, metrics, runs, stream_seconds,
-                              time.monotonic() - started, ui, broker.bootstrap)
+                              time.monotonic() - started, ui, broker.bootstrap, str(config.home / "rules.toml"),
+                              RETRAIN["maturity_days"])
         print_report(report)
         if config.keep_running:
             say(f"services left running (MLflow UI {ui}, broker {broker.bootstrap}); stop them with Ctrl-C")

@@ -203,7 +203,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     if champion_version is not None and store_url is not None:
         maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
         live = live_verdict(store_url, version, champion_version, maturity, gates)
-    result = Validation(version, champion_version, verdict, thresholds, policy, live, targets, tuple(grid))
+    result = Validation(version, champion_version, verdict, thresholds, policy, targets, tuple(grid), live)
 
     text = _report(result, holdout, gates)
     client = registry.client(reg)

@@ -34,11 +34,16 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:] + out[-3000:]
     scored = int(re.search(r"transactions scored: ([\d,]+)", out).group(1).replace(",", ""))
     assert scored > 5_000
-    assert "dead letters: 3" in out  # the three malformed messages, none lost
+    assert "dead letters: 4" in out  # the four malformed messages (one in a currency without a rate), none lost
     assert re.search(r"before drift, first champion\s+AP 0\.\d+\s+CP@100 0\.\d+", out)
     assert re.search(r"after retraining, last champion\s+AP 0\.\d+", out)
     assert re.search(r"served by v1\s+AP 0\.\d+", out)
     assert "drift_monitor / retrain by simulated day: d1:" in out and "model versions: verdict" in out
     assert re.search(r"v1 \(passed\): training [\d.]+ CPU s, \d+ MB peak RSS; served [\d,]+: \d+ CPU ms", out)
+    assert re.search(r"decisions by what decided them \(rules [\w.-]+\): model [\d,]+", out)
+    alerts = [(float(t), float(m)) for t, m in re.findall(r"review >= ([\d.]+), decline >= [\d.]+\): ([\d,]+) reviews",
+                                                           out)]
+    assert alerts  # each validated version serves its own thresholds
+    assert "| decided by | action | decisions |" in out and "| review | " in out  # the backtest's tables
     bootstrap = re.search(r"broker on (127\.0\.0\.1:\d+)", out).group(1)
     assert not listening(bootstrap) and not listening(f"127.0.0.1:{ui_port}")  # nothing left running
