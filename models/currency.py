@@ -14,6 +14,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+REFERENCE_CURRENCY = "EUR"  # the packaged table's; a table of one's own may name another
+
 
 @dataclass(frozen=True)
 class Rates:

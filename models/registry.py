@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
 from models.features import FEATURE_NAMES
 from models.home import fraudloop_home
+from models.thresholds import from_tags
 
 DEFAULT_MODEL_NAME = "card-fraud"
 FEATURE_SPEC_FILE = "feature_spec.json"
@@ -168,6 +170,22 @@ def alias_version(config: RegistryConfig, alias: str) -> str | None:
 
 def version_info(config: RegistryConfig, version: str):
     return client(config).get_model_version(config.model_name, version)
+
+
+def version_thresholds(registry_config: RegistryConfig,
+                       default: tuple[float, float]) -> Callable[[str], tuple[float, float]]:
+    """Each version's own thresholds from its tags (looked up once), `default` for one without."""
+    cache: dict[str, tuple[float, float]] = {}
+
+    def of(version: str) -> tuple[float, float]:
+        if version not in cache:
+            try:
+                tags = version_info(registry_config, version).tags
+            except Exception:  # noqa: BLE001 - a version the registry no longer has: the default
+                tags = {}
+            cache[version] = from_tags(tags) or default
+        return cache[version]
+    return of
 
 
 def tag_version(config: RegistryConfig, version: str, tags: dict[str, str]) -> None:

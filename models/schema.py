@@ -7,7 +7,7 @@ record fails do we run the full validator to list every bad field with a specifi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -16,7 +16,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
-from models.currency import Rates, load_rates
+from models.currency import REFERENCE_CURRENCY, Rates, load_rates
 
 TRANSACTION_SCHEMA = "transaction.v1.json"
 LABEL_SCHEMA = "label.v1.json"
@@ -35,11 +35,20 @@ class InvalidRecord(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
+    """Two transactions are the same when their messages say the same: the converted amount is left out of the
+    comparison, so a redelivery read after a change of the rates table is still recognised as one."""
+
     transaction_id: str
     card_id: str
     terminal_id: str
     time: float  # epoch seconds, UTC
-    amount_cents: int  # in the reference currency (models/currency.py), whatever the message's currency
+    amount_cents: int = field(compare=False)  # in the reference currency (models/currency.py): what features see
+    currency: str = REFERENCE_CURRENCY  # the message's
+    original_cents: int | None = None  # the message's amount in its currency (None: amount_cents, the reference)
+
+    def __post_init__(self) -> None:
+        if self.original_cents is None:
+            object.__setattr__(self, "original_cents", self.amount_cents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +110,13 @@ def parse_transaction(record: Any, rates: Rates | None = None) -> Transaction:
     amount = record["amount"]
     if abs(amount * 100 - round(amount * 100)) > 1e-6:
         raise InvalidRecord([f"amount: {amount!r} has more than two decimals"])
-    rates = rates or load_rates()
-    converted = rates.to_reference(amount, record["currency"])
+    rates, currency = rates or load_rates(), record["currency"]
+    converted = rates.to_reference(amount, currency)
     if converted is None:
-        raise InvalidRecord([f"currency: {record['currency']!r} is not in the rates table (version {rates.version}, "
+        raise InvalidRecord([f"currency: {currency!r} is not in the rates table (version {rates.version}, "
                              f"{len(rates.per_unit)} currencies); add its rate to convert it to {rates.reference}"])
-    return Transaction(record["transaction_id"], record["card_id"], record["terminal_id"], time, round(converted * 100))
+    return Transaction(record["transaction_id"], record["card_id"], record["terminal_id"], time, round(converted * 100),
+                       currency, round(amount * 100))
 
 
 def parse_label(record: Any) -> Label:
@@ -114,15 +124,16 @@ def parse_label(record: Any) -> Label:
     return Label(record["transaction_id"], record["is_fraud"], parse_time(record["known_at"], "known_at"))
 
 
-def transaction_record(tx: Transaction, currency: str = "EUR") -> dict[str, Any]:
+def transaction_record(tx: Transaction) -> dict[str, Any]:
+    """The message of a transaction, in its own currency."""
     return {
         "schema_version": 1,
         "transaction_id": tx.transaction_id,
         "card_id": tx.card_id,
         "terminal_id": tx.terminal_id,
         "timestamp": format_time(tx.time),
-        "amount": tx.amount_cents / 100,
-        "currency": currency,
+        "amount": tx.original_cents / 100,
+        "currency": tx.currency,
     }
 
 

@@ -25,16 +25,22 @@ class Targets:
     review_capacity_per_day: float = 100.0  # reviews a day the analysts can work
     confidence: float = 0.9  # one-sided, for the precision's lower bound (Wilson)
     min_declines: int = 10  # fewer declines than this on the holdout are too little evidence of precision
+    # The reviews' precision must be at least this: a queue filled to capacity with near-zero scores wastes the
+    # analysts' time (the review threshold is raised until it holds; with none that holds, the model reviews nothing)
+    review_precision: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 < self.decline_precision <= 1:
             raise ValueError(f"decline_precision must be in (0, 1], got {self.decline_precision}")
+        if not 0 <= self.review_precision <= 1 or not 0 < self.confidence < 1:
+            raise ValueError("review_precision must be in [0, 1] and confidence in (0, 1)")
         if self.review_capacity_per_day < 0:
             raise ValueError(f"review_capacity_per_day must not be negative, got {self.review_capacity_per_day}")
 
     def describe(self) -> str:
         return (f"decline where precision >= {self.decline_precision:g} ({self.confidence:.0%} lower bound, >= "
-                f"{self.min_declines} declines); reviews <= {self.review_capacity_per_day:g} a day")
+                f"{self.min_declines} declines); reviews <= {self.review_capacity_per_day:g} a day at precision >= "
+                f"{self.review_precision:g}")
 
 
 def wilson_lower(hits: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
@@ -51,27 +57,33 @@ def wilson_lower(hits: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarr
 def choose(time: np.ndarray, is_fraud: np.ndarray, score: np.ndarray, targets: Targets) -> tuple[float, float]:
     """(review, decline) for these scores: the lowest decline threshold whose declines' precision (lower bound) is
     at least the target, with enough declines to show it (else 1.0: nothing declined on the model's say); then
-    the lowest review threshold that keeps the reviews (score between the two) within the capacity a day."""
-    y = np.asarray(is_fraud, dtype=bool)
+    the lowest review threshold that keeps the reviews (score between the two) within the capacity a day at the
+    reviews' precision floor (else the decline threshold: nothing reviewed on the model's say). A threshold takes
+    a run of tied scores whole. Rows without a finite score are left out."""
     score = np.asarray(score, dtype=float)
-    days = _days(time)
+    keep = np.isfinite(score)
+    y, score, time = np.asarray(is_fraud, dtype=bool)[keep], score[keep], np.asarray(time)[keep]
+    if not len(score):
+        return 1.0, 1.0
     order = np.argsort(-score, kind="stable")
-    ranked, frauds = score[order], np.cumsum(y[order])
-    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]  # a threshold takes a run of tied scores whole
-    n = np.arange(1, len(ranked) + 1)[last_of_tie]
-    hits, cuts = frauds[last_of_tie], ranked[last_of_tie]
+    ranked, caught = score[order], y[order]
+    n, hits, cuts = _cuts(ranked, caught)
     good = (wilson_lower(hits, n, targets.confidence) >= targets.decline_precision) & (n >= targets.min_declines)
     decline = float(cuts[np.flatnonzero(good)[-1]]) if good.any() else 1.0
     below = ranked < decline
-    capacity = math.floor(targets.review_capacity_per_day * days)
+    capacity = math.floor(targets.review_capacity_per_day * _days(time))
     if capacity <= 0 or not below.any():
         return decline, decline
-    under = ranked[below]  # descending: the first `capacity` of them fit, unless a tie runs past the cut
-    if len(under) <= capacity:
-        return float(under[-1]), decline
-    cut = under[capacity]  # the first score that would not fit; every score above it does
-    fitting = under[under > cut]
-    return (float(fitting[-1]) if len(fitting) else decline), decline
+    n, hits, cuts = _cuts(ranked[below], caught[below])  # the review band: from just under the decline threshold
+    fits = (n <= capacity) & (hits >= targets.review_precision * n)
+    return (float(cuts[np.flatnonzero(fits)[-1]]) if fits.any() else decline), decline
+
+
+def _cuts(ranked: np.ndarray, caught: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each distinct score of a descending ranking: how many rows score at least it, how many of them are
+    frauds, and the score."""
+    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
+    return np.arange(1, len(ranked) + 1)[last_of_tie], np.cumsum(caught)[last_of_tie], ranked[last_of_tie]
 
 
 def table(time: np.ndarray, is_fraud: np.ndarray, score: np.ndarray,

@@ -107,7 +107,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
-    from models.registry import RegistryConfig
+    from models.registry import RegistryConfig, version_thresholds
     from pipelines import jobs, rules_backtest
     from pipelines.promote import default_actor
     from streaming.config import ScorerConfig
@@ -117,8 +117,7 @@ def cmd_rules(args: argparse.Namespace) -> None:
     registry, served = RegistryConfig.from_env(), ScorerConfig.load()
     result = rules_backtest.run(jobs._store_url(args.store), args.rules, _time_arg(args.since, "--from"),
                                 _time_arg(args.until, "--to"), args.maturity_days,
-                                rules_backtest.version_thresholds(registry, (served.review_threshold,
-                                                                            served.decline_threshold)))
+                                version_thresholds(registry, (served.review_threshold, served.decline_threshold)))
     print(rules_backtest.describe(result))
     if args.rules_command == "apply":
         change = rules_backtest.apply(registry, args.rules, args.to_file, args.reason, result, default_actor())

@@ -52,20 +52,22 @@ def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
             "versions": ", ".join(sorted(part["model_version"].unique()))}
 
 
-def alerts(decisions: pd.DataFrame, tags_of, capacity: float) -> list[dict]:
-    """Per served version, in serving order: its thresholds, and reviews and declines a day (by the rules too)
-    against the analysts' capacity: a promotion should keep the review volume where it was asked to be."""
+def alerts(decisions: pd.DataFrame, tags_of, capacity: float, drift_at: float) -> list[dict]:
+    """Per served version, in serving order (a version that served across the drift's start, once each side):
+    its thresholds, and reviews and declines a day (by the rules too) against the analysts' capacity: a promotion
+    should keep the review volume where it was asked to be."""
+    from models.thresholds import from_tags
+
     rows = []
-    order = decisions.groupby("model_version")["event_time"].min().sort_values().index
-    for version in order:
-        part = decisions[decisions["model_version"] == version]
+    decisions = decisions.assign(drifted=decisions["event_time"] >= drift_at)
+    order = decisions.groupby(["model_version", "drifted"])["event_time"].min().sort_values().index
+    for version, drifted in order:
+        part = decisions[(decisions["model_version"] == version) & (decisions["drifted"] == drifted)]
         days = max((part["event_time"].max() - part["event_time"].min()) / DAY, 1 / 24)
         by_rules = part["rule"].fillna("model") != "model"
-        tags = tags_of(version)
         reviews = (part["decision"] == "review").to_numpy()
-        rows.append({"version": version, "days": days, "transactions": len(part),
-                     "review_threshold": tags.get("review_threshold"),
-                     "decline_threshold": tags.get("decline_threshold"),
+        rows.append({"version": version, "drifted": bool(drifted), "days": days, "transactions": len(part),
+                     "thresholds": from_tags(tags_of(version)),  # what the scorer applied (None: its defaults)
                      "reviews_per_day": float(reviews.sum() / days),
                      "rule_reviews_per_day": float((reviews & by_rules.to_numpy()).sum() / days),
                      "declines_per_day": float((part["decision"] == "decline").sum() / days),
@@ -112,14 +114,17 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                          "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
                          "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
     from models.thresholds import Targets
-    from pipelines.rules_backtest import describe, run, version_thresholds
+    from pipelines.rules_backtest import describe, run
     from streaming.config import ScorerConfig
     from streaming.store import default_url
 
     served = ScorerConfig()
     rule_mix = decisions["rule"].fillna("model").value_counts().to_dict()
-    backtest = run(default_url(), rules_path, cut, None, maturity_days,
-                   version_thresholds(reg, (served.review_threshold, served.decline_threshold)))
+    try:
+        backtest = describe(run(default_url(), rules_path, cut, None, maturity_days,
+                                registry.version_thresholds(reg, (served.review_threshold, served.decline_threshold))))
+    except ValueError as error:  # a stream too short for its labels to mature
+        backtest = f"not run: {error}"
     latency = [histogram_quantile(metrics, "fraud_end_to_end_seconds", q) for q in (0.5, 0.99)]
     before, after, retrained = (p.get("average_precision") for p in periods)
     recovered = ((retrained - after) / (before - after) if None not in (before, after, retrained) and before > after
@@ -132,9 +137,11 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
         "latency_p50_ms": (latency[0] or 0) * 1000, "latency_p99_ms": (latency[1] or 0) * 1000,
         "periods": periods, "by_version": by_version, "runs": runs, "moves": promote.history(reg)[::-1],
         "versions": versions,
-        "alerts": alerts(decisions, lambda v: registry.version_info(reg, v).tags, Targets().review_capacity_per_day),
-        "rule_mix": {str(k): int(v) for k, v in rule_mix.items()}, "rules_version": backtest["rules_version"],
-        "backtest": describe(backtest),
+        "alerts": alerts(decisions, lambda v: registry.version_info(reg, v).tags, Targets().review_capacity_per_day,
+                         drift_at),
+        "rule_mix": {str(k): int(v) for k, v in rule_mix.items()},
+        "rules_version": str(decisions["rules_version"].dropna().iloc[-1]) if decisions["rules_version"].notna().any()
+        else "none", "backtest": backtest,
         "total_seconds": total_seconds, "ui": ui, "bootstrap": bootstrap, "home": str(config.home),
     }
 
@@ -168,10 +175,11 @@ def print_report(r: dict) -> None:
     print(f"review volume against the analysts' capacity ({r['alerts'][0]['capacity']:.0f} a day, the retrain DAG's "
           "review_capacity_per_day), per served version in serving order:")
     for a in r["alerts"]:
-        thresholds = (f"review >= {float(a['review_threshold']):.3f}, decline >= {float(a['decline_threshold']):.3f}"
-                      if a["review_threshold"] else "the scorer's default thresholds")
-        print(f"  v{a['version']} ({a['days']:.1f} days, {thresholds}): {a['reviews_per_day']:,.0f} reviews a day "
-              f"({a['rule_reviews_per_day']:,.0f} of them by rules), {a['declines_per_day']:,.0f} declines a day")
+        thresholds = (f"review >= {a['thresholds'][0]:.3f}, decline >= {a['thresholds'][1]:.3f}" if a["thresholds"]
+                      else "the scorer's default thresholds")
+        when = "after the drift's start" if a["drifted"] else "before the drift"
+        print(f"  v{a['version']} {when} ({a['days']:.1f} days, {thresholds}): {a['reviews_per_day']:,.0f} reviews "
+              f"a day ({a['rule_reviews_per_day']:,.0f} of them by rules), {a['declines_per_day']:,.0f} declines a day")
     print("\nrules backtest on this run's store (`fraudloop rules backtest --rules examples/rules.toml`):")
     print("  " + r["backtest"].replace("\n", "\n  "))
     print("\nchampion moves:")

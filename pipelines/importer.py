@@ -29,6 +29,7 @@ in `[label_columns]`).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+from models.currency import load_rates
 from models.schema import InvalidRecord, parse_label, parse_transaction
 from pipelines.history import write_history
 from pipelines.simulate import label_times
@@ -218,13 +220,14 @@ def import_history(transactions: Path, out: Path, mapping: Mapping, labels: Path
     flags = _flags(table[mapping.column("is_fraud")]) if has_flag else [False] * len(table)
     ids, cards, terminals = (_texts(table[mapping.column(n)]) for n in ("transaction_id", "card_id", "terminal_id"))
 
+    rates = load_rates(os.environ.get("FRAUDLOOP_RATES_FILE", ""))  # the scorer's table: the same amounts
     accepted, reasons, seen = [], [None] * len(table), set()
     for row, record in enumerate(zip(ids, cards, terminals, stamps, amounts, currencies, flags, strict=True)):
         tx_id, card, terminal, stamp, amount, currency, flag = record
         try:
             tx = parse_transaction({"schema_version": 1, "transaction_id": tx_id, "card_id": card,
                                     "terminal_id": terminal, "timestamp": stamp, "amount": amount,
-                                    "currency": currency})
+                                    "currency": currency}, rates)
             if not isinstance(flag, bool):
                 raise InvalidRecord([f"is_fraud: {flag!r} is not a fraud flag (true/false, 1/0)"])
             if tx_id in seen:

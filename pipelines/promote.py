@@ -35,22 +35,31 @@ def default_actor() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _record(reg: registry.RegistryConfig, move: Move) -> None:
+def record_change(reg: registry.RegistryConfig, experiment_suffix: str, run_name: str, tags: dict[str, str],
+                  texts: dict[str, str] | None = None) -> None:
+    """One finished run in `<experiment>-<suffix>` per change (who, when, why as tags; files as artifacts): the
+    MLflow UI lists the whole history."""
     client = registry.client(reg)
-    experiment_id = registry.side_experiment(reg, "alias-moves")
-    run = client.create_run(experiment_id, run_name=f"{move.action} v{move.to_version}", tags={
-        "action": move.action, "from_version": move.from_version or "none", "to_version": move.to_version,
-        "actor": move.actor, "reason": move.reason[:4900], "at": move.at, "model": reg.model_name})
+    run = client.create_run(registry.side_experiment(reg, experiment_suffix), run_name=run_name,
+                            tags={**tags, "reason": tags.get("reason", "")[:4900]})
+    for name, text in (texts or {}).items():
+        client.log_text(run.info.run_id, text, name)
     client.set_terminated(run.info.run_id)
+
+
+def _record(reg: registry.RegistryConfig, move: Move) -> None:
+    record_change(reg, "alias-moves", f"{move.action} v{move.to_version}", {
+        "action": move.action, "from_version": move.from_version or "none", "to_version": move.to_version,
+        "actor": move.actor, "reason": move.reason, "at": move.at, "model": reg.model_name})
 
 
 def _move_champion(reg: registry.RegistryConfig, version: str, action: str, actor: str, reason: str) -> Move:
     old = registry.alias_version(reg, registry.CHAMPION)
-    move = Move(action, old, version, actor, reason, _now())
+    move = Move(action, old, version, actor, reason, now())
     registry.set_alias(reg, registry.CHAMPION, version)
     if old is not None:
         registry.set_alias(reg, PREVIOUS_CHAMPION, old)
@@ -86,7 +95,7 @@ def promote(reg: registry.RegistryConfig, version: str, reason: str, actor: str 
 
 def reject(reg: registry.RegistryConfig, version: str, reason: str) -> None:
     """Leave the champion where it is and say why on the challenger."""
-    registry.tag_version(reg, version, {"rejected_at": _now(), "rejection_reason": reason[:4900]})
+    registry.tag_version(reg, version, {"rejected_at": now(), "rejection_reason": reason[:4900]})
 
 
 def rollback(reg: registry.RegistryConfig, reason: str, actor: str | None = None) -> Move:

@@ -12,6 +12,7 @@ changes` experiment (who, when, why, the version replaced, the file and its back
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import Counter
@@ -23,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from models.features import FEATURE_NAMES
-from streaming.decide import APPROVE, DECLINE, REVIEW
-from streaming.rules import MODEL, RuleSet, parse
+from pipelines.training_set import decode_decisions
+from streaming.decide import APPROVE, DECLINE, REVIEW, outcomes
+from streaming.rules import MODEL, RulesError, RuleSet, parse
 
 DAY = 86_400.0
 
@@ -55,8 +57,8 @@ def backtest(chunks, labels: pd.Series, rules: RuleSet, thresholds_of: Callable[
         chunk = chunk[chunk["score"].notna()]
         if chunk.empty:
             continue
-        features = np.array([_features(f) for f in chunk["features"]], dtype=float).reshape(len(chunk), -1)
-        columns = {name: features[:, j] for j, name in enumerate(FEATURE_NAMES)}
+        decoded = decode_decisions(chunk)
+        columns = {name: decoded[name].to_numpy() for name in FEATURE_NAMES}
         columns["score"] = chunk["score"].to_numpy(float)
         outcome, rule = np.empty(len(chunk), dtype=object), np.empty(len(chunk), dtype=object)
         model = np.empty(len(chunk), dtype=object)
@@ -68,8 +70,7 @@ def backtest(chunks, labels: pd.Series, rules: RuleSet, thresholds_of: Callable[
             review, decline = thresholds_of(str(version))
             o, r = rules.decide(sub, [cards[i] for i in rows_of], [terminals[i] for i in rows_of], review, decline)
             outcome[rows_of], rule[rows_of] = o, r
-            s = sub["score"]
-            model[rows_of] = np.where(s >= decline, DECLINE, np.where(s >= review, REVIEW, APPROVE))
+            model[rows_of] = outcomes(sub["score"], review, decline)
         is_fraud = chunk["transaction_id"].map(labels).fillna(False).astype(bool).to_numpy()
         rows, frauds = rows + len(chunk), frauds + int(is_fraud.sum())
         days.update((chunk["event_time"].to_numpy() // DAY).astype(int).tolist())
@@ -97,16 +98,6 @@ def _action(rules: RuleSet, name: str) -> str:
     if name.endswith(" list"):
         return name.split("_", 1)[0]
     return next(rule.action for rule in rules.rules if rule.name == name)
-
-
-def _features(text: str) -> list:
-    import orjson
-
-    values = orjson.loads(text)
-    if len(values) != len(FEATURE_NAMES):
-        raise ValueError(f"stored decisions carry {len(values)} features where this version computes "
-                         f"{len(FEATURE_NAMES)}: backtest a range scored since the upgrade")
-    return [np.nan if v is None else v for v in values]
 
 
 def describe(result: dict) -> str:
@@ -153,47 +144,33 @@ def run(store_url: str, rules_path: str, since: float | None, until: float | Non
     return {**result, "from": since, "to": until}
 
 
-def version_thresholds(registry_config, default: tuple[float, float]) -> Callable[[str], tuple[float, float]]:
-    """Each version's own thresholds from its tags (looked up once), `default` for one without."""
-    from models import registry
-    from models.thresholds import from_tags
-
-    cache: dict[str, tuple[float, float]] = {}
-
-    def of(version: str) -> tuple[float, float]:
-        if version not in cache:
-            try:
-                tags = registry.version_info(registry_config, version).tags
-            except Exception:  # noqa: BLE001 - a version the registry no longer has: the default
-                tags = {}
-            cache[version] = from_tags(tags) or default
-        return cache[version]
-    return of
-
-
 def apply(registry_config, rules_path: str, served_path: str, reason: str, backtest_result: dict,
           actor: str) -> dict:
     """Serve `rules_path` at `served_path` (written whole, then renamed over it: the scorer never reads half a
     file) and record the change."""
-    from models import registry
-    from pipelines.promote import _now
+    from pipelines.promote import now, record_change
 
-    text = Path(rules_path).read_text()
+    text = Path(rules_path).read_text(encoding="utf-8")
     new = parse(text, rules_path)
     target = Path(served_path)
-    old = parse(target.read_text(), served_path).version if target.is_file() else "none"
+    try:
+        old = parse(target.read_text(encoding="utf-8"), served_path).version if target.is_file() else "none"
+    except (RulesError, UnicodeDecodeError):
+        old = "unusable"  # the change that repairs a broken served file is allowed, and says so
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as tmp:
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
         tmp.write(text)
-    os.replace(tmp.name, target)
-    change = {"action": "rules", "from_version": old, "to_version": new.version, "digest": new.digest,
-              "actor": actor, "reason": reason, "at": _now()}
-    client = registry.client(registry_config)
-    run = client.create_run(registry.side_experiment(registry_config, "rules-changes"),
-                            run_name=f"rules {new.version}", tags={**change, "reason": reason[:4900]})
-    client.log_text(run.info.run_id, text, "rules.toml")
-    client.log_text(run.info.run_id, describe(backtest_result), "backtest.md")
-    client.log_dict(run.info.run_id, backtest_result, "backtest.json")
-    client.set_terminated(run.info.run_id)
+    try:
+        # readable by the scorer, which may run as another user (a temporary file is the owner's alone)
+        os.chmod(tmp.name, target.stat().st_mode & 0o777 if target.exists() else 0o644)
+        change = {"action": "rules", "from_version": old, "to_version": new.version, "digest": new.digest,
+                  "actor": actor, "reason": reason, "at": now()}
+        record_change(registry_config, "rules-changes", f"rules {new.version}", change, {
+            "rules.toml": text, "backtest.md": describe(backtest_result),
+            "backtest.json": json.dumps(backtest_result, indent=1)})
+        os.replace(tmp.name, target)  # recorded first: nothing serves that the record does not show
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
     return change
 

@@ -10,7 +10,7 @@ and tagged on the version, which the scorer applies when it serves it.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -38,9 +38,9 @@ class Validation:
     # What the decision policy would feel at each model's own thresholds, on all the holdout days' traffic (the
     # cards already known compromised included, as the scorer sees them)
     policy: dict[str, dict[str, float]]
-    targets: policy_thresholds.Targets = policy_thresholds.Targets()
-    threshold_table: tuple[dict[str, float], ...] = ()  # the challenger's, on the holdout days' traffic
     live: Verdict | None = None  # on shadow traffic whose labels have matured, when there is a champion
+    targets: policy_thresholds.Targets = field(default=policy_thresholds.Targets(), kw_only=True)
+    threshold_table: tuple[dict[str, float], ...] = field(default=(), kw_only=True)  # the challenger's, holdout days
 
     @property
     def status(self) -> str:
@@ -192,9 +192,9 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     thresholds = {"challenger": policy_thresholds.choose(traffic_time, traffic_fraud, traffic_scores["challenger"],
                                                          targets)}
     if champion_version is not None:
-        served = ScorerConfig.load()
-        thresholds["champion"] = (policy_thresholds.from_tags(registry.version_info(reg, champion_version).tags)
-                                  or (served.review_threshold, served.decline_threshold))
+        served = ScorerConfig.load()  # a champion without thresholds of its own serves at the scorer's settings
+        thresholds["champion"] = registry.version_thresholds(reg, (served.review_threshold,
+                                                                   served.decline_threshold))(champion_version)
     policy = {who: policy_effect(traffic_time, traffic_fraud, traffic_scores[who], *thresholds[who])
               for who in boosters}
     grid = policy_thresholds.table(traffic_time, traffic_fraud, traffic_scores["challenger"],
@@ -203,7 +203,8 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     if champion_version is not None and store_url is not None:
         maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
         live = live_verdict(store_url, version, champion_version, maturity, gates)
-    result = Validation(version, champion_version, verdict, thresholds, policy, targets, tuple(grid), live)
+    result = Validation(version, champion_version, verdict, thresholds, policy, live, targets=targets,
+                        threshold_table=tuple(grid))
 
     text = _report(result, holdout, gates)
     client = registry.client(reg)
@@ -270,7 +271,7 @@ def describe(result: dict) -> str:
                      f"{d['high']:+.4f}] (paired, {d['resamples']:,} resamples by card)")
     if result.get("policy"):
         t, mine, theirs = result["thresholds"], result["policy"]["challenger"], result["policy"].get("champion", {})
-        own = t["challenger"]
+        own = t.get("challenger", t)  # a verdict recorded before thresholds were derived: one pair, served
         champion = t.get("champion")
         served = f" (champion: {champion['review']:.4f} / {champion['decline']:.4f})" if champion else ""
         lines.append(f"  thresholds from the targets: review >= {own['review']:.4f}, decline >= {own['decline']:.4f}"

@@ -36,8 +36,9 @@ class ScorerMetrics:
                                    registry=r)
         self.rule_hits = Counter("fraud_rule_hits", "Decisions by what decided them: a rule, a list, or `model` "
                                  "(the served version's thresholds)", ["rule"], registry=r)
-        self.rules_events = Counter("fraud_rules_events", "Rules files loaded, and refused (the set in force kept "
-                                    "deciding)", ["event"], registry=r)
+        self.rules_events = Counter("fraud_rules_events", "Rules files loaded; refused (the set in force kept "
+                                    "deciding); batches the rules failed on (the model's thresholds decided them)",
+                                    ["event"], registry=r)
         self.model_version = Gauge("fraud_model_version", "Model version in use", ["model"], registry=r)
         self.model_events = Counter("fraud_model_events", "Model swaps, compilations, refusals, failed loads, "
                                     "registry errors", ["event"], registry=r)
@@ -58,7 +59,7 @@ class ScorerMetrics:
         for event in MODEL_EVENTS:
             self.model_events.labels(event)
         self.rule_hits.labels("model")
-        for event in ("loaded", "refused"):
+        for event in ("loaded", "refused", "error"):
             self.rules_events.labels(event)
         for source in sources:
             for kind in DEAD_LETTER_KINDS:

@@ -144,7 +144,11 @@ class ModelHolder:
             return None
         try:
             booster = self._load(version)
-            thresholds = from_tags(self._tags(version))
+            tags = self._tags(version)
+            thresholds = from_tags(tags)
+            if thresholds is None and "review_threshold" in tags:
+                log.warning("%s version %s has unusable threshold tags (%s / %s): it serves at the scorer's own",
+                            self.name, version, tags.get("review_threshold"), tags.get("decline_threshold"))
         except IncompatibleModel as error:
             return self._refuse(version, error)
         except Exception as error:  # transient until shown otherwise: tried again, each time later

@@ -49,7 +49,7 @@ class RulesFile:
             if stamp is None:
                 raise RulesError(f"rules file {self.path} is gone")
             rules = self._read()
-        except (OSError, RulesError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, the set in force serves on
             log.error("rules file refused, version %s keeps deciding: %s", self.current.version, error)
             self.events.append((REFUSED, self.current.version, str(error)))
             return self.current
@@ -64,7 +64,11 @@ class RulesFile:
         return events
 
     def _read(self) -> RuleSet:
-        return parse(Path(self.path).read_text(), self.path)
+        try:
+            text = Path(self.path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise RulesError(f"{self.path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return parse(text, self.path)
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:

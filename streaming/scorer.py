@@ -68,6 +68,7 @@ class BatchResult:
     replayed: int = 0  # decisions given again to a redelivered transaction
     unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
     model_seconds: float = 0.0
+    rules_error: str = ""  # why the rules could not decide this batch (the model's thresholds alone did)
 
     def decide(self, decision: dict, source: Message) -> None:
         self.decisions.append(decision)
@@ -208,10 +209,16 @@ class Scorer:
         result.model_seconds = time.perf_counter() - started
         columns = {name: features[:, j] for j, name in enumerate(FEATURE_NAMES)}
         columns["score"] = np.nan_to_num(scores)
-        decided, by_rule = rules.decide(columns, [tx.card_id for _, tx, _ in batch.scored],
-                                        [tx.terminal_id for _, tx, _ in batch.scored],
-                                        *model.thresholds_or((self.config.review_threshold,
-                                                              self.config.decline_threshold)))
+        cards, terminals = [tx.card_id for _, tx, _ in batch.scored], [tx.terminal_id for _, tx, _ in batch.scored]
+        thresholds = model.thresholds_or((self.config.review_threshold, self.config.decline_threshold))
+        try:
+            decided, by_rule = rules.decide(columns, cards, terminals, *thresholds)
+        except Exception as error:  # noqa: BLE001 - a rule set that fails here never stops scoring
+            log.error("rules version %s failed on a batch of %d; the model's thresholds alone decided it: %r",
+                      rules.version, len(cards), error)
+            result.rules_error = f"{type(error).__name__}: {error}"
+            rules = NO_RULES
+            decided, by_rule = rules.decide(columns, cards, terminals, *thresholds)
         reasons = self._reasons(model, features, decided, failed)
         index: dict[str, int] = {}  # transaction id -> its decision in result.decisions
         for j, (message, tx, row) in enumerate(batch.scored):

@@ -341,6 +341,8 @@ class ScorerService:
             self.metrics.rules_events.labels(event).inc()
             if event == "refused":
                 self.rules_refused = detail
+            elif event == "loaded":
+                self.rules_refused = ""
         self.rules_version = scored.rules_version or self.rules_version
         self.metrics.model_behind_alias.set(scored.model_behind_seconds)
         self.metrics.shadow_scored.inc(scored.shadow_scored)

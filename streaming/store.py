@@ -13,6 +13,7 @@ import orjson
 import pandas as pd
 import sqlalchemy as sa
 
+from models.currency import REFERENCE_CURRENCY
 from models.features import FEATURE_NAMES
 from models.home import fraudloop_home
 from models.schema import Label, Transaction
@@ -24,7 +25,7 @@ decisions = sa.Table(
     sa.Column("card_id", sa.String(64), nullable=False),
     sa.Column("terminal_id", sa.String(64), nullable=False),
     sa.Column("event_time", sa.Float, nullable=False, index=True),
-    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),  # in the reference currency (models/currency.py)
     sa.Column("score", sa.Float, nullable=True),  # null for history imported without a model
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False),
@@ -34,6 +35,9 @@ decisions = sa.Table(
     sa.Column("reasons", sa.Text, nullable=True),
     sa.Column("rule", sa.String(128), nullable=True),  # what decided: a rule, a list or `model` (streaming/rules.py)
     sa.Column("rules_version", sa.String(64), nullable=True),  # the rules file in force
+    # The message's own amount and currency (null: the reference currency, as rows written before conversion)
+    sa.Column("currency", sa.String(3), nullable=True),
+    sa.Column("original_amount_cents", sa.BigInteger, nullable=True),
 )
 # One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
 labels = sa.Table(
@@ -131,7 +135,8 @@ class Store:
                 inserted = db.exec_driver_sql(self._insert_decisions_sql, [
                     (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
                      r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at,
-                     orjson.dumps(list(r.reasons)).decode(), r.rule, r.rules_version)
+                     orjson.dumps(list(r.reasons)).decode(), r.rule, r.rules_version, r.tx.currency,
+                     r.tx.original_cents)
                     for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
                                   "known_at": lb.known_at} for lb in new_labels])
@@ -181,10 +186,12 @@ class Store:
             for start in range(0, len(transaction_ids), 500):
                 query = sa.select(c.transaction_id, c.card_id, c.terminal_id, c.event_time, c.amount_cents, c.score,
                                   c.decision, c.model_version, c.decided_at, c.reasons, c.rule,
-                                  c.rules_version).where(
+                                  c.rules_version, c.currency, c.original_amount_cents).where(
                     c.transaction_id.in_(transaction_ids[start:start + 500]))
                 for r in db.execute(query):
-                    found[r[0]] = StoredDecision(Transaction(r[0], r[1], r[2], float(r[3]), int(r[4])),
+                    tx = Transaction(r[0], r[1], r[2], float(r[3]), int(r[4]), r[12] or REFERENCE_CURRENCY,
+                                     None if r[13] is None else int(r[13]))
+                    found[r[0]] = StoredDecision(tx,
                                                  None if r[5] is None else float(r[5]), r[6], r[7], float(r[8]),
                                                  orjson.loads(r[9]) if r[9] else [], r[10] or "model",
                                                  r[11] or "none")

@@ -204,6 +204,8 @@ class ScoringCore:
         scored.unknown_labels = result.unknown_labels
         scored.replayed = result.replayed
         scored.model_seconds = result.model_seconds
+        if result.rules_error:
+            scored.rules_events.append(("error", rules.version, result.rules_error))
         for decision in result.decisions:
             scored.outcomes[decision["decision"]] = scored.outcomes.get(decision["decision"], 0) + 1
             scored.rule_hits[decision["rule"]] = scored.rule_hits.get(decision["rule"], 0) + 1

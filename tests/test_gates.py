@@ -144,8 +144,9 @@ def test_the_live_gate_fails_a_holdout_pass_only_with_evidence_of_its_own():
     assert (passed.status, failed.status, too_little.status) == (PASSED, FAILED, INSUFFICIENT)
 
     def status(live):
-        return Validation("2", "1", passed, (0.3, 0.7), {}, live).status
+        return Validation("2", "1", passed, {"challenger": (0.3, 0.7)}, {}, live).status
 
     assert status(None) == PASSED and status(too_little) == PASSED  # no live evidence yet: the holdout decides
     assert status(passed) == PASSED and status(failed) == FAILED
-    assert Validation("2", "1", failed, (0.3, 0.7), {}, passed).status == FAILED  # live never rescues a failure
+    live_fails = Validation("2", "1", failed, {"challenger": (0.3, 0.7)}, {}, passed)
+    assert live_fails.status == FAILED  # live never rescues a failure

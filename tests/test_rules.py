@@ -12,7 +12,7 @@ from models.currency import load_rates, parse_rates
 from models.features import FEATURE_NAMES
 from models.schema import InvalidRecord, parse_transaction
 from models.thresholds import Targets, choose, from_tags, table, tags, wilson_lower
-from streaming.rules import MODEL, NO_RULES, RulesError, parse
+from streaming.rules import MODEL, NO_RULES, RulesError, compile_condition, parse
 from streaming.rules_file import LOADED, REFUSED, RulesFile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,13 +46,14 @@ when = "amount < 1"
 """
 
 
-def test_the_order_is_allow_block_review_then_the_model_and_the_first_match_wins():
+def test_the_order_is_allow_block_model_decline_review_model_review_and_the_first_match_wins():
     rules = parse(RULES)
-    cards = ["A", "B", "C", "C", "C", "C", "C", "A"]
-    terminals = ["T-bad", "T", "T-bad", "T", "T", "T", "T", "T"]
-    cols = columns(8, score=[0.99, 0.0, 0.0, 0.5, 0.35, 0.9, 0.1, 0.0],
-                   amount=[5, 5, 5, 500, 0.5, 5, 5, 5], card_mean_amount_30d=[5] * 8,
-                   card_tx_count_1h=[9, 0, 0, 0, 9, 9, 0, 0], card_new_terminal_30d=[1, 0, 0, 0, 1, 1, 0, 0])
+    cards = ["A", "B", "C", "C", "C", "C", "C", "A", "C", "C"]
+    terminals = ["T-bad", "T", "T-bad", "T", "T", "T", "T", "T", "T", "T"]
+    cols = columns(10, score=[0.99, 0.0, 0.0, 0.5, 0.35, 0.9, 0.1, 0.0, 0.2, 0.4],
+                   amount=[5, 5, 5, 500, 0.5, 5, 5, 5, 5, 5], card_mean_amount_30d=[5] * 10,
+                   card_tx_count_1h=[9, 0, 0, 0, 9, 9, 0, 0, 9, 0],
+                   card_new_terminal_30d=[1, 0, 0, 0, 1, 1, 0, 0, 1, 0])
     outcome, rule = rules.decide(cols, cards, terminals, 0.3, 0.7)
     assert list(zip(outcome, rule, strict=True)) == [
         ("approve", "allow_cards list"),  # allowed card: neither the block list (terminal) nor a score of 0.99 count
@@ -60,11 +61,15 @@ def test_the_order_is_allow_block_review_then_the_model_and_the_first_match_wins
         ("decline", "block_terminals list"),
         ("decline", "block big on new terminal"),  # a block rule over the score and features
         ("approve", "allow tiny"),  # allow rules come before the review rule it also matches
-        ("review", "review burst"),  # a review rule before the model's decline at 0.9
+        ("decline", MODEL),  # the model's decline (0.9 >= 0.7) is the last block rule: no review rule downgrades it
         ("approve", MODEL),
         ("approve", "allow_cards list"),
+        ("review", "review burst"),  # under the model's review threshold, the rule reviews it
+        ("review", MODEL),
     ]
-    assert rules.names[:3] == ["allow_cards list", "block_cards list", "block_terminals list"]
+    assert rules.names == ["allow_cards list", "allow tiny", "block_cards list", "block_terminals list",
+                           "block big on new terminal", MODEL, "review burst"]
+    assert rules.decide(columns(0), [], [], 0.3, 0.7) == ([], [])  # an empty batch
 
 
 def test_no_rules_is_the_model_alone():
@@ -72,11 +77,22 @@ def test_no_rules_is_the_model_alone():
     assert outcome == ["approve", "review", "decline"] and rule == [MODEL] * 3
 
 
-def test_a_missing_feature_makes_every_comparison_false_and_division_by_zero_is_missing():
+def test_a_missing_feature_makes_a_condition_unknown_and_an_unknown_condition_never_fires():
     rules = parse('version="v"\n[[rules]]\nname="r"\naction="review"\n'
                   'when="card_seconds_since_prev != 3 or amount / card_mean_amount_1d > 2"')
     cols = columns(3, card_seconds_since_prev=[np.nan, 3, 4], amount=[10, 10, 10], card_mean_amount_1d=[0, 0, 0])
-    assert rules.decide(cols, ["c"] * 3, ["t"] * 3, 0.5, 0.9)[1] == [MODEL, MODEL, "r"]
+    assert rules.decide(cols, ["c"] * 3, ["t"] * 3, 0.5, 0.9)[1] == [MODEL, MODEL, "r"]  # x / 0 is missing too
+    # `not` of unknown is unknown: an allow rule on a new card's missing feature does not override the block list
+    allow = parse('version="v"\n[lists]\nblock_cards=["B"]\n[[rules]]\nname="calm"\naction="allow"\n'
+                  'when="not (card_amount_to_median_30d > 5)"')
+    cols = columns(3, card_amount_to_median_30d=[np.nan, 1, 9])
+    assert allow.decide(cols, ["B", "B", "B"], ["t"] * 3, 0.5, 0.9) == (
+        ["decline", "approve", "decline"], ["block_cards list", "calm", "block_cards list"])
+    # Kleene: true or unknown is true; false and unknown is false
+    either = compile_condition("card_seconds_since_prev > 1 or amount > 1")
+    both = compile_condition("not (card_seconds_since_prev > 1 and amount > 1)")
+    cols = columns(2, card_seconds_since_prev=[np.nan, np.nan], amount=[5, 0])
+    assert either(cols)[0] == 1.0 and np.isnan(either(cols)[1]) and np.isnan(both(cols)[0]) and both(cols)[1] == 1.0
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -92,6 +108,13 @@ def test_a_missing_feature_makes_every_comparison_false_and_division_by_zero_is_
     ('version = "v"\n[lists]\nallow_card = ["A"]', "[lists] may hold only"),
     ('version = "v"\n[[rules]]\nname = "r"\naction = "review"\nwhen = "amount > 1"\nnote = 1', "exactly name"),
     ('version = "v"\n[[rules', "not valid TOML"),
+    ('version = "v"\nrules = 5', "must be an array"),
+    ('version = "v"\n[[rules]]\nname = "r"\naction = ["block"]\nwhen = "amount > 1"', "action"),
+    ('version = "v"\n[[rules]]\nname = "r"\naction = "review"\nwhen = "amount > 1' + "0" * 400 + '"', "too large"),
+    ('version = "v"\n[[rules]]\nname = "r"\naction = "review"\nwhen = "' + "not " * 900 + 'amount"', "too large"),
+    ('version = "v"\n[[rules]]\nname = "' + "r" * 200 + '"\naction = "review"\nwhen = "amount > 1"', "at most 128"),
+    ('version = "' + "v" * 80 + '"', "at most 64"),
+    ('version = "v"\n[[rules]]\nname = "r"\naction = "review"\nwhen = "True > 1"', "is not a number"),
 ])
 def test_a_bad_rules_file_is_refused_with_one_line_naming_the_problem(text, message):
     if message is None:  # a bare feature is a valid condition: true above 0
@@ -136,7 +159,7 @@ def test_thresholds_meet_the_precision_target_and_the_review_capacity():
     time = rng.uniform(0, days * 86_400, n)
     is_fraud = rng.random(n) < 0.01
     score = np.clip(np.where(is_fraud, rng.beta(5, 2, n), rng.beta(1, 30, n)), 0, 1)
-    targets = Targets(decline_precision=0.9, review_capacity_per_day=120)
+    targets = Targets(decline_precision=0.9, review_capacity_per_day=120, review_precision=0.0)
     review, decline = choose(time, is_fraud, score, targets)
     declined = score >= decline
     assert is_fraud[declined].mean() >= 0.9 and declined.sum() >= targets.min_declines
@@ -150,6 +173,14 @@ def test_thresholds_meet_the_precision_target_and_the_review_capacity():
     assert rows[0]["alerts_per_day"] == pytest.approx((score >= review).sum() / days)
     assert rows[1]["precision"] == pytest.approx(is_fraud[declined].mean(), abs=1e-4)
     assert from_tags(tags(review, decline, targets)) == (review, decline)
+    # the reviews' precision floor raises the review threshold above near-zero scores (here to the decline's)
+    floored, _ = choose(time, is_fraud, score, Targets(decline_precision=0.9, review_capacity_per_day=120,
+                                                       review_precision=0.2))
+    band = (score >= floored) & ~declined
+    assert floored > review and (floored == decline or is_fraud[band].mean() >= 0.2)
+    # no finite score, or nothing at all: nothing declined or reviewed on the model's say
+    assert choose(np.array([]), np.array([], dtype=bool), np.array([]), targets) == (1.0, 1.0)
+    assert choose(time[:3], is_fraud[:3], np.array([np.nan] * 3), targets) == (1.0, 1.0)
     assert from_tags({}) is None and from_tags({"review_threshold": "0.9", "decline_threshold": "0.1"}) is None
 
 
@@ -159,7 +190,7 @@ def test_thresholds_when_no_score_is_precise_enough_decline_nothing():
     assert decline == 1.0  # 50 % precision never reaches 90 %
     assert review == 1.0  # 1,000 tied scores over 7 days do not fit 700 reviews, and a tie is taken whole
     review, _ = choose(time, is_fraud, np.full(1000, 0.5), Targets(decline_precision=0.9, review_capacity_per_day=150))
-    assert review == 0.5
+    assert review == 0.5  # 50 % of them frauds: above the reviews' precision floor
 
 
 GOOD = {"schema_version": 1, "transaction_id": "t1", "card_id": "c", "terminal_id": "m",
@@ -176,3 +207,19 @@ def test_amounts_are_converted_to_the_reference_currency_and_an_unknown_currency
     assert parse_transaction({**GOOD, "currency": "XTS"}, own).amount_cents == 25_000
     with pytest.raises(ValueError, match="reference EUR must be 1"):
         parse_rates('version = "r"\nreference = "EUR"\n[per_unit]\nUSD = 1', "bad.toml")
+
+
+def test_a_redelivery_is_the_same_transaction_after_a_rates_change_and_other_currencies_are_not(tmp_path):
+    from streaming.store import DecisionRow, Store
+
+    first = parse_transaction(GOOD)
+    later = parse_transaction(GOOD, parse_rates('version = "r2"\nreference = "EUR"\n[per_unit]\nEUR = 1\nUSD = 0.5',
+                                                "r2.toml"))
+    assert later.amount_cents != first.amount_cents and later == first  # the same message: not a conflict
+    assert parse_transaction({**GOOD, "currency": "EUR", "amount": 95.0}) != first  # 95 EUR is not 100 USD
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.write([DecisionRow(first, 0.1, "approve", "1", [0.0] * len(FEATURE_NAMES), 1.0)], [])
+    stored = store.decisions_for(["t1"])["t1"].tx
+    store.close()
+    assert stored == first and (stored.currency, stored.original_cents, stored.amount_cents) == (
+        "USD", 10_000, first.amount_cents)

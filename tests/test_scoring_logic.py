@@ -284,3 +284,19 @@ def test_an_unknown_currency_is_dead_lettered_with_its_reason_and_a_known_one_co
     assert result.rows[0].tx.amount_cents == round(100 * scorer.rates.per_unit["USD"] * 100)
     assert [d.reason.split(":", 2)[:2] for d in result.dead_letters] == [["invalid", " currency"]]
     assert "'XTS' is not in the rates table" in result.dead_letters[0].reason
+
+
+def test_rules_that_fail_on_a_batch_never_stop_it_the_model_s_thresholds_decide_and_say_so(booster, tmp_path):
+    from streaming.rules import Rule, RuleSet
+
+    def broken(cols):
+        raise MemoryError("simulated")
+
+    rules = RuleSet("r9", (Rule("broken", "review", "amount > 1", broken),))
+    config = ScorerConfig()
+    scorer = Scorer(config, FeatureState(), Store(f"sqlite:///{tmp_path / 'store.db'}"))
+    tx = Transaction("t1", "C1", "T1", 1_530_000_000.0, 1_000)  # scored low: the review rule is reached
+    result = scorer.process([_message(config.transactions_topic, 0, transaction_record(tx))],
+                            ServingModel("m", "1", booster), rules=rules)
+    assert [(d["decision"], d["rule"], d["rules_version"]) for d in result.decisions] == [("approve", "model", "none")]
+    assert result.rules_error == "MemoryError: simulated" and not result.dead_letters
