@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +22,7 @@ from models.registry import (
     tag_version,
     version_info,
 )
+from models.thresholds import from_tags
 from models.training import predict
 from pipelines import airflow_local, jobs, promote
 from pipelines.backfill import backfill
@@ -114,7 +116,11 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
     mlflow_client = client(reg)
     run_id = version_info(reg, worse).run_id
     assert {a.path for a in mlflow_client.list_artifacts(run_id, "validation")} == {
-        "validation/report.md", "validation/comparison.png", "validation/verdict.json"}
+        "validation/report.md", "validation/comparison.png", "validation/verdict.json", "validation/thresholds.json"}
+    # the promoted version carries the thresholds its validation derived from the DAG's targets; the scorer reads them
+    derived = mlflow.artifacts.load_dict(f"runs:/{version_info(reg, better).run_id}/validation/thresholds.json")
+    assert from_tags(version_info(reg, better).tags) == (derived["review"], derived["decline"])
+    assert derived["targets"]["review_capacity_per_day"] == 100 and derived["table"]
     jobs.rollback(reason="test rollback")
     assert alias_version(reg, CHAMPION) == weak["version"]
     # A pass is evidence against the champion it was measured against, not against whoever is champion now.
