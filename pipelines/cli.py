@@ -50,15 +50,14 @@ def _time_arg(text: str | None, flag: str) -> float | None:
 
 
 def _as_of(text: str | None) -> float | None:
-    from datetime import UTC, datetime
+    from pipelines.jobs import utc_seconds
 
     if not text:
         return None
     try:
-        when = datetime.fromisoformat(text)
+        return utc_seconds(text)
     except ValueError:
         raise ValueError(f"--as-of {text!r} is not an ISO date or time (e.g. 2018-06-01 or 2018-06-01T12:00)") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _print_json(result: dict) -> None:
@@ -403,11 +402,11 @@ def cmd_soak(args: argparse.Namespace) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from models.registry import RegistryConfig, server_command
+    from models.registry import SERVER_ENV, RegistryConfig, server_command, server_env
 
     command = server_command(RegistryConfig.from_env(), args.host, args.port)
-    print("$ " + shlex.join(command), flush=True)
-    os.execv(command[0], command)
+    print("$ " + " ".join(f"{k}={v}" for k, v in SERVER_ENV.items()) + " " + shlex.join(command), flush=True)
+    os.execve(command[0], command, server_env())
 
 
 def cmd_airflow(args: argparse.Namespace) -> None:

@@ -97,7 +97,7 @@ def start_mlflow(config: DemoConfig, services: Services) -> str:
     reg = registry.RegistryConfig.from_env(config.home)
     log = open(config.home / "mlflow-server.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
-    process = subprocess.Popen(registry.server_command(reg, "127.0.0.1", config.ui_port),
+    process = subprocess.Popen(registry.server_command(reg, "127.0.0.1", config.ui_port), env=registry.server_env(),
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     services.processes.append(process)
     url = f"http://127.0.0.1:{config.ui_port}"
@@ -118,6 +118,31 @@ def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics
     services.processes.append(process)
     wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process, 120, "the scorer")
     return process
+
+
+class Footprint(threading.Thread):
+    """What the demo holds on this machine: every second, the processes of its tree (the broker, MLflow server,
+    scorer and its worker, Airflow's runs) and their resident memory summed (shared pages counted in each)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="footprint", daemon=True)
+        self.stop = threading.Event()
+        self.peak_processes, self.peak_rss_mb = 0, 0.0
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.wait(1.0):
+            rss, count = 0, 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    rss += process.memory_info().rss
+                    count += 1
+                except psutil.Error:  # ended meanwhile
+                    continue
+            self.peak_processes = max(self.peak_processes, count)
+            self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
 
 
 class StatusLine(threading.Thread):
@@ -187,6 +212,8 @@ def run(config: DemoConfig) -> dict:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     started = time.monotonic()
+    footprint = Footprint()
+    footprint.start()
 
     days = config.history_days + config.stream_days
     sim = SimulationConfig(customers=config.customers, terminals=config.terminals, days=days, seed=config.seed,
@@ -252,9 +279,10 @@ def run(config: DemoConfig) -> dict:
         if not config.keep_running:  # a graceful stop also writes the scorer's last serving costs
             scorer.send_signal(signal.SIGTERM)
             scorer.wait(timeout=60)
+        footprint.stop.set()
         report = build_report(config, stream, cut, metrics, runs, stream_seconds,
                               time.monotonic() - started, ui, broker.bootstrap, str(config.home / "rules.toml"),
-                              RETRAIN["maturity_days"])
+                              RETRAIN["maturity_days"], (footprint.peak_processes, footprint.peak_rss_mb))
         print_report(report)
         if config.keep_running:
             say(f"services left running (MLflow UI {ui}, broker {broker.bootstrap}); stop them with Ctrl-C")

@@ -77,7 +77,7 @@ def alerts(decisions: pd.DataFrame, tags_of, capacity: float, drift_at: float) -
 
 def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: dict[str, float], runs: list[dict],
                  stream_seconds: float, total_seconds: float, ui: str, bootstrap: str, rules_path: str,
-                 maturity_days: float) -> dict:
+                 maturity_days: float, footprint: tuple[int, float]) -> dict:
     """Every number from this run: the store, the scorer's metrics, the registry."""
     from models import registry
     from pipelines import promote
@@ -142,7 +142,8 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
         "rule_mix": {str(k): int(v) for k, v in rule_mix.items()},
         "rules_version": str(decisions["rules_version"].dropna().iloc[-1]) if decisions["rules_version"].notna().any()
         else "none", "backtest": backtest,
-        "total_seconds": total_seconds, "ui": ui, "bootstrap": bootstrap, "home": str(config.home),
+        "total_seconds": total_seconds, "peak_processes": footprint[0], "peak_rss_mb": footprint[1],
+        "ui": ui, "bootstrap": bootstrap, "home": str(config.home),
     }
 
 
@@ -194,6 +195,8 @@ def print_report(r: dict) -> None:
                    else "")
         print(f"  v{v['version']} ({v['validation']}{against}): training {v['training_cpu_seconds']:.1f} CPU s, "
               f"{v['training_peak_rss_mb']:.0f} MB peak RSS; served {v['served']:,}: {serving}")
-    print(f"\ndemo took {r['total_seconds']:.0f} s. Everything is under {r['home']}.")
+    print(f"\ndemo took {r['total_seconds']:.0f} s, at most {r['peak_processes']} processes holding "
+          f"{r['peak_rss_mb']:,.0f} MB of resident memory at the peak (summed; sampled each second). Everything is "
+          f"under {r['home']}.")
     print(f"The review UI: {r['ui']}/#/models/card-fraud while the demo runs; `./dev demo --keep-running` leaves "
           f"it up, or later: FRAUDLOOP_HOME={r['home']} .venv/bin/fraudloop ui")

@@ -189,17 +189,22 @@ def record_serving_cost(store_url: str | None = None) -> dict:
 DRIFT_ASSET = {"name": "card_fraud_drift_confirmed", "uri": "fraudloop://card-fraud/drift-confirmed"}
 
 
+def utc_seconds(text: str) -> float:
+    """An ISO date or time as epoch seconds; one that names no zone is UTC (everywhere in this project)."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromisoformat(text)
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def run_as_of(context) -> float:
     """Epoch seconds a DAG run works as of: its `as_of` param (UTC when it names no zone), else the triggering
     drift event's, else its time.
 
     Simulated or replayed data runs on its own clock, so a run can be told the time it works as of.
     """
-    from datetime import UTC, datetime
-
     if context["params"].get("as_of"):
-        when = datetime.fromisoformat(context["params"]["as_of"])
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        return utc_seconds(context["params"]["as_of"])
     for events in (context.get("triggering_asset_events") or {}).values():
         for event in events:
             if "as_of" in (event.extra or {}):

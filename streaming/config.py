@@ -1,16 +1,22 @@
-"""Scorer configuration: a TOML file and/or FRAUDLOOP_* environment variables over safe defaults.
+"""Scorer configuration: typed settings (pydantic-settings) from a TOML file and FRAUDLOOP_* environment variables.
 
-Kafka client settings (security protocol, SASL, SSL, tuning) pass through unchanged to kafka-python, so
-the same scorer runs against the development broker and a secured production cluster.
+Precedence: explicit overrides, then the environment, then the file, then the defaults. Every value is checked
+against its type at load, and a bad one is reported in one line naming the setting (`FRAUDLOOP_BATCH_SIZE='many'`
+or `batch_size` in the file). Kafka client settings (security protocol, SASL, SSL, tuning) pass through to
+kafka-python, so the same scorer runs against the development broker and a secured production cluster; those
+that are secrets (`*password*`) are held as SecretStr and never printed.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field, fields
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from streaming.event_time import WALL, EventTimePolicy
 
@@ -18,10 +24,13 @@ from streaming.event_time import WALL, EventTimePolicy
 # fetch wait so an idle partition does not hold a poll for the default 500 ms (latency).
 CONSUMER_DEFAULTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000,
                      "fetch_max_wait_ms": 10}
+PREFIX, KAFKA_PREFIX = "FRAUDLOOP_", "FRAUDLOOP_KAFKA_"
+_FILE: ContextVar[Path | None] = ContextVar("scorer_config_file", default=None)  # the file `load` reads
 
 
-@dataclass(frozen=True)
-class ScorerConfig:
+class ScorerConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid", frozen=True, validate_default=True)
+
     bootstrap_servers: str = "127.0.0.1:9092"
     transactions_topic: str = "transactions"
     labels_topic: str = "labels"
@@ -29,9 +38,10 @@ class ScorerConfig:
     dead_letter_topic: str = "transactions-dlq"
     labels_dead_letter_topic: str = "labels-dlq"
     group_id: str = "fraud-scorer"
-    batch_size: int = 500
+    batch_size: int = Field(500, gt=0)
     poll_timeout_ms: int = 100
-    commit_interval_ms: int = 100  # offsets of acknowledged batches are committed at most this often (0: each batch)
+    # Offsets of acknowledged batches are committed at most this often (0: each batch)
+    commit_interval_ms: int = Field(100, ge=0)
     # For a version that carries no thresholds of its own (tags set at validation from capacity and appetite,
     # models/thresholds.py): every validated version does.
     review_threshold: float = 0.3
@@ -57,16 +67,31 @@ class ScorerConfig:
     shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
-    kafka: dict[str, Any] = field(default_factory=lambda: dict(CONSUMER_DEFAULTS))  # extra kafka-python settings
+    # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the
+    # environment (typed as kafka-python's own default for that setting; a password stays text, and secret)
+    kafka: dict[str, Any] = Field(default_factory=lambda: dict(CONSUMER_DEFAULTS))
 
-    def __post_init__(self) -> None:
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _kafka(cls, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of kafka-python settings")
+        typed = {key: _kafka_value(key, raw) for key, raw in value.items()}
+        return {**CONSUMER_DEFAULTS, **typed}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScorerConfig:
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
             raise ValueError("thresholds must satisfy 0 <= review_threshold <= decline_threshold <= 1")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.commit_interval_ms < 0:
-            raise ValueError(f"commit_interval_ms must not be negative, got {self.commit_interval_ms}")
         self.event_time_policy()  # refuses a bad policy at load
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, **_: PydanticBaseSettingsSource) -> tuple:
+        file = _FILE.get()
+        return (init_settings, _KafkaEnvironment(settings_cls), env_settings,
+                *([TomlConfigSettingsSource(settings_cls, toml_file=file)] if file else []))
 
     def event_time_policy(self) -> EventTimePolicy:
         return EventTimePolicy(self.allowed_lateness_seconds, self.max_ahead_seconds, self.event_clock,
@@ -82,55 +107,69 @@ class ScorerConfig:
                 self.labels_dead_letter_topic]
 
     @classmethod
-    def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> ScorerConfig:
-        """File values, then FRAUDLOOP_<FIELD> environment variables, then explicit overrides."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            if not path.is_file():
-                raise FileNotFoundError(f"config file {path} not found")
-            try:
-                values.update(tomllib.loads(path.read_text()))
-            except tomllib.TOMLDecodeError as error:
-                raise ValueError(f"config file {path}: {error}") from None
-        env = os.environ if env is None else env
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(values) - set(known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        for name, spec in known.items():
-            raw = env.get(f"FRAUDLOOP_{name.upper()}")
-            if raw is not None and name != "kafka":
-                values[name] = _convert(name, spec.type, raw)
-        kafka = {**CONSUMER_DEFAULTS, **values.pop("kafka", {})}
-        for key, raw in env.items():  # FRAUDLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> security_protocol
-            if key.startswith("FRAUDLOOP_KAFKA_"):
-                kafka[key.removeprefix("FRAUDLOOP_KAFKA_").lower()] = _number_or_text(raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{**values, "kafka": {**kafka, **values.get("kafka", {})}})
+    def load(cls, path: Path | None = None, **overrides: Any) -> ScorerConfig:
+        """Overrides (None: not given), then FRAUDLOOP_<SETTING> environment variables, then the file's values."""
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        token = _FILE.set(path)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as error:
+            raise ValueError(_one_line(error, path)) from None
+        except ValueError as error:  # the file is not TOML
+            raise ValueError(f"config file {path}: {error}") from None
+        finally:
+            _FILE.reset(token)
 
     def client_settings(self) -> dict[str, Any]:
-        return {"bootstrap_servers": self.bootstrap_servers.split(","), **self.kafka}
+        """What kafka-python is given (secrets revealed only here)."""
+        return {"bootstrap_servers": self.bootstrap_servers.split(","),
+                **{k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in self.kafka.items()}}
 
 
-def _convert(name: str, kind: Any, raw: str) -> Any:
-    if str(kind) == "bool":
-        if raw.lower() not in _BOOLEANS:
-            raise ValueError(f"FRAUDLOOP_{name.upper()}={raw!r} is not true or false")
-        return _BOOLEANS[raw.lower()]
-    kind = {"int": int, "float": float, "str": str}.get(str(kind), str)
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"FRAUDLOOP_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+def _one_line(error: ValidationError, path: Path | None) -> str:
+    """The first problem, naming the setting as the user wrote it (environment variable or file key)."""
+    problem = error.errors()[0]
+    message = problem["msg"].removeprefix("Value error, ")
+    if not problem["loc"] or problem["loc"] == ("kafka",):  # a check across settings, or our own kafka message
+        return message
+    name = str(problem["loc"][0])
+    if problem["type"] == "extra_forbidden":
+        return f"unknown setting {name!r}" + (f" in {path}" if path else "")
+    variable = f"{PREFIX}{name.upper()}"
+    where = variable if variable in os.environ else name + (f" in {path.name}" if path else "")
+    given = problem.get("input")
+    return f"{where}: {message}" if isinstance(given, dict | list) else f"{where}={given!r}: {message}"
 
 
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _number_or_text(raw: str) -> int | float | str:
-    for kind in (int, float):
+def _kafka_value(key: str, raw: Any) -> Any:
+    """A kafka-python setting typed as kafka-python's default for it (text from the environment included)."""
+    variable = f"{KAFKA_PREFIX}{key.upper()}"
+    shown = variable if variable in os.environ else f"kafka.{key}"
+    if "password" in key:
+        return raw if isinstance(raw, SecretStr) else SecretStr(str(raw))
+    default = {**KafkaProducer.DEFAULT_CONFIG, **KafkaConsumer.DEFAULT_CONFIG}.get(key)
+    if not isinstance(raw, str) or default is None or isinstance(default, str):
+        return raw
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{shown}={raw!r} is not true or false")
+        return raw.lower() in ("true", "1", "yes")
+    if isinstance(default, int | float):
         try:
-            return kind(raw)
+            return type(default)(raw)
         except ValueError:
-            pass
+            raise ValueError(f"{shown}={raw!r} is not a valid {type(default).__name__}") from None
     return raw
+
+
+class _KafkaEnvironment(PydanticBaseSettingsSource):
+    """FRAUDLOOP_KAFKA_SECURITY_PROTOCOL=SASL_SSL -> kafka["security_protocol"], over the file's [kafka]."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {key.removeprefix(KAFKA_PREFIX).lower(): value for key, value in os.environ.items()
+                 if key.startswith(KAFKA_PREFIX)}
+        return {"kafka": found} if found else {}  # merged key by key over the file's [kafka] by pydantic-settings

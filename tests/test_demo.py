@@ -49,5 +49,7 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     reviews, by_rules = (float(group.replace(",", "")) for group in calm.groups())
     assert reviews - by_rules <= 2 * capacity
     assert "| decided by | action | decisions |" in out and "| review | " in out  # the backtest's tables
+    processes, peak = re.search(r"at most (\d+) processes holding ([\d,]+) MB", out).groups()
+    assert int(processes) >= 4 and 500 < float(peak.replace(",", "")) < 12_000  # broker, MLflow, scorer, worker...
     bootstrap = re.search(r"broker on (127\.0\.0\.1:\d+)", out).group(1)
     assert not listening(bootstrap) and not listening(f"127.0.0.1:{ui_port}")  # nothing left running

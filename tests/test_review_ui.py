@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import CHALLENGER, CHAMPION, alias_version, server_command
+from models.registry import CHALLENGER, CHAMPION, alias_version, server_command, server_env
 from pipelines import jobs
 from pipelines.demo import wait_http
 from pipelines.history import write_history
@@ -41,7 +41,8 @@ def reviewed(registry, small_history, small_labels, tmp_path, monkeypatch):
 
     port = free_port()
     with open(tmp_path / "mlflow.log", "wb") as log:
-        server = subprocess.Popen(server_command(registry, "127.0.0.1", port), stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(server_command(registry, "127.0.0.1", port), env=server_env(), stdout=log,
+                                  stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", server, 90, "the MLflow server")

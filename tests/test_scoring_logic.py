@@ -180,39 +180,50 @@ def test_a_failed_compilation_leaves_lightgbm_serving(booster, tmp_path, monkeyp
     assert np.array_equal(holder.current.predict(rows), booster.predict(rows, num_threads=1))
 
 
-def test_config_from_file_environment_and_overrides(tmp_path):
+def test_config_from_file_environment_and_overrides(tmp_path, monkeypatch):
     path = tmp_path / "scorer.toml"
-    path.write_text('group_id = "from-file"\nbatch_size = 100\n[kafka]\nsecurity_protocol = "SASL_SSL"\n')
-    env = {"FRAUDLOOP_BATCH_SIZE": "250", "FRAUDLOOP_KAFKA_SASL_MECHANISM": "PLAIN",
-           "FRAUDLOOP_DECLINE_THRESHOLD": "0.9", "FRAUDLOOP_COMPILE_MODELS": "false"}
-    config = ScorerConfig.load(path, env=env, bootstrap_servers="kafka-1:9093,kafka-2:9093")
+    path.write_text('group_id = "from-file"\nbatch_size = 100\n[kafka]\nsecurity_protocol = "SASL_SSL"\n'
+                    'session_timeout_ms = 8000\n')
+    for name, value in {"FRAUDLOOP_BATCH_SIZE": "250", "FRAUDLOOP_KAFKA_SASL_MECHANISM": "PLAIN",
+                        "FRAUDLOOP_KAFKA_SASL_PLAIN_PASSWORD": "123456", "FRAUDLOOP_KAFKA_REQUEST_TIMEOUT_MS": "9000",
+                        "FRAUDLOOP_DECLINE_THRESHOLD": "0.9", "FRAUDLOOP_COMPILE_MODELS": "false"}.items():
+        monkeypatch.setenv(name, value)
+    config = ScorerConfig.load(path, bootstrap_servers="kafka-1:9093,kafka-2:9093")
     assert (config.group_id, config.batch_size, config.decline_threshold) == ("from-file", 250, 0.9)
     assert config.compile_models is False
+    assert "123456" not in repr(config)  # a secret is never printed
     settings = config.client_settings()
     assert settings["bootstrap_servers"] == ["kafka-1:9093", "kafka-2:9093"]
     assert settings["security_protocol"] == "SASL_SSL" and settings["sasl_mechanism"] == "PLAIN"
-    assert settings["session_timeout_ms"] == 6_000
+    assert settings["sasl_plain_password"] == "123456"  # text, not the int 123456
+    assert settings["request_timeout_ms"] == 9000 and settings["session_timeout_ms"] == 8000  # typed as kafka-python's
+    assert settings["heartbeat_interval_ms"] == 1_000  # the defaults under what was given
 
 
 @pytest.mark.parametrize(("text", "env", "message"), [
-    ("batchsize = 3\n", {}, "unknown setting(s) ['batchsize']"),
-    ("", {"FRAUDLOOP_BATCH_SIZE": "many"}, "FRAUDLOOP_BATCH_SIZE='many' is not a valid int"),
+    ("batchsize = 3\n", {}, "unknown setting 'batchsize' in"),
+    ("", {"FRAUDLOOP_BATCH_SIZE": "many"}, "FRAUDLOOP_BATCH_SIZE='many': Input should be a valid integer"),
+    ('batch_size = "x"\n', {}, "batch_size in scorer.toml='x': Input should be a valid integer"),
     ("review_threshold = 0.9\ndecline_threshold = 0.5\n", {}, "thresholds must satisfy"),
     ("batch_size = [", {}, "scorer.toml"),
-    ("", {"FRAUDLOOP_COMPILE_MODELS": "maybe"}, "FRAUDLOOP_COMPILE_MODELS='maybe' is not true or false"),
-    ("commit_interval_ms = -1\n", {}, "commit_interval_ms must not be negative"),
+    ("", {"FRAUDLOOP_COMPILE_MODELS": "maybe"}, "FRAUDLOOP_COMPILE_MODELS='maybe': Input should be a valid boolean"),
+    ("commit_interval_ms = -1\n", {}, "commit_interval_ms in scorer.toml=-1: Input should be greater than or equal"),
+    ("", {"FRAUDLOOP_KAFKA_SESSION_TIMEOUT_MS": "soon"},
+     "FRAUDLOOP_KAFKA_SESSION_TIMEOUT_MS='soon' is not a valid int"),
 ])
-def test_bad_config_says_what_is_wrong(tmp_path, text, env, message):
+def test_bad_config_says_what_is_wrong_in_one_line_naming_the_setting(tmp_path, monkeypatch, text, env, message):
     path = tmp_path / "scorer.toml"
     path.write_text(text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(ValueError) as error:
-        ScorerConfig.load(path, env=env)
-    assert message in str(error.value)
+        ScorerConfig.load(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_missing_config_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.toml not found"):
-        ScorerConfig.load(tmp_path / "nowhere.toml", env={})
+        ScorerConfig.load(tmp_path / "nowhere.toml")
 
 
 def _message(topic: str, offset: int, record: object, partition: int = 0) -> Message:
