@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, task
-
-from pipelines.jobs import DRIFT_ASSET, run_as_of
+from fraudloop.pipelines.jobs import DRIFT_ASSET, run_as_of
 
 DOC = """
 ### Watch the champion for drift and decay
@@ -57,14 +56,14 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
 def drift_monitor() -> None:
     @task(doc_md="Data, score and performance drift of the champion; the report goes to MLflow.")
     def check_drift(**context) -> dict:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         settings = {k: v for k, v in context["params"].items() if k != "as_of"}
         return jobs.check_drift(as_of=run_as_of(context), **settings)
 
     @task(doc_md="Serving CPU per 1,000 transactions, from the scorer's store, onto the champion's version.")
     def record_serving_cost() -> dict:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         return jobs.record_serving_cost()
 

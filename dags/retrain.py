@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
-
-from pipelines.jobs import DRIFT_ASSET, run_as_of
+from fraudloop.pipelines.jobs import DRIFT_ASSET, run_as_of
 
 DOC = """
 ### Retrain the card-fraud model
@@ -60,7 +59,7 @@ def retrain() -> None:
     @task(doc_md="Training set as of `as_of`, point-in-time correct, written as Parquet to "
                  "`FRAUDLOOP_TRAINING_SETS_URI`; returns its URI (never a local path: workers may not share a disk).")
     def build_training_set(**context) -> str:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         p = context["params"]
         lookback = jobs.days_needed(p["train_days"], p["delay_days"], p["test_days"], p["maturity_days"])
@@ -70,7 +69,7 @@ def retrain() -> None:
     @task(doc_md="Train and register a challenger (alias `challenger`); returns its version. A run scheduled by "
                  "drift trains without the gap before the holdout, so the newest mature (drifted) days are learnt.")
     def train_challenger(training_set: str, **context) -> str:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         p = context["params"]
         delay = 0 if jobs.triggered_by_drift(context) else p["delay_days"]
@@ -81,7 +80,7 @@ def retrain() -> None:
 
     @task(doc_md="Challenger vs champion on the challenger's holdout; the verdict is recorded in MLflow.")
     def validate(training_set: str, version: str, **context) -> dict:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         p = context["params"]
         return jobs.validate(training_set, version, average_precision_margin=p["average_precision_margin"],
@@ -94,13 +93,13 @@ def retrain() -> None:
 
     @task(doc_md="Move `champion` to the challenger; the old champion becomes `previous_champion`.")
     def promote(verdict: dict, **context) -> dict:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         return jobs.promote(verdict["version"], reason=verdict["summary"], actor=f"airflow retrain {context['run_id']}")
 
     @task(doc_md="Record why the challenger was not promoted; the champion stays.")
     def reject(verdict: dict) -> None:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         jobs.reject(verdict["version"], reason=verdict["summary"])
 

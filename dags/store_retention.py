@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
-
-from pipelines.jobs import run_as_of
+from fraudloop.pipelines.jobs import run_as_of
 
 DOC = """
 ### Bound the scorer's store
@@ -37,7 +36,7 @@ the training-set build and the monitor stay bounded in size and time.
 def store_retention() -> None:
     @task(doc_md="Delete decisions older than `keep_days`, and their labels; returns the counts.")
     def prune(**context) -> dict:
-        from pipelines import jobs
+        from fraudloop.pipelines import jobs
 
         keep = context["params"]["keep_days"]
         return jobs.prune_store(run_as_of(context), **({"keep_days": keep} if keep is not None else {}))

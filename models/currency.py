@@ -49,7 +49,8 @@ def parse_rates(text: str, source: str) -> Rates:
 def load_rates(path: str = "") -> Rates:
     """The table at `path`, or the packaged one (models/rates/rates.toml) when empty."""
     if not path:
-        return parse_rates(resources.files("models").joinpath("rates", "rates.toml").read_text(), "models/rates")
+        packaged = resources.files("fraudloop.models").joinpath("rates", "rates.toml")
+        return parse_rates(packaged.read_text(), "models/rates")
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"rates file {path} not found")

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from fraudloop.models.schema import Label, Transaction
 from tqdm import tqdm
-
-from models.schema import Label, Transaction
 
 DAY = 86_400.0
 HOUR = 3_600.0

@@ -19,15 +19,14 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
+from fraudloop.models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.home import fraudloop_home
+from fraudloop.models.thresholds import from_tags
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-
-from models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
-from models.features import FEATURE_NAMES
-from models.home import fraudloop_home
-from models.thresholds import from_tags
 
 DEFAULT_MODEL_NAME = "card-fraud"
 FEATURE_SPEC_FILE = "feature_spec.json"

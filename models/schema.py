@@ -15,8 +15,7 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
-
-from models.currency import REFERENCE_CURRENCY, Rates, load_rates
+from fraudloop.models.currency import REFERENCE_CURRENCY, Rates, load_rates
 
 TRANSACTION_SCHEMA = "transaction.v1.json"
 LABEL_SCHEMA = "label.v1.json"
@@ -60,7 +59,7 @@ class Label:
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("models").joinpath("schemas", name).read_text())
+    return json.loads(resources.files("fraudloop.models").joinpath("schemas", name).read_text())
 
 
 @cache

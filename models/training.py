@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-
-from models.features import FEATURE_NAMES
+from fraudloop.models.features import FEATURE_NAMES
 
 # Bagging: 0.8 of the rows and of the features for each tree (off by default; it changes the model with the seed).
 BAGGED = {"bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8}

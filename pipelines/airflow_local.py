@@ -79,8 +79,8 @@ class Runner:
 
         env = {**os.environ}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", f"from pipelines import airflow_local as a; a.prepare(__import__('pathlib').Path("
-                                   f"{str(home)!r})); a.serve()"],
+            [sys.executable, "-c", "from fraudloop.pipelines import airflow_local as a; "
+                                   f"a.prepare(__import__('pathlib').Path({str(home)!r})); a.serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
         self._answer()
 

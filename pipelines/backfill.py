@@ -14,11 +14,10 @@ import lightgbm as lgb
 import numpy as np
 import orjson
 import pandas as pd
-
-from models.features import FEATURE_NAMES
-from models.training import predict
-from streaming.decide import outcomes
-from streaming.store import Store
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.training import predict
+from fraudloop.streaming.decide import outcomes
+from fraudloop.streaming.store import Store
 
 
 def backfill(store: Store, history: pd.DataFrame, rows: pd.DataFrame, labels: pd.DataFrame,

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fraudloop.models.features import FEATURE_NAMES, compute_features
+from fraudloop.models.metrics import evaluate
+from fraudloop.models.training import BAGGED, TrainParams, predict, train
+from fraudloop.pipelines.cost import measure
+from fraudloop.pipelines.protocol import DAY, Split, disjoint_validation, prequential, split_masks
 from sklearn.metrics import average_precision_score
-
-from models.features import FEATURE_NAMES, compute_features
-from models.metrics import evaluate
-from models.training import BAGGED, TrainParams, predict, train
-from pipelines.cost import measure
-from pipelines.protocol import DAY, Split, disjoint_validation, prequential, split_masks
 
 PUBLISHED = pd.DataFrame(
     [

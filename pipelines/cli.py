@@ -8,10 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from models.aliases import CHAMPION, PREVIOUS_CHAMPION
-from models.schema import InvalidRecord
-from pipelines.jobs import RETENTION_DAYS
-from pipelines.simulate import SimulationConfig
+from fraudloop.models.aliases import CHAMPION, PREVIOUS_CHAMPION
+from fraudloop.models.schema import InvalidRecord
+from fraudloop.pipelines.jobs import RETENTION_DAYS
+from fraudloop.pipelines.simulate import SimulationConfig
 
 SIM_FIELDS = {
     "customers": int, "terminals": int, "days": int, "start_date": str, "seed": int,
@@ -32,8 +32,8 @@ def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from pipelines.history import write_history
-    from pipelines.simulate import labels_of, simulate, summary
+    from fraudloop.pipelines.history import write_history
+    from fraudloop.pipelines.simulate import labels_of, simulate, summary
 
     history = simulate(_simulation_config(args), progress=not args.quiet)
     write_history(args.out, history, labels_of(history))
@@ -50,7 +50,7 @@ def _time_arg(text: str | None, flag: str) -> float | None:
 
 
 def _as_of(text: str | None) -> float | None:
-    from pipelines.jobs import utc_seconds
+    from fraudloop.pipelines.jobs import utc_seconds
 
     if not text:
         return None
@@ -67,7 +67,7 @@ def _print_json(result: dict) -> None:
 
 
 def cmd_training_set(args: argparse.Namespace) -> None:
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     _print_json(jobs.build_training_set(_as_of(args.as_of), args.maturity_days, store_url=args.store,
                                         history=str(args.history) if args.history else None, out=args.out,
@@ -75,7 +75,7 @@ def cmd_training_set(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     path = args.training_set
     if args.history:
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                         maturity_days=args.maturity_days, num_boost_round=args.num_boost_round)
     _print_json(result)
     if args.promote:
-        from pipelines.validate import describe
+        from fraudloop.pipelines.validate import describe
 
         verdict = jobs.validate(str(path), result["version"])
         print(describe(verdict))
@@ -95,8 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from pipelines import jobs
-    from pipelines.validate import describe
+    from fraudloop.pipelines import jobs
+    from fraudloop.pipelines.validate import describe
 
     verdict = jobs.validate(str(args.training_set), args.version, args.margin, args.decline_precision,
                             args.review_capacity)
@@ -106,10 +106,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
-    from models.registry import RegistryConfig, version_thresholds
-    from pipelines import jobs, rules_backtest
-    from pipelines.promote import default_actor
-    from streaming.config import ScorerConfig
+    from fraudloop.models.registry import RegistryConfig, version_thresholds
+    from fraudloop.pipelines import jobs, rules_backtest
+    from fraudloop.pipelines.promote import default_actor
+    from fraudloop.streaming.config import ScorerConfig
 
     if not Path(args.rules).is_file():
         raise FileNotFoundError(f"rules file {args.rules} not found")
@@ -127,13 +127,13 @@ def cmd_rules(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     _print_json(jobs.promote(args.version, args.reason))
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     _print_json(jobs.rollback(args.reason))
 
@@ -141,7 +141,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 def cmd_drift(args: argparse.Namespace) -> None:
     import time
 
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     as_of = _as_of(args.as_of) or time.time()
     report = jobs.check_drift(as_of, store_url=args.store, window_days=args.window_days,
@@ -155,16 +155,16 @@ def cmd_drift(args: argparse.Namespace) -> None:
 def cmd_prune(args: argparse.Namespace) -> None:
     import time
 
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     _print_json(jobs.prune_store(_as_of(args.as_of) or time.time(), args.keep_days, store_url=args.store))
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
-    from pipelines.backfill import backfill
-    from pipelines.history import read_history
-    from pipelines.training_set import history_rows
-    from streaming.store import Store
+    from fraudloop.pipelines.backfill import backfill
+    from fraudloop.pipelines.history import read_history
+    from fraudloop.pipelines.training_set import history_rows
+    from fraudloop.streaming.store import Store
 
     history, labels = read_history(args.history)
     store = Store(args.store or "")
@@ -179,10 +179,10 @@ def cmd_backfill(args: argparse.Namespace) -> None:
 def cmd_dag(args: argparse.Namespace) -> None:
     import json
 
-    from pipelines import airflow_local
+    from fraudloop.pipelines import airflow_local
 
     conf = json.loads(args.conf) if args.conf else {}
-    from models.home import fraudloop_home
+    from fraudloop.models.home import fraudloop_home
 
     airflow_local.prepare(fraudloop_home() / "airflow")
     airflow_local.migrate()
@@ -195,8 +195,8 @@ def cmd_dag(args: argparse.Namespace) -> None:
 
 def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
     """What a DAG run decided, in words: the drift verdict, or the challenger's verdict and what became of it."""
-    from models import registry
-    from pipelines.validate import challenger_verdict, describe
+    from fraudloop.models import registry
+    from fraudloop.pipelines.validate import challenger_verdict, describe
 
     reg = registry.RegistryConfig.from_env()
     if dag_id == "drift_monitor" and states.get("check_drift") == "success":
@@ -214,7 +214,7 @@ def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole system on embedded defaults: broker, MLflow UI, scorer, replay with drift, DAGs, hot swap, report."""
-    from pipelines.demo import DemoConfig, run
+    from fraudloop.pipelines.demo import DemoConfig, run
 
     if args.drift_after_days >= args.stream_days:
         raise ValueError("--drift-after-days must fall inside --stream-days")
@@ -225,15 +225,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from pipelines import benchmark
+    from fraudloop.pipelines import benchmark
 
     if args.history:
-        from pipelines.history import read_history
+        from fraudloop.pipelines.history import read_history
 
         history, labels = read_history(args.history)
         source, command = f"the history in {args.history.name}", f"fraudloop benchmark model --history {args.history}"
     else:
-        from pipelines.simulate import SimulationConfig, labels_of, simulate
+        from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
 
         history = simulate(SimulationConfig(seed=args.seed), progress=not args.quiet)
         labels = labels_of(history)
@@ -249,7 +249,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from pipelines.importer import Mapping, import_history
+    from fraudloop.pipelines.importer import Mapping, import_history
 
     mapping = Mapping.load(args.mapping, args.map or [], timezone=args.timezone, currency=args.currency,
                            label_delay_days=args.label_delay_days, label_delay_sigma=args.label_delay_sigma,
@@ -258,7 +258,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
-    from pipelines import retraining_benchmark as bench
+    from fraudloop.pipelines import retraining_benchmark as bench
 
     if args.seeds < 1 or args.drift_seeds < 0 or args.check_hours <= 0:
         raise ValueError("--seeds must be at least 1, --drift-seeds not negative, --check-hours positive")
@@ -274,7 +274,7 @@ def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
 def cmd_benchmark_store(args: argparse.Namespace) -> None:
     import tempfile
 
-    from pipelines import store_benchmark as bench
+    from fraudloop.pipelines import store_benchmark as bench
 
     if args.decisions < 1 or args.days <= 0:
         raise ValueError("--decisions must be at least 1 and --days positive")
@@ -292,8 +292,8 @@ def cmd_broker(args: argparse.Namespace) -> None:
     import signal
     import threading
 
-    from streaming.broker import create_topics, start_broker
-    from streaming.config import ScorerConfig
+    from fraudloop.streaming.broker import create_topics, start_broker
+    from fraudloop.streaming.config import ScorerConfig
 
     config = ScorerConfig.load(args.config)
     stop = threading.Event()
@@ -311,8 +311,8 @@ def cmd_broker(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     import logging
 
-    from streaming.config import ScorerConfig
-    from streaming.service import ScorerService, stop_on_signals
+    from fraudloop.streaming.config import ScorerConfig
+    from fraudloop.streaming.service import ScorerService, stop_on_signals
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Third-party noise off by default: kafka-python's INFO lines, MLflow's download progress bars (the
@@ -322,14 +322,14 @@ def cmd_score(args: argparse.Namespace) -> None:
     config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap, metrics_port=args.metrics_port,
                                group_id=args.group_id)
     stop = stop_on_signals()
-    from models.registry import RegistryConfig
+    from fraudloop.models.registry import RegistryConfig
 
     ScorerService(config, RegistryConfig.from_env()).run(stop)
 
 
 def cmd_group(args: argparse.Namespace) -> None:
-    from streaming import operate
-    from streaming.config import ScorerConfig
+    from fraudloop.streaming import operate
+    from fraudloop.streaming.config import ScorerConfig
 
     config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap, group_id=args.group_id)
     if args.action == "lag":
@@ -348,11 +348,10 @@ def cmd_group(args: argparse.Namespace) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.history import read_history
+    from fraudloop.streaming.config import ScorerConfig
+    from fraudloop.streaming.replay import replay
     from kafka import KafkaProducer
-
-    from pipelines.history import read_history
-    from streaming.config import ScorerConfig
-    from streaming.replay import replay
 
     config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap)
     history, labels = read_history(args.history)
@@ -368,7 +367,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
-    from streaming import benchmark
+    from fraudloop.streaming import benchmark
 
     outcome = benchmark.run(n=args.messages)
     command = "fraudloop benchmark streaming" + (f" --messages {args.messages}" if args.messages != 30_000 else "")
@@ -381,7 +380,7 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
 def cmd_soak(args: argparse.Namespace) -> None:
     import logging
 
-    from streaming import soak
+    from fraudloop.streaming import soak
 
     if args.minutes <= 0 or args.rate <= 0:
         raise ValueError("--minutes and --rate must be positive")
@@ -402,7 +401,7 @@ def cmd_soak(args: argparse.Namespace) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from models.registry import SERVER_ENV, RegistryConfig, server_command, server_env
+    from fraudloop.models.registry import SERVER_ENV, RegistryConfig, server_command, server_env
 
     command = server_command(RegistryConfig.from_env(), args.host, args.port)
     print("$ " + " ".join(f"{k}={v}" for k, v in SERVER_ENV.items()) + " " + shlex.join(command), flush=True)
@@ -415,8 +414,8 @@ def cmd_airflow(args: argparse.Namespace) -> None:
     import socket
     import time
 
-    from models.home import fraudloop_home
-    from pipelines import airflow_local
+    from fraudloop.models.home import fraudloop_home
+    from fraudloop.pipelines import airflow_local
 
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", args.port)) == 0:
@@ -466,7 +465,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="main job: the whole system end to end on loopback, then a report")
-    from pipelines.demo import DemoConfig
+    from fraudloop.pipelines.demo import DemoConfig
 
     demo = DemoConfig()
     p.add_argument("--customers", type=int, default=demo.customers, help=f"(default: {demo.customers})")

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.home import fraudloop_home
-from pipelines.demo_report import build_report, histogram_quantile, print_report, scrape
-from streaming.config import ScorerConfig
+from fraudloop.models.home import fraudloop_home
+from fraudloop.pipelines.demo_report import build_report, histogram_quantile, print_report, scrape
+from fraudloop.streaming.config import ScorerConfig
 
 DAY = 86_400.0
 TOPICS = tuple(ScorerConfig().topics)
@@ -89,7 +89,7 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, what: str) ->
 
 
 def start_mlflow(config: DemoConfig, services: Services) -> str:
-    from models import registry
+    from fraudloop.models import registry
 
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", config.ui_port)) == 0:
@@ -112,7 +112,7 @@ def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics
            "FRAUDLOOP_RULES_FILE": str(served_rules)}
     log = open(config.home / "scorer.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--bootstrap", bootstrap,
+    process = subprocess.Popen([sys.executable, "-m", "fraudloop.pipelines.cli", "score", "--bootstrap", bootstrap,
                                 "--metrics-port", str(metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     services.processes.append(process)
@@ -193,15 +193,14 @@ def running(config: DemoConfig) -> Iterator[Services]:
 
 def run(config: DemoConfig) -> dict:
     """The whole system, end to end; returns the report's numbers."""
+    from fraudloop.pipelines import airflow_local, jobs
+    from fraudloop.pipelines.backfill import backfill
+    from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.training_set import history_rows
+    from fraudloop.streaming.broker import create_topics, free_port, start_broker
+    from fraudloop.streaming.replay import replay
+    from fraudloop.streaming.store import Store
     from kafka import KafkaProducer
-
-    from pipelines import airflow_local, jobs
-    from pipelines.backfill import backfill
-    from pipelines.simulate import SimulationConfig, labels_of, simulate
-    from pipelines.training_set import history_rows
-    from streaming.broker import create_topics, free_port, start_broker
-    from streaming.replay import replay
-    from streaming.store import Store
 
     shutil.rmtree(config.home, ignore_errors=True)
     config.home.mkdir(parents=True)
@@ -297,8 +296,8 @@ def close_day(day: int, as_of: float, status: StatusLine, dags) -> dict:
     (what the scheduler does on the asset event). Their wall time is not the simulated system's."""
     from datetime import UTC, datetime
 
-    from models.registry import RegistryConfig
-    from pipelines.validate import challenger_verdict, one_line
+    from fraudloop.models.registry import RegistryConfig
+    from fraudloop.pipelines.validate import challenger_verdict, one_line
 
     conf = {"as_of": datetime.fromtimestamp(as_of, UTC).isoformat(), "maturity_days": RETRAIN["maturity_days"]}
     status.extra = " | drift_monitor..."

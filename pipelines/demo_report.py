@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
-
-    from pipelines.demo import DemoConfig
+    from fraudloop.pipelines.demo import DemoConfig
 
 DAY = 86_400.0
 
@@ -40,7 +39,7 @@ def histogram_quantile(values: dict[str, float], name: str, q: float,
 
 
 def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
-    from models.metrics import evaluate
+    from fraudloop.models.metrics import evaluate
 
     part = decisions[mask]
     if part.empty or not part["is_fraud"].any():
@@ -56,7 +55,7 @@ def alerts(decisions: pd.DataFrame, tags_of, capacity: float, drift_at: float) -
     """Per served version, in serving order (a version that served across the drift's start, once each side):
     its thresholds, and reviews and declines a day (by the rules too) against the analysts' capacity: a promotion
     should keep the review volume where it was asked to be."""
-    from models.thresholds import from_tags
+    from fraudloop.models.thresholds import from_tags
 
     rows = []
     decisions = decisions.assign(drifted=decisions["event_time"] >= drift_at)
@@ -79,9 +78,9 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                  stream_seconds: float, total_seconds: float, ui: str, bootstrap: str, rules_path: str,
                  maturity_days: float, footprint: tuple[int, float]) -> dict:
     """Every number from this run: the store, the scorer's metrics, the registry."""
-    from models import registry
-    from pipelines import promote
-    from streaming.store import Store
+    from fraudloop.models import registry
+    from fraudloop.pipelines import promote
+    from fraudloop.streaming.store import Store
 
     store = Store("")
     decisions = store.decisions_between(cut - 1, float("inf"))
@@ -113,10 +112,10 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                          "training_cpu_seconds": float(tags.get("training_cpu_seconds", "nan")),
                          "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
                          "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
-    from models.thresholds import Targets
-    from pipelines.rules_backtest import describe, run
-    from streaming.config import ScorerConfig
-    from streaming.store import default_url
+    from fraudloop.models.thresholds import Targets
+    from fraudloop.pipelines.rules_backtest import describe, run
+    from fraudloop.streaming.config import ScorerConfig
+    from fraudloop.streaming.store import default_url
 
     served = ScorerConfig()
     rule_mix = decisions["rule"].fillna("model").value_counts().to_dict()
@@ -166,7 +165,7 @@ def print_report(r: dict) -> None:
     days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
             for e in r["runs"]]
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
-    from pipelines.validate import one_line
+    from fraudloop.pipelines.validate import one_line
 
     for e in r["runs"]:
         if e.get("verdict"):

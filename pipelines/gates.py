@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from models.metrics import DAY, Difference, achievable_card_precision, evaluate, paired_ap_difference
+from fraudloop.models.metrics import DAY, Difference, achievable_card_precision, evaluate, paired_ap_difference
 
 PASSED, FAILED, INSUFFICIENT = "passed", "failed", "insufficient evidence"
 

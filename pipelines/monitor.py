@@ -23,13 +23,12 @@ from dataclasses import asdict, dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from fraudloop.models import registry, report
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.pipelines.drift import Calibrator, feature_drift, psi
+from fraudloop.pipelines.train import REFERENCE_ARTIFACT
+from fraudloop.pipelines.training_set import decode_decisions, outcomes_known_by
 from sklearn.metrics import average_precision_score
-
-from models import registry, report
-from models.features import FEATURE_NAMES
-from pipelines.drift import Calibrator, feature_drift, psi
-from pipelines.train import REFERENCE_ARTIFACT
-from pipelines.training_set import decode_decisions, outcomes_known_by
 
 DAY = 86_400.0
 # Set by the clock, not by the data: a one-day window is all weekend or all weekday.
@@ -169,7 +168,7 @@ def read_window(store, as_of: float, config: MonitorConfig) -> tuple[pd.DataFram
 def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
                 config: MonitorConfig = MonitorConfig(), log: bool = True) -> DriftReport:
     """Read the store and the champion's reference, assess, and log the report to MLflow."""
-    from streaming.store import Store
+    from fraudloop.streaming.store import Store
 
     version = registry.alias_version(reg, registry.CHAMPION)
     if version is None:

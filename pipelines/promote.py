@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass
 
 import mlflow
-
-from models import registry
-from models.aliases import PREVIOUS_CHAMPION
+from fraudloop.models import registry
+from fraudloop.models.aliases import PREVIOUS_CHAMPION
 
 
 @dataclass(frozen=True)

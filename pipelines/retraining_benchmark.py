@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from models.training import BAGGED, TrainParams, predict, train
-from pipelines.gates import Gates, judge
-from pipelines.monitor import DAY, MonitorConfig, assess, calibrator, reference_average_precision
-from pipelines.train import BuildConfig, drift_reference, holdout_masks, latest_split
+from fraudloop.models.training import BAGGED, TrainParams, predict, train
+from fraudloop.pipelines.gates import Gates, judge
+from fraudloop.pipelines.monitor import DAY, MonitorConfig, assess, calibrator, reference_average_precision
+from fraudloop.pipelines.train import BuildConfig, drift_reference, holdout_masks, latest_split
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ class World:
 
 
 def make_world(scenario: Scenario, seed: int) -> World:
-    from pipelines.simulate import SimulationConfig, labels_of, simulate
-    from pipelines.training_set import history_rows
+    from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.training_set import history_rows
 
     history = simulate(SimulationConfig(customers=scenario.customers, terminals=scenario.terminals,
                                         days=scenario.days, seed=seed, drift_day=scenario.drift_day,
@@ -85,7 +84,7 @@ class Model:
 def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None,
         bagged: bool = False) -> Model:
     """What `retrain` trains as of a day: the latest split of the point-in-time training set."""
-    from pipelines.training_set import training_set_as_of
+    from fraudloop.pipelines.training_set import training_set_as_of
 
     as_of = world.at(as_of_day)
     rows = world.rows[world.rows["event_time"] <= as_of]

@@ -24,9 +24,9 @@ END = 1_700_000_000.0  # the newest decision (any fixed time: the store does not
 
 def fill(url: str, decisions: int, days: float, seed: int = 0, chunk: int = 100_000) -> float:
     """Write `decisions` synthetic decisions and their labels; returns the seconds it took."""
-    from models.features import FEATURE_NAMES
-    from models.schema import Label, Transaction
-    from streaming.store import DecisionRow, Store
+    from fraudloop.models.features import FEATURE_NAMES
+    from fraudloop.models.schema import Label, Transaction
+    from fraudloop.streaming.store import DecisionRow, Store
 
     rng = np.random.default_rng(seed)
     store = Store(url)
@@ -50,16 +50,16 @@ def fill(url: str, decisions: int, days: float, seed: int = 0, chunk: int = 100_
 
 def _task(kind: str, url: str, out: str) -> None:
     """One measured job, in this (fresh) process."""
-    from pipelines import jobs
+    from fraudloop.pipelines import jobs
 
     started = time.perf_counter()
     if kind == "training_set":
         result = jobs.build_training_set(END, maturity_days=7.0, store_url=url, out=out)
         rows = result["rows"]
     else:
-        from pipelines.monitor import MonitorConfig, read_window
-        from pipelines.training_set import decode_decisions
-        from streaming.store import Store
+        from fraudloop.pipelines.monitor import MonitorConfig, read_window
+        from fraudloop.pipelines.training_set import decode_decisions
+        from fraudloop.streaming.store import Store
 
         store = Store(url)
         recent, matured, labels = read_window(store, END, MonitorConfig())
@@ -71,7 +71,7 @@ def _task(kind: str, url: str, out: str) -> None:
 
 
 def measure(kind: str, url: str, out: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", f"from pipelines.store_benchmark import _task; "
+    done = subprocess.run([sys.executable, "-c", f"from fraudloop.pipelines.store_benchmark import _task; "
                                                  f"_task({kind!r}, {url!r}, {out!r})"],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -114,7 +114,7 @@ def run(decisions: int, days: float, work: Path, backends: tuple[str, ...] = ("s
 
 
 def to_markdown(result: Result, command: str) -> str:
-    from models.features import FEATURE_NAMES
+    from fraudloop.models.features import FEATURE_NAMES
 
     lines = [
         "# Store: the training-set build and the monitor's read on a large store (measured)",

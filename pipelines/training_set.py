@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-
-from models.features import FEATURE_NAMES, compute_features
+from fraudloop.models.features import FEATURE_NAMES, compute_features
 
 ROW_COLUMNS = ("transaction_id", "card_id", "event_time")
 
@@ -67,7 +66,7 @@ def history_rows(history: pd.DataFrame, labels: pd.DataFrame, features: pd.DataF
 
 def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_seconds: float) -> pd.DataFrame:
     """From the scorer's store, the `lookback_seconds` before `as_of` (default: the newest stored transaction)."""
-    from streaming.store import Store
+    from fraudloop.streaming.store import Store
 
     store = Store(url)
     try:
@@ -87,7 +86,7 @@ def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_
 
 def from_history(folder: Path, as_of: float | None, maturity_seconds: float, progress: bool = False) -> pd.DataFrame:
     """From a simulator history folder; `as_of` defaults to the end of the history."""
-    from pipelines.history import read_history
+    from fraudloop.pipelines.history import read_history
 
     history, labels = read_history(folder)
     if as_of is None:

@@ -14,15 +14,14 @@ from dataclasses import asdict, dataclass, field
 
 import matplotlib.pyplot as plt
 import pandas as pd
-
-from models import registry, report
-from models import thresholds as policy_thresholds
-from models.metrics import policy_effect
-from models.training import predict
-from pipelines.gates import FAILED, PASSED, Gates, Verdict, judge
-from pipelines.protocol import DAY, test_period
-from pipelines.train import holdout_masks, split_of_version
-from pipelines.training_set import outcomes_known_by
+from fraudloop.models import registry, report
+from fraudloop.models import thresholds as policy_thresholds
+from fraudloop.models.metrics import policy_effect
+from fraudloop.models.training import predict
+from fraudloop.pipelines.gates import FAILED, PASSED, Gates, Verdict, judge
+from fraudloop.pipelines.protocol import DAY, test_period
+from fraudloop.pipelines.train import holdout_masks, split_of_version
+from fraudloop.pipelines.training_set import outcomes_known_by
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -81,7 +80,7 @@ def live_verdict(store_url: str, version: str, champion_version: str, maturity_s
                  gates: Gates) -> Verdict:
     """The live gate: the challenger's shadow scores against the champion's served scores on the same
     transactions, those old enough that their labels have matured, paired, by the holdout's rules."""
-    from streaming.store import Store
+    from fraudloop.streaming.store import Store
 
     store = Store(store_url)
     try:
@@ -165,7 +164,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     """Score the challenger and the current champion on the challenger's holdout, and (with the scorer's
     store) compare them on shadow traffic; judge; derive the challenger's thresholds from `targets`; record
     everything."""
-    from streaming.config import ScorerConfig
+    from fraudloop.streaming.config import ScorerConfig
 
     gates, targets = gates or Gates(), targets or policy_thresholds.Targets()
     info = registry.version_info(reg, version)

@@ -30,21 +30,27 @@ import numpy as np
 import orjson
 import pandas as pd
 import psutil
+from fraudloop.models.features import (
+    FEATURE_NAMES,
+    FeatureState,
+    compute_features,
+    labels_in_order,
+    replay,
+    transactions_of,
+)
+from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
+from fraudloop.models.schema import parse_transaction, transaction_record
+from fraudloop.pipelines.backfill import backfill
+from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.train import BuildConfig, build_model
+from fraudloop.streaming import compiled
+from fraudloop.streaming.broker import create_topics, start_broker
+from fraudloop.streaming.config import CONSUMER_DEFAULTS, ScorerConfig
+from fraudloop.streaming.rules import NO_RULES, RuleSet, parse
+from fraudloop.streaming.service import ScorerService
+from fraudloop.streaming.store import Store
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
-
-from models.features import FEATURE_NAMES, FeatureState, compute_features, labels_in_order, replay, transactions_of
-from models.registry import CHAMPION, RegistryConfig, set_alias
-from models.schema import parse_transaction, transaction_record
-from pipelines.backfill import backfill
-from pipelines.simulate import SimulationConfig, labels_of, simulate
-from pipelines.train import BuildConfig, build_model
-from streaming import compiled
-from streaming.broker import create_topics, start_broker
-from streaming.config import CONSUMER_DEFAULTS, ScorerConfig
-from streaming.rules import NO_RULES, RuleSet, parse
-from streaming.service import ScorerService
-from streaming.store import Store
 
 RULES = Path(__file__).resolve().parents[1] / "examples" / "rules.toml"
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-
-from models.home import fraudloop_home
+from fraudloop.models.home import fraudloop_home
 
 # A compiled model must agree with LightGBM (they differ in the last float bits only), on rows that reach
 # every kind of branch: missing values, zeros, and magnitudes from tiny to large.
@@ -92,8 +91,8 @@ def start(booster: lgb.Booster) -> Compilation:
     partial = model_path.with_suffix(f".{os.getpid()}.partial")  # another instance may be writing the same
     partial.write_text(text)
     partial.replace(model_path)
-    process = subprocess.Popen([sys.executable, "-m", "streaming.compiled", str(model_path), str(shared_object)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "fraudloop.streaming.compiled", str(model_path),
+                                str(shared_object)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return Compilation(model_path, shared_object, process)
 
 

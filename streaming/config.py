@@ -14,11 +14,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from kafka import KafkaConsumer, KafkaProducer
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
-
-from streaming.event_time import WALL, EventTimePolicy
 
 # Consumer settings: group joins in seconds rather than kafka-python's ~45 s session default, and a short
 # fetch wait so an idle partition does not hold a poll for the default 500 ms (latency).

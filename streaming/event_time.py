@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from models.features import DAY, LATENESS
+from fraudloop.models.features import DAY, LATENESS
 
 WALL, STREAM = "wall", "stream"
 LATE, FUTURE = "late", "future"

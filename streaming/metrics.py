@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW
+from fraudloop.streaming.scorer import DEAD_LETTER_KINDS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from streaming.decide import APPROVE, DECLINE, REVIEW
-from streaming.scorer import DEAD_LETTER_KINDS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MODEL_EVENTS = ("swapped", "compiled", "compile_failed", "refused", "load_failed", "registry_error")

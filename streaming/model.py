@@ -20,13 +20,12 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from fraudloop.models.features import N_FEATURES
+from fraudloop.models.registry import IncompatibleModel, RegistryConfig, load_version
+from fraudloop.models.thresholds import from_tags
+from fraudloop.streaming import compiled
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
-from models.features import N_FEATURES
-from models.registry import IncompatibleModel, RegistryConfig, load_version
-from models.thresholds import from_tags
-from streaming import compiled
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0  # seconds between tries to load a version that failed to load

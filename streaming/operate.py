@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.service import dead_letter, new_producer
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
-
-from streaming.config import ScorerConfig
-from streaming.service import dead_letter, new_producer
 
 SKIPPED = "skipped: by an operator (fraudloop group skip)"
 

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 import orjson
 import pandas as pd
+from fraudloop.models.features import labels_in_order, transactions_of
+from fraudloop.models.schema import label_record, transaction_record
 from kafka import KafkaProducer
 from tqdm import tqdm
-
-from models.features import labels_in_order, transactions_of
-from models.schema import label_record, transaction_record
 
 
 def events(history: pd.DataFrame, labels: pd.DataFrame) -> Iterator[tuple[float, str, bytes, bytes]]:

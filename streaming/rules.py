@@ -35,9 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from models.features import FEATURE_NAMES
-from streaming.decide import APPROVE, DECLINE, REVIEW
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW
 
 MODEL = "model"  # the rule name of a decision the model's thresholds made
 ACTIONS = {"allow": APPROVE, "block": DECLINE, "review": REVIEW}

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from streaming.rules import NO_RULES, RulesError, RuleSet, parse
+from fraudloop.streaming.rules import NO_RULES, RulesError, RuleSet, parse
 
 log = logging.getLogger(__name__)
 LOADED, REFUSED = "loaded", "refused"

@@ -26,15 +26,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from fraudloop.models.registry import RegistryConfig
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.metrics import ScorerMetrics
+from fraudloop.streaming.worker import Scored, ScoringProcess
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
-
-from models.registry import RegistryConfig
-from streaming.config import ScorerConfig
-from streaming.metrics import ScorerMetrics
-from streaming.worker import Scored, ScoringProcess
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005

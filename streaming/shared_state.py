@@ -15,9 +15,8 @@ from collections.abc import Sequence
 
 import orjson
 import redis
-
-from models.features import FeatureState
-from models.schema import Label, Transaction
+from fraudloop.models.features import FeatureState
+from fraudloop.models.schema import Label, Transaction
 
 STREAM = "fraudloop:feature-events"
 

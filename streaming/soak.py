@@ -33,12 +33,11 @@ from pathlib import Path
 
 import orjson
 import psutil
+from fraudloop.models.features import labels_in_order, transactions_of
+from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
+from fraudloop.streaming.broker import Broker, create_topics, free_port, start_broker
+from fraudloop.streaming.config import ScorerConfig
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from models.features import labels_in_order, transactions_of
-from models.schema import Label, Transaction, label_record, transaction_record
-from streaming.broker import Broker, create_topics, free_port, start_broker
-from streaming.config import ScorerConfig
 
 DAY = 86_400.0
 KINDS = ("kill", "broker", "poison")
@@ -231,13 +230,13 @@ def rss_mb(process: subprocess.Popen) -> float:
 
 def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = None,
         say=print) -> SoakResult:
-    from models.registry import CHAMPION, RegistryConfig, set_alias
-    from models.training import TrainParams
-    from pipelines.backfill import backfill
-    from pipelines.simulate import SimulationConfig, labels_of, simulate
-    from pipelines.train import BuildConfig, build_model
-    from pipelines.training_set import history_rows
-    from streaming.store import Store
+    from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
+    from fraudloop.models.training import TrainParams
+    from fraudloop.pipelines.backfill import backfill
+    from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.train import BuildConfig, build_model
+    from fraudloop.pipelines.training_set import history_rows
+    from fraudloop.streaming.store import Store
 
     rng = random.Random(seed)
     result = SoakResult(minutes=minutes, rate=rate, seed=seed)
@@ -276,8 +275,8 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
     env = {**os.environ, "FRAUDLOOP_HOME": str(work), "MLFLOW_TRACKING_URI": registry.tracking_uri,
            "FRAUDLOOP_ARTIFACT_ROOT": registry.artifact_root, "FRAUDLOOP_STORE_URL": store_url,
            "FRAUDLOOP_MODEL_CHECK_SECONDS": "2"}
-    command = [sys.executable, "-m", "pipelines.cli", "score", "--bootstrap", broker[0].bootstrap, "--group-id",
-               "soak", "--metrics-port", str(metrics_port)]
+    command = [sys.executable, "-m", "fraudloop.pipelines.cli", "score", "--bootstrap", broker[0].bootstrap,
+               "--group-id", "soak", "--metrics-port", str(metrics_port)]
     scorer_log = open(work / "scorer.log", "ab")  # noqa: SIM115 - closed at the end
 
     def start_scorer() -> subprocess.Popen:

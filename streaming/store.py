@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-
-from models.currency import REFERENCE_CURRENCY
-from models.features import FEATURE_NAMES
-from models.home import fraudloop_home
-from models.schema import Label, Transaction
+from fraudloop.models.currency import REFERENCE_CURRENCY
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.home import fraudloop_home
+from fraudloop.models.schema import Label, Transaction
 
 metadata = sa.MetaData()
 decisions = sa.Table(

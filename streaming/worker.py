@@ -30,16 +30,15 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 import orjson
-
-from models.features import FeatureState, replay
-from models.registry import RegistryConfig
-from streaming.config import ScorerConfig
-from streaming.event_time import WALL, EventTimePolicy
-from streaming.model import ModelHolder
-from streaming.rules_file import RulesFile
-from streaming.scorer import Message, Scorer
-from streaming.shared_state import SharedEvents
-from streaming.store import Store
+from fraudloop.models.features import FeatureState, replay
+from fraudloop.models.registry import RegistryConfig
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.event_time import WALL, EventTimePolicy
+from fraudloop.streaming.model import ModelHolder
+from fraudloop.streaming.rules_file import RulesFile
+from fraudloop.streaming.scorer import Message, Scorer
+from fraudloop.streaming.shared_state import SharedEvents
+from fraudloop.streaming.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -283,14 +282,14 @@ def _read_requests(connection: _Duplex, requests: queue.SimpleQueue) -> None:
 
 
 class ScoringProcess:
-    """The Kafka side's handle on the worker (`python -m streaming.worker`, talking over two pipes): send
+    """The Kafka side's handle on the worker (`python -m fraudloop.streaming.worker`, talking over two pipes): send
     requests from one thread, take their results, in order, from one other (or the same) thread."""
 
     def __init__(self, config: ScorerConfig, registry: RegistryConfig) -> None:
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
-        self.process = subprocess.Popen([sys.executable, "-m", "streaming.worker", str(to_child), str(from_child)],
-                                        pass_fds=(to_child, from_child))
+        self.process = subprocess.Popen([sys.executable, "-m", "fraudloop.streaming.worker", str(to_child),
+                                         str(from_child)], pass_fds=(to_child, from_child))
         os.close(to_child)
         os.close(from_child)
         self._connection = _Duplex(Connection(to_parent, writable=False), Connection(from_parent, readable=False))
@@ -366,7 +365,9 @@ class _Duplex:
 
 
 if __name__ == "__main__":
-    from streaming import worker  # the module by its name, so what is pickled back is streaming.worker.Scored
+    from fraudloop.streaming import (
+        worker,  # the module by its name, so what is pickled back is fraudloop.streaming.worker.Scored
+    )
 
     worker._serve(worker._Duplex(Connection(int(sys.argv[1]), writable=False),
                                  Connection(int(sys.argv[2]), readable=False)))

@@ -8,11 +8,10 @@ import uuid
 from collections.abc import Callable
 
 import orjson
+from fraudloop.streaming.broker import create_topics
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.service import ScorerService
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from streaming.broker import create_topics
-from streaming.config import ScorerConfig
-from streaming.service import ScorerService
 
 
 def scorer_config(bootstrap: str, store_url: str, **overrides) -> ScorerConfig:

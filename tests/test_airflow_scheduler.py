@@ -13,14 +13,13 @@ import urllib.request
 
 import pandas as pd
 import pytest
-
-from models.registry import CHAMPION, RegistryConfig, alias_version, load_version, version_info
-from pipelines import airflow_local, jobs
-from pipelines.backfill import backfill
-from pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
-from pipelines.training_set import history_rows
-from streaming.broker import free_port
-from streaming.store import Store
+from fraudloop.models.registry import CHAMPION, RegistryConfig, alias_version, load_version, version_info
+from fraudloop.pipelines import airflow_local, jobs
+from fraudloop.pipelines.backfill import backfill
+from fraudloop.pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.training_set import history_rows
+from fraudloop.streaming.broker import free_port
+from fraudloop.streaming.store import Store
 
 pytestmark = pytest.mark.integration
 

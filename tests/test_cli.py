@@ -8,8 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
-
-from pipelines.cli import parser
+from fraudloop.pipelines.cli import parser
 
 
 def _commands(command: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[list[str]]:
@@ -26,8 +25,8 @@ COMMANDS = _commands(parser())
 
 
 def run(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "fraudloop.pipelines.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

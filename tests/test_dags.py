@@ -10,9 +10,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
-from models.metrics import evaluate
-from models.registry import (
+from fraudloop.models.metrics import evaluate
+from fraudloop.models.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryConfig,
@@ -22,13 +21,13 @@ from models.registry import (
     tag_version,
     version_info,
 )
-from models.thresholds import from_tags
-from models.training import predict
-from pipelines import airflow_local, jobs, promote
-from pipelines.backfill import backfill
-from pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
-from pipelines.training_set import history_rows
-from streaming.store import Store
+from fraudloop.models.thresholds import from_tags
+from fraudloop.models.training import predict
+from fraudloop.pipelines import airflow_local, jobs, promote
+from fraudloop.pipelines.backfill import backfill
+from fraudloop.pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.training_set import history_rows
+from fraudloop.streaming.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +72,8 @@ def test_dags_import_without_errors_and_parse_without_heavy_imports(airflow, tmp
     assert drift_asset.name == jobs.DRIFT_ASSET["name"]
     assert drift_asset in bag.dags["retrain"].timetable.asset_condition.objects  # retrain is scheduled on it
     # Parsing (what the scheduler repeats) loads no data or ML library: they are imported inside the tasks.
-    probe = ("import sys, pathlib; from pipelines import airflow_local as a; a.prepare(pathlib.Path(sys.argv[1])); "
+    probe = ("import sys, pathlib; from fraudloop.pipelines import airflow_local as a; "
+             "a.prepare(pathlib.Path(sys.argv[1])); "
              "bag = a.dag_bag(); print(sorted(bag.dags), [m for m in ('pandas', 'numpy', 'lightgbm', 'mlflow', "
              "'sklearn') if m in sys.modules])")
     parsed = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "airflow")], capture_output=True, text=True,

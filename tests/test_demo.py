@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-from streaming.broker import free_port
+from fraudloop.streaming.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +26,7 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     ui_port = free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "demo", "--customers", "600", "--terminals", "1200",
+        [sys.executable, "-m", "fraudloop.pipelines.cli", "demo", "--customers", "600", "--terminals", "1200",
          "--history-days", "30", "--stream-days", "5", "--drift-after-days", "2", "--seconds-per-day", "2",
          "--ui-port", str(ui_port)], env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout

@@ -1,10 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from models.features import compute_features
-from pipelines.drift import bin_shares, calibrate, feature_drift, jensen_shannon, ks, min_window, psi
-from pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.models.features import compute_features
+from fraudloop.pipelines.drift import bin_shares, calibrate, feature_drift, jensen_shannon, ks, min_window, psi
+from fraudloop.pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
 
 rng = np.random.default_rng(0)
 
@@ -44,7 +43,7 @@ def test_constant_features_do_not_break_the_statistics():
 
 
 def test_the_simulators_drift_is_flagged_and_its_absence_is_not():
-    from pipelines.monitor import MONITORED
+    from fraudloop.pipelines.monitor import MONITORED
 
     config = SimulationConfig(customers=400, terminals=800, days=75, seed=5, drift_day=60)
     history = simulate(config, progress=False)
@@ -88,14 +87,14 @@ def test_calibrated_thresholds_hold_their_false_alarm_rate_and_shrink_with_the_w
 
 
 def _traffic(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    from models.features import FEATURE_NAMES
+    from fraudloop.models.features import FEATURE_NAMES
 
     values = np.random.default_rng(seed).normal(shift, 1, (n, len(FEATURE_NAMES)))
     return pd.DataFrame(values, columns=list(FEATURE_NAMES))
 
 
 def test_the_monitor_verdict_combines_data_score_and_performance_signals():
-    from pipelines.monitor import assess
+    from fraudloop.pipelines.monitor import assess
 
     rng = np.random.default_rng(3)
     reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000), card_id=rng.integers(0, 1_000, 5_000))
@@ -120,8 +119,8 @@ def test_the_monitor_verdict_combines_data_score_and_performance_signals():
 
 
 def test_a_drift_episode_signals_one_retrain_per_cooldown():
-    from pipelines.monitor import DAY as D
-    from pipelines.monitor import MonitorConfig, assess
+    from fraudloop.pipelines.monitor import DAY as D
+    from fraudloop.pipelines.monitor import MonitorConfig, assess
 
     rng = np.random.default_rng(4)
     reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000), card_id=rng.integers(0, 1_000, 5_000))

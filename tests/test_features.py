@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from models import features as F
-from models.features import FEATURE_NAMES, FeatureState, compute_features
-from models.schema import Label, Transaction, label_record, parse_label, parse_transaction, transaction_record
+from fraudloop.models import features as F
+from fraudloop.models.features import FEATURE_NAMES, FeatureState, compute_features
+from fraudloop.models.schema import Label, Transaction, label_record, parse_label, parse_transaction, transaction_record
 
 DAY = 86_400
 T0 = 1_522_540_800  # 2018-04-01T00:00:00Z, a Sunday

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from pipelines import benchmark
-from pipelines.cli import main
-from pipelines.history import read_history
-from pipelines.importer import REJECTS_FILE, Mapping, import_history
-from pipelines.simulate import DAY, SimulationConfig, simulate
+from fraudloop.pipelines import benchmark
+from fraudloop.pipelines.cli import main
+from fraudloop.pipelines.history import read_history
+from fraudloop.pipelines.importer import REJECTS_FILE, Mapping, import_history
+from fraudloop.pipelines.simulate import DAY, SimulationConfig, simulate
 
 EXAMPLE_MAPPING = Path(__file__).parents[1] / "examples" / "handbook-mapping.toml"
 
@@ -166,8 +165,8 @@ def test_train_and_backfill_take_an_imported_history(tmp_path):
     env.pop("FRAUDLOOP_STORE_URL", None)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
-                              timeout=300)
+        return subprocess.run([sys.executable, "-m", "fraudloop.pipelines.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
 
     trained = run("train", "--history", str(out), "--train-days", "14", "--num-boost-round", "100")
     assert trained.returncode == 0, trained.stderr

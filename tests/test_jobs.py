@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from pipelines.jobs import run_as_of, triggered_by_drift
+from fraudloop.pipelines.jobs import run_as_of, triggered_by_drift
 
 RUN_AFTER = datetime(2026, 12, 1, 5, tzinfo=UTC)
 
@@ -23,11 +23,10 @@ def test_a_run_works_as_of_its_param_in_utc_else_the_drift_event_else_its_time()
 
 def test_retention_measures_a_store_by_its_own_newest_data_and_refuses_to_cut_what_retrain_reads(tmp_path):
     import pytest
-
-    from models.features import FEATURE_NAMES
-    from models.schema import Transaction
-    from pipelines.jobs import MIN_RETENTION_DAYS, prune_store
-    from streaming.store import DecisionRow, Store
+    from fraudloop.models.features import FEATURE_NAMES
+    from fraudloop.models.schema import Transaction
+    from fraudloop.pipelines.jobs import MIN_RETENTION_DAYS, prune_store
+    from fraudloop.streaming.store import DecisionRow, Store
 
     url = f"sqlite:///{tmp_path / 'scoring.db'}"
     store = Store(url)

@@ -1,15 +1,14 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from models.metrics import (
+from fraudloop.models.metrics import (
     achievable_card_precision,
     card_precision_at_k,
     daily_card_precision_at_k,
     evaluate,
     recall_at_fpr,
 )
-from pipelines.protocol import DAY, Split, disjoint_validation, prequential, split_masks
+from fraudloop.pipelines.protocol import DAY, Split, disjoint_validation, prequential, split_masks
 
 T0 = 1_532_476_800  # 2018-07-25T00:00:00Z
 
@@ -83,7 +82,7 @@ def test_the_published_test_folds_and_validation_folds_that_share_no_day_with_th
 
 
 def test_an_idea_replaces_the_defaults_only_on_a_clear_validation_gain():
-    from pipelines.benchmark import choose
+    from fraudloop.pipelines.benchmark import choose
 
     def tried(*gains: tuple[float, float]) -> pd.DataFrame:
         return pd.DataFrame({"ap_gain": [0.0, *(g for g, _ in gains)],

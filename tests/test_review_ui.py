@@ -8,12 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from models.registry import CHALLENGER, CHAMPION, alias_version, server_command, server_env
-from pipelines import jobs
-from pipelines.demo import wait_http
-from pipelines.history import write_history
-from streaming.broker import free_port
+from fraudloop.models.registry import CHALLENGER, CHAMPION, alias_version, server_command, server_env
+from fraudloop.pipelines import jobs
+from fraudloop.pipelines.demo import wait_http
+from fraudloop.pipelines.history import write_history
+from fraudloop.streaming.broker import free_port
 
 pytestmark = pytest.mark.integration
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from models.currency import load_rates, parse_rates
-from models.features import FEATURE_NAMES
-from models.schema import InvalidRecord, parse_transaction
-from models.thresholds import Targets, choose, from_tags, table, tags, wilson_lower
-from streaming.rules import MODEL, NO_RULES, RulesError, compile_condition, parse
-from streaming.rules_file import LOADED, REFUSED, RulesFile
+from fraudloop.models.currency import load_rates, parse_rates
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.schema import InvalidRecord, parse_transaction
+from fraudloop.models.thresholds import Targets, choose, from_tags, table, tags, wilson_lower
+from fraudloop.streaming.rules import MODEL, NO_RULES, RulesError, compile_condition, parse
+from fraudloop.streaming.rules_file import LOADED, REFUSED, RulesFile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +209,7 @@ def test_amounts_are_converted_to_the_reference_currency_and_an_unknown_currency
 
 
 def test_a_redelivery_is_the_same_transaction_after_a_rates_change_and_other_currencies_are_not(tmp_path):
-    from streaming.store import DecisionRow, Store
+    from fraudloop.streaming.store import DecisionRow, Store
 
     first = parse_transaction(GOOD)
     later = parse_transaction(GOOD, parse_rates('version = "r2"\nreference = "EUR"\n[per_unit]\nEUR = 1\nUSD = 0.5',

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import mlflow
-
-from models.features import FEATURE_NAMES
-from models.registry import RegistryConfig
-from models.schema import Label, Transaction
-from pipelines.cli import main
-from pipelines.rules_backtest import backtest, describe
-from streaming.rules import parse
-from streaming.store import DecisionRow, Store
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.registry import RegistryConfig
+from fraudloop.models.schema import Label, Transaction
+from fraudloop.pipelines.cli import main
+from fraudloop.pipelines.rules_backtest import backtest, describe
+from fraudloop.streaming.rules import parse
+from fraudloop.streaming.store import DecisionRow, Store
 
 DAY = 86_400.0
 T0 = 1_700_006_400.0  # a midnight, UTC

@@ -1,6 +1,5 @@
 import pytest
-
-from models.schema import (
+from fraudloop.models.schema import (
     InvalidRecord,
     Label,
     Transaction,

@@ -14,16 +14,15 @@ import lightgbm as lgb
 import numpy as np
 import orjson
 import pytest
+from fraudloop.models.features import DAY, FEATURE_NAMES, N_FEATURES, FeatureState
+from fraudloop.models.schema import EARLIEST, LATEST, Label, Transaction, format_time, label_record, transaction_record
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.event_time import STREAM, EventTimePolicy
+from fraudloop.streaming.model import ServingModel
+from fraudloop.streaming.scorer import Message, Scorer
+from fraudloop.streaming.store import Store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from models.features import DAY, FEATURE_NAMES, N_FEATURES, FeatureState
-from models.schema import EARLIEST, LATEST, Label, Transaction, format_time, label_record, transaction_record
-from streaming.config import ScorerConfig
-from streaming.event_time import STREAM, EventTimePolicy
-from streaming.model import ServingModel
-from streaming.scorer import Message, Scorer
-from streaming.store import Store
 
 T0 = datetime(2018, 6, 1, tzinfo=UTC).timestamp()
 NOW = T0 + 100 * DAY  # the wall clock of these tests

@@ -11,15 +11,14 @@ import lightgbm as lgb
 import numpy as np
 import orjson
 import pytest
-
-from models.features import FEATURE_NAMES, N_FEATURES, FeatureState
-from models.schema import Label, Transaction, label_record, transaction_record
-from streaming import compiled
-from streaming.config import ScorerConfig
-from streaming.decide import outcomes, top_reasons
-from streaming.model import ModelHolder, ServingModel
-from streaming.scorer import Message, Scorer
-from streaming.store import Store
+from fraudloop.models.features import FEATURE_NAMES, N_FEATURES, FeatureState
+from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
+from fraudloop.streaming import compiled
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.decide import outcomes, top_reasons
+from fraudloop.streaming.model import ModelHolder, ServingModel
+from fraudloop.streaming.scorer import Message, Scorer
+from fraudloop.streaming.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,7 @@ def test_holder_retries_a_version_that_fails_to_load_and_survives_an_unreachable
     holder = ModelHolder("m", registry.resolve, registry.load, check_every=1.0,
                          on_event=lambda kind, version: events.append((kind, version)), compile_models=False)
     clock = [1000.0]
-    monkeypatch.setattr("streaming.model.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("fraudloop.streaming.model.time.monotonic", lambda: clock[0])
     assert holder.require().version == "1"
     registry.alias = "3"  # its artifact cannot be fetched (yet): transient, never refused
     assert not holder.refresh(force=True) and holder.current.version == "1" and not holder.refused
@@ -89,7 +88,7 @@ def test_the_alias_naming_an_unserved_version_past_the_grace_period_is_logged_on
     registry = Registry({"1": booster})
     holder = ModelHolder("m", registry.resolve, registry.load, check_every=0, compile_models=False)
     clock = [0.0]
-    monkeypatch.setattr("streaming.model.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("fraudloop.streaming.model.time.monotonic", lambda: clock[0])
     holder.require()
     registry.alias = "2"
     holder.refresh(force=True)
@@ -258,7 +257,7 @@ def test_scorer_core_applies_a_batch_in_event_time_order(booster, tmp_path):
 
 def test_the_served_version_s_own_thresholds_and_the_rules_decide_and_each_decision_names_what_decided(
         booster, tmp_path):
-    from streaming.rules import parse
+    from fraudloop.streaming.rules import parse
 
     registry = Registry({"1": booster, "2": booster})
     tags = {"1": {"review_threshold": "0.0", "decline_threshold": "1.0"}, "2": {}}
@@ -298,7 +297,7 @@ def test_an_unknown_currency_is_dead_lettered_with_its_reason_and_a_known_one_co
 
 
 def test_rules_that_fail_on_a_batch_never_stop_it_the_model_s_thresholds_decide_and_say_so(booster, tmp_path):
-    from streaming.rules import Rule, RuleSet
+    from fraudloop.streaming.rules import Rule, RuleSet
 
     def broken(cols):
         raise MemoryError("simulated")

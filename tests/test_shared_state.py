@@ -7,9 +7,8 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-
-from models.features import FEATURE_NAMES, FeatureState, compute_features, labels_in_order, transactions_of
-from streaming.shared_state import SharedEvents
+from fraudloop.models.features import FEATURE_NAMES, FeatureState, compute_features, labels_in_order, transactions_of
+from fraudloop.streaming.shared_state import SharedEvents
 
 HOUR = 3_600.0
 CARD_FEATURES = [i for i, name in enumerate(FEATURE_NAMES) if name.startswith("card_")]

@@ -4,8 +4,7 @@ acknowledged by the broker it restarted into may go without a decision."""
 from __future__ import annotations
 
 import pytest
-
-from streaming import soak
+from fraudloop.streaming import soak
 
 pytestmark = pytest.mark.integration
 

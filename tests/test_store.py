@@ -7,12 +7,11 @@ import math
 import orjson
 import pytest
 import sqlalchemy as sa
-
-from models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
-from models.schema import Label, Transaction
-from streaming.event_time import STREAM, EventTimePolicy
-from streaming.store import DecisionRow, Store, decisions, labels, shadow_scores
-from streaming.worker import rebuild_state
+from fraudloop.models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
+from fraudloop.models.schema import Label, Transaction
+from fraudloop.streaming.event_time import STREAM, EventTimePolicy
+from fraudloop.streaming.store import DecisionRow, Store, decisions, labels, shadow_scores
+from fraudloop.streaming.worker import rebuild_state
 
 pytestmark = pytest.mark.integration
 

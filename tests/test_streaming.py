@@ -16,16 +16,16 @@ import numpy as np
 import orjson
 import psutil
 import pytest
+from fraudloop.models.features import FEATURE_NAMES, compute_features, transactions_of
+from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
+from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
+from fraudloop.models.training import TrainParams
+from fraudloop.pipelines.train import BuildConfig, build_model
+from fraudloop.streaming import operate
+from fraudloop.streaming.broker import create_topics, free_port, start_broker
+from fraudloop.streaming.store import Store, decisions
 from kafka import KafkaConsumer, TopicPartition
 
-from models.features import FEATURE_NAMES, compute_features, transactions_of
-from models.registry import CHAMPION, RegistryConfig, set_alias
-from models.schema import Label, Transaction, label_record, transaction_record
-from models.training import TrainParams
-from pipelines.train import BuildConfig, build_model
-from streaming import operate
-from streaming.broker import create_topics, free_port, start_broker
-from streaming.store import Store, decisions
 from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config
 
 pytestmark = pytest.mark.integration
@@ -156,13 +156,14 @@ def test_a_scorer_killed_mid_stream_loses_nothing_and_counts_nothing_twice(broke
            "FRAUDLOOP_ARTIFACT_ROOT": registry.artifact_root, "FRAUDLOOP_STORE_URL": config.store_url,
            **{f"FRAUDLOOP_{k.upper()}": str(getattr(config, k)) for k in
               ("transactions_topic", "labels_topic", "decisions_topic", "dead_letter_topic", "group_id")}}
-    command = [sys.executable, "-m", "pipelines.cli", "score", "--bootstrap", broker.bootstrap]
+    command = [sys.executable, "-m", "fraudloop.pipelines.cli", "score", "--bootstrap", broker.bootstrap]
     send_transactions(broker.bootstrap, config.transactions_topic, stream)
 
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= 3_000, timeout=90)
-        worker = [p for p in psutil.Process(first.pid).children() if "streaming.worker" in " ".join(p.cmdline())]
+        worker = [p for p in psutil.Process(first.pid).children()
+                  if "fraudloop.streaming.worker" in " ".join(p.cmdline())]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -400,7 +401,7 @@ def test_an_operator_sees_the_lag_and_skips_a_partition_with_every_skipped_messa
 def test_the_challenger_is_scored_in_the_shadow_on_the_same_features_and_never_decides(
     broker, served, small_history, small_labels, tmp_path
 ):
-    from models.registry import CHALLENGER, alias_version, client
+    from fraudloop.models.registry import CHALLENGER, alias_version, client
 
     registry, _, _ = served
     champion = alias_version(registry, CHAMPION)

@@ -6,12 +6,11 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pytest
+from fraudloop.models.features import FEATURE_NAMES, compute_features
+from fraudloop.models.registry import CHAMPION, load_booster, load_version, set_alias
+from fraudloop.models.training import TrainParams, predict
+from fraudloop.pipelines.train import BuildConfig, build_model
 from mlflow.tracking import MlflowClient
-
-from models.features import FEATURE_NAMES, compute_features
-from models.registry import CHAMPION, load_booster, load_version, set_alias
-from models.training import TrainParams, predict
-from pipelines.train import BuildConfig, build_model
 
 pytestmark = pytest.mark.integration
 FAST = BuildConfig(train_days=21, delay_days=7, test_days=7, params=TrainParams(num_boost_round=80))

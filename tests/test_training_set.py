@@ -3,11 +3,10 @@
 import math
 
 import pytest
-
-from models.features import FEATURE_NAMES
-from models.schema import Label, Transaction
-from pipelines.training_set import decode_decisions, training_set_as_of
-from streaming.store import DecisionRow, Store
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.schema import Label, Transaction
+from fraudloop.pipelines.training_set import decode_decisions, training_set_as_of
+from fraudloop.streaming.store import DecisionRow, Store
 
 DAY = 86_400.0
 T = 1_800_000_000.0
@@ -76,9 +75,8 @@ def test_the_store_is_read_by_time_range_and_bounded_by_retention(store):
 
 def test_the_live_gate_pairs_shadow_and_served_scores_on_matured_transactions_only(store, tmp_path):
     import numpy as np
-
-    from pipelines.gates import Gates, judge
-    from pipelines.validate import live_verdict
+    from fraudloop.pipelines.gates import Gates, judge
+    from fraudloop.pipelines.validate import live_verdict
 
     rng = np.random.default_rng(0)
     rows, shadow, labels, expected = [], [], [], []
