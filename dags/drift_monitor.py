@@ -36,7 +36,7 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
         "as_of": Param("", type="string", description="ISO time to check as of; empty: the run's time"),
-        # Empty (null): the default of pipelines/monitor.py MonitorConfig, the one source of defaults.
+        # Empty (null): the default of pipelines/retraining/monitor.py MonitorConfig, the one source of defaults.
         "window_days": Param(None, type=["null", "number"], minimum=0.01, description="recent traffic compared"),
         "maturity_days": Param(None, type=["null", "number"], minimum=0, description="label delay to wait for"),
         "false_alarm_rate": Param(None, type=["null", "number"], minimum=0, maximum=1,

@@ -18,7 +18,7 @@ Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confir
    drift scheduled the run, the split has no gap before the holdout: the newest mature days, the drifted
    ones, are trained on as early as labels allow (the training set already leaves out immature rows).
 3. **validate**: challenger and champion on the same holdout; evidence minimums, floors, and a paired
-   bootstrap interval of their AP difference whose lower bound must clear the margin (`pipelines/gates.py`).
+   bootstrap interval of their AP difference whose lower bound must clear the margin (`pipelines/retraining/gates.py`).
    The verdict is `passed`, `failed` or `insufficient evidence`; the report, plot and verdict go to the
    version in the MLflow UI.
 4. **decide** → **promote** (move `champion`, keep `previous_champion`) or **reject** (champion stays; a
@@ -47,7 +47,7 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
         "num_boost_round": Param(600, type="integer", minimum=1),
         "average_precision_margin": Param(None, type=["null", "number"],
                                           description="the AP difference's lower bound must exceed this; "
-                                                      "empty: the gates' default (pipelines/gates.py)"),
+                                                      "empty: the gates' default (pipelines/retraining/gates.py)"),
         "decline_precision": Param(0.8, type="number", exclusiveMinimum=0, maximum=1,
                                    description="decline where the holdout's precision is at least this"),
         "review_capacity_per_day": Param(100.0, type="number", minimum=0,

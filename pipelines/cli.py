@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fraudloop.models.aliases import CHAMPION, PREVIOUS_CHAMPION
 from fraudloop.models.schema import InvalidRecord
+from fraudloop.pipelines.data.simulate import SimulationConfig
 from fraudloop.pipelines.jobs import RETENTION_DAYS
-from fraudloop.pipelines.simulate import SimulationConfig
 
 SIM_FIELDS = {
     "customers": int, "terminals": int, "days": int, "start_date": str, "seed": int,
@@ -32,8 +32,8 @@ def _simulation_config(args: argparse.Namespace) -> SimulationConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines.history import write_history
-    from fraudloop.pipelines.simulate import labels_of, simulate, summary
+    from fraudloop.pipelines.data.history import write_history
+    from fraudloop.pipelines.data.simulate import labels_of, simulate, summary
 
     history = simulate(_simulation_config(args), progress=not args.quiet)
     write_history(args.out, history, labels_of(history))
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                         maturity_days=args.maturity_days, num_boost_round=args.num_boost_round)
     _print_json(result)
     if args.promote:
-        from fraudloop.pipelines.validate import describe
+        from fraudloop.pipelines.retraining.validate import describe
 
         verdict = jobs.validate(str(path), result["version"])
         print(describe(verdict))
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from fraudloop.pipelines import jobs
-    from fraudloop.pipelines.validate import describe
+    from fraudloop.pipelines.retraining.validate import describe
 
     verdict = jobs.validate(str(args.training_set), args.version, args.margin, args.decline_precision,
                             args.review_capacity)
@@ -107,8 +107,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_rules(args: argparse.Namespace) -> None:
     from fraudloop.models.registry import RegistryConfig, version_thresholds
-    from fraudloop.pipelines import jobs, rules_backtest
-    from fraudloop.pipelines.promote import default_actor
+    from fraudloop.pipelines import jobs
+    from fraudloop.pipelines.policy import backtest as rules_backtest
+    from fraudloop.pipelines.retraining.promote import default_actor
     from fraudloop.streaming.config import ScorerConfig
 
     if not Path(args.rules).is_file():
@@ -161,10 +162,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines.backfill import backfill
-    from fraudloop.pipelines.history import read_history
-    from fraudloop.pipelines.training_set import history_rows
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
+    from fraudloop.pipelines.data.backfill import backfill
+    from fraudloop.pipelines.data.history import read_history
+    from fraudloop.pipelines.retraining.training_set import history_rows
 
     history, labels = read_history(args.history)
     store = Store(args.store or "")
@@ -196,7 +197,7 @@ def cmd_dag(args: argparse.Namespace) -> None:
 def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
     """What a DAG run decided, in words: the drift verdict, or the challenger's verdict and what became of it."""
     from fraudloop.models import registry
-    from fraudloop.pipelines.validate import challenger_verdict, describe
+    from fraudloop.pipelines.retraining.validate import challenger_verdict, describe
 
     reg = registry.RegistryConfig.from_env()
     if dag_id == "drift_monitor" and states.get("check_drift") == "success":
@@ -214,7 +215,7 @@ def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole system on embedded defaults: broker, MLflow UI, scorer, replay with drift, DAGs, hot swap, report."""
-    from fraudloop.pipelines.demo import DemoConfig, run
+    from fraudloop.pipelines.demo.run import DemoConfig, run
 
     if args.drift_after_days >= args.stream_days:
         raise ValueError("--drift-after-days must fall inside --stream-days")
@@ -225,15 +226,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines import benchmark
+    from fraudloop.pipelines.benchmarks import model as benchmark
 
     if args.history:
-        from fraudloop.pipelines.history import read_history
+        from fraudloop.pipelines.data.history import read_history
 
         history, labels = read_history(args.history)
         source, command = f"the history in {args.history.name}", f"fraudloop benchmark model --history {args.history}"
     else:
-        from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
+        from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
 
         history = simulate(SimulationConfig(seed=args.seed), progress=not args.quiet)
         labels = labels_of(history)
@@ -249,7 +250,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines.importer import Mapping, import_history
+    from fraudloop.pipelines.data.importer import Mapping, import_history
 
     mapping = Mapping.load(args.mapping, args.map or [], timezone=args.timezone, currency=args.currency,
                            label_delay_days=args.label_delay_days, label_delay_sigma=args.label_delay_sigma,
@@ -258,7 +259,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines import retraining_benchmark as bench
+    from fraudloop.pipelines.benchmarks import retraining as bench
 
     if args.seeds < 1 or args.drift_seeds < 0 or args.check_hours <= 0:
         raise ValueError("--seeds must be at least 1, --drift-seeds not negative, --check-hours positive")
@@ -274,7 +275,7 @@ def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
 def cmd_benchmark_store(args: argparse.Namespace) -> None:
     import tempfile
 
-    from fraudloop.pipelines import store_benchmark as bench
+    from fraudloop.pipelines.benchmarks import store as bench
 
     if args.decisions < 1 or args.days <= 0:
         raise ValueError("--decisions must be at least 1 and --days positive")
@@ -348,7 +349,7 @@ def cmd_group(args: argparse.Namespace) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines.history import read_history
+    from fraudloop.pipelines.data.history import read_history
     from fraudloop.streaming.config import ScorerConfig
     from fraudloop.streaming.replay import replay
     from kafka import KafkaProducer
@@ -367,7 +368,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
-    from fraudloop.streaming import benchmark
+    from fraudloop.pipelines.benchmarks import streaming as benchmark
 
     outcome = benchmark.run(n=args.messages)
     command = "fraudloop benchmark streaming" + (f" --messages {args.messages}" if args.messages != 30_000 else "")
@@ -380,7 +381,7 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
 def cmd_soak(args: argparse.Namespace) -> None:
     import logging
 
-    from fraudloop.streaming import soak
+    from fraudloop.pipelines.benchmarks import soak
 
     if args.minutes <= 0 or args.rate <= 0:
         raise ValueError("--minutes and --rate must be positive")
@@ -465,7 +466,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="main job: the whole system end to end on loopback, then a report")
-    from fraudloop.pipelines.demo import DemoConfig
+    from fraudloop.pipelines.demo.run import DemoConfig
 
     demo = DemoConfig()
     p.add_argument("--customers", type=int, default=demo.customers, help=f"(default: {demo.customers})")

@@ -15,7 +15,7 @@ DAY = 86_400.0
 
 
 def _store_url(store_url: str | None) -> str:
-    from fraudloop.streaming.store import default_url
+    from fraudloop.models.store import default_url
 
     return store_url or os.environ.get("FRAUDLOOP_STORE_URL") or default_url()
 
@@ -40,8 +40,8 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
     From the store only the `lookback_days` before `as_of` are read (default: what the default split needs,
     plus the label maturity and a day). Returns the training set's URI, which tasks pass on.
     """
-    from fraudloop.pipelines import training_set
-    from fraudloop.pipelines.train import BuildConfig
+    from fraudloop.pipelines.retraining import training_set
+    from fraudloop.pipelines.retraining.train import BuildConfig
 
     maturity = maturity_days * DAY
     if history:
@@ -62,8 +62,8 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
           trained_by: str = "fraudloop train", alias: str | None = "challenger") -> dict:
     import numpy as np
     from fraudloop.models.training import TrainParams
-    from fraudloop.pipelines import training_set as sets
-    from fraudloop.pipelines.train import BuildConfig, train_challenger
+    from fraudloop.pipelines.retraining import training_set as sets
+    from fraudloop.pipelines.retraining.train import BuildConfig, train_challenger
 
     frame = sets.read(training_set)
     if shuffle_labels:  # a deliberately worse model, to show the gates hold
@@ -81,9 +81,9 @@ def validate(training_set: str, version: str, average_precision_margin: float | 
     """The verdict (`passed`, `failed` or `insufficient evidence`) with its metrics, interval and reason; the
     version's thresholds derived from the targets (None: the defaults of models/thresholds.Targets)."""
     from fraudloop.models.thresholds import Targets
-    from fraudloop.pipelines import training_set as sets
-    from fraudloop.pipelines.gates import Gates
-    from fraudloop.pipelines.validate import validate_challenger
+    from fraudloop.pipelines.retraining import training_set as sets
+    from fraudloop.pipelines.retraining.gates import Gates
+    from fraudloop.pipelines.retraining.validate import validate_challenger
 
     gates = Gates() if average_precision_margin is None else Gates(average_precision_margin=average_precision_margin)
     stated = {"decline_precision": decline_precision, "review_capacity_per_day": review_capacity_per_day}
@@ -95,13 +95,13 @@ def validate(training_set: str, version: str, average_precision_margin: float | 
 def promote(version: str, reason: str, actor: str | None = None) -> dict:
     from dataclasses import asdict
 
-    from fraudloop.pipelines.promote import promote as move
+    from fraudloop.pipelines.retraining.promote import promote as move
 
     return asdict(move(_registry(), version, reason, actor))
 
 
 def reject(version: str, reason: str) -> dict:
-    from fraudloop.pipelines.promote import reject as refuse
+    from fraudloop.pipelines.retraining.promote import reject as refuse
 
     refuse(_registry(), version, reason)
     return {"version": version, "rejected": True, "reason": reason}
@@ -110,7 +110,7 @@ def reject(version: str, reason: str) -> dict:
 def rollback(reason: str, actor: str | None = None) -> dict:
     from dataclasses import asdict
 
-    from fraudloop.pipelines.promote import rollback as back
+    from fraudloop.pipelines.retraining.promote import rollback as back
 
     return asdict(back(_registry(), reason, actor))
 
@@ -120,8 +120,8 @@ def check_drift(as_of: float, store_url: str | None = None, **settings: float | 
     means the MonitorConfig default, so the DAG, the CLI and the tests share one set of defaults."""
     from dataclasses import replace
 
-    from fraudloop.pipelines.monitor import MonitorConfig
-    from fraudloop.pipelines.monitor import check_drift as check
+    from fraudloop.pipelines.retraining.monitor import MonitorConfig
+    from fraudloop.pipelines.retraining.monitor import check_drift as check
 
     config = replace(MonitorConfig(), **{k: v for k, v in settings.items() if v is not None})
     report = check(_store_url(store_url), _registry(), as_of, config)
@@ -146,7 +146,7 @@ def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str 
     older than `as_of` or than the newest stored transaction, whichever is earlier: a store that runs on a
     clock of its own (a replayed or simulated stream) is measured by its own newest data, never emptied by
     the wall clock."""
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
 
     if keep_days < MIN_RETENTION_DAYS:
         raise ValueError(f"keep_days must be at least {MIN_RETENTION_DAYS:g} (what the default retrain and "
@@ -165,7 +165,7 @@ def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str 
 def record_serving_cost(store_url: str | None = None) -> dict:
     """What the scorer spent serving the champion: CPU milliseconds per 1,000 transactions, as version tags."""
     from fraudloop.models import registry
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
 
     reg = _registry()
     version = registry.alias_version(reg, registry.CHAMPION)

@@ -24,12 +24,12 @@ import orjson
 from fraudloop.models.currency import load_rates
 from fraudloop.models.features import FEATURE_NAMES, FeatureState
 from fraudloop.models.schema import InvalidRecord, Label, Transaction, parse_label, parse_transaction
+from fraudloop.models.store import DecisionRow, Store, StoredDecision
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.decide import APPROVE, top_reasons
 from fraudloop.streaming.event_time import FUTURE, LATE
 from fraudloop.streaming.model import ServingModel
 from fraudloop.streaming.rules import NO_RULES, RuleSet
-from fraudloop.streaming.store import DecisionRow, Store, StoredDecision
 
 log = logging.getLogger(__name__)
 # Dead-letter reasons start with one of these, then ": " and the detail; metrics count by the kind.

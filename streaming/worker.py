@@ -32,13 +32,13 @@ import numpy as np
 import orjson
 from fraudloop.models.features import FeatureState, replay
 from fraudloop.models.registry import RegistryConfig
+from fraudloop.models.store import Store
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.model import ModelHolder
 from fraudloop.streaming.rules_file import RulesFile
 from fraudloop.streaming.scorer import Message, Scorer
 from fraudloop.streaming.shared_state import SharedEvents
-from fraudloop.streaming.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from fraudloop.models.registry import RegistryConfig
-from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
 
 SMALL = SimulationConfig(customers=400, terminals=800, days=75, seed=7, label_delay_days=3, label_delay_sigma=0.8,
                          drift_day=60)

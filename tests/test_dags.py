@@ -21,13 +21,14 @@ from fraudloop.models.registry import (
     tag_version,
     version_info,
 )
+from fraudloop.models.store import Store
 from fraudloop.models.thresholds import from_tags
 from fraudloop.models.training import predict
-from fraudloop.pipelines import airflow_local, jobs, promote
-from fraudloop.pipelines.backfill import backfill
-from fraudloop.pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
-from fraudloop.pipelines.training_set import history_rows
-from fraudloop.streaming.store import Store
+from fraudloop.pipelines import airflow_local, jobs
+from fraudloop.pipelines.data.backfill import backfill
+from fraudloop.pipelines.data.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.retraining import promote
+from fraudloop.pipelines.retraining.training_set import history_rows
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from fraudloop.models.features import compute_features
-from fraudloop.pipelines.drift import bin_shares, calibrate, feature_drift, jensen_shannon, ks, min_window, psi
-from fraudloop.pipelines.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.data.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.retraining.drift import (
+    bin_shares,
+    calibrate,
+    feature_drift,
+    jensen_shannon,
+    ks,
+    min_window,
+    psi,
+)
 
 rng = np.random.default_rng(0)
 
@@ -43,7 +51,7 @@ def test_constant_features_do_not_break_the_statistics():
 
 
 def test_the_simulators_drift_is_flagged_and_its_absence_is_not():
-    from fraudloop.pipelines.monitor import MONITORED
+    from fraudloop.pipelines.retraining.monitor import MONITORED
 
     config = SimulationConfig(customers=400, terminals=800, days=75, seed=5, drift_day=60)
     history = simulate(config, progress=False)
@@ -94,7 +102,7 @@ def _traffic(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
 
 
 def test_the_monitor_verdict_combines_data_score_and_performance_signals():
-    from fraudloop.pipelines.monitor import assess
+    from fraudloop.pipelines.retraining.monitor import assess
 
     rng = np.random.default_rng(3)
     reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000), card_id=rng.integers(0, 1_000, 5_000))
@@ -119,8 +127,8 @@ def test_the_monitor_verdict_combines_data_score_and_performance_signals():
 
 
 def test_a_drift_episode_signals_one_retrain_per_cooldown():
-    from fraudloop.pipelines.monitor import DAY as D
-    from fraudloop.pipelines.monitor import MonitorConfig, assess
+    from fraudloop.pipelines.retraining.monitor import DAY as D
+    from fraudloop.pipelines.retraining.monitor import MonitorConfig, assess
 
     rng = np.random.default_rng(4)
     reference = _traffic(5_000).assign(score=rng.beta(1, 20, 5_000), card_id=rng.integers(0, 1_000, 5_000))

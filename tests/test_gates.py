@@ -9,7 +9,7 @@ from fraudloop.models.metrics import (
     policy_effect,
     weighted_average_precision,
 )
-from fraudloop.pipelines.gates import FAILED, INSUFFICIENT, PASSED, Gates, judge
+from fraudloop.pipelines.retraining.gates import FAILED, INSUFFICIENT, PASSED, Gates, judge
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
@@ -133,7 +133,7 @@ def test_a_holdout_without_fraud_is_insufficient_evidence_whatever_the_minimums(
 
 
 def test_the_live_gate_fails_a_holdout_pass_only_with_evidence_of_its_own():
-    from fraudloop.pipelines.validate import Validation
+    from fraudloop.pipelines.retraining.validate import Validation
 
     time, card, fraud, rng = holdout()
     champion = scores(fraud, rng, 3.0)

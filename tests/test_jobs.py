@@ -25,8 +25,8 @@ def test_retention_measures_a_store_by_its_own_newest_data_and_refuses_to_cut_wh
     import pytest
     from fraudloop.models.features import FEATURE_NAMES
     from fraudloop.models.schema import Transaction
+    from fraudloop.models.store import DecisionRow, Store
     from fraudloop.pipelines.jobs import MIN_RETENTION_DAYS, prune_store
-    from fraudloop.streaming.store import DecisionRow, Store
 
     url = f"sqlite:///{tmp_path / 'scoring.db'}"
     store = Store(url)

@@ -8,7 +8,7 @@ from fraudloop.models.metrics import (
     evaluate,
     recall_at_fpr,
 )
-from fraudloop.pipelines.protocol import DAY, Split, disjoint_validation, prequential, split_masks
+from fraudloop.pipelines.retraining.protocol import DAY, Split, disjoint_validation, prequential, split_masks
 
 T0 = 1_532_476_800  # 2018-07-25T00:00:00Z
 
@@ -82,7 +82,7 @@ def test_the_published_test_folds_and_validation_folds_that_share_no_day_with_th
 
 
 def test_an_idea_replaces_the_defaults_only_on_a_clear_validation_gain():
-    from fraudloop.pipelines.benchmark import choose
+    from fraudloop.pipelines.benchmarks.model import choose
 
     def tried(*gains: tuple[float, float]) -> pd.DataFrame:
         return pd.DataFrame({"ap_gain": [0.0, *(g for g, _ in gains)],

@@ -1,6 +1,6 @@
 """The retraining benchmark's machinery on a small world: the same code as the recorded run, fewer seeds."""
 
-from fraudloop.pipelines.retraining_benchmark import Scenario, run, to_markdown
+from fraudloop.pipelines.benchmarks.retraining import Scenario, run, to_markdown
 
 SMALL = Scenario(customers=600, terminals=1_200, num_boost_round=120, weak_rounds=10)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fraudloop.models.registry import CHALLENGER, CHAMPION, alias_version, server_command, server_env
 from fraudloop.pipelines import jobs
-from fraudloop.pipelines.demo import wait_http
-from fraudloop.pipelines.history import write_history
+from fraudloop.pipelines.data.history import write_history
+from fraudloop.pipelines.demo.run import wait_http
 from fraudloop.streaming.broker import free_port
 
 pytestmark = pytest.mark.integration

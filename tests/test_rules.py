@@ -209,7 +209,7 @@ def test_amounts_are_converted_to_the_reference_currency_and_an_unknown_currency
 
 
 def test_a_redelivery_is_the_same_transaction_after_a_rates_change_and_other_currencies_are_not(tmp_path):
-    from fraudloop.streaming.store import DecisionRow, Store
+    from fraudloop.models.store import DecisionRow, Store
 
     first = parse_transaction(GOOD)
     later = parse_transaction(GOOD, parse_rates('version = "r2"\nreference = "EUR"\n[per_unit]\nEUR = 1\nUSD = 0.5',

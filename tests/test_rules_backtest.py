@@ -8,10 +8,10 @@ import mlflow
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.registry import RegistryConfig
 from fraudloop.models.schema import Label, Transaction
+from fraudloop.models.store import DecisionRow, Store
 from fraudloop.pipelines.cli import main
-from fraudloop.pipelines.rules_backtest import backtest, describe
+from fraudloop.pipelines.policy.backtest import backtest, describe
 from fraudloop.streaming.rules import parse
-from fraudloop.streaming.store import DecisionRow, Store
 
 DAY = 86_400.0
 T0 = 1_700_006_400.0  # a midnight, UTC

@@ -16,11 +16,11 @@ import orjson
 import pytest
 from fraudloop.models.features import DAY, FEATURE_NAMES, N_FEATURES, FeatureState
 from fraudloop.models.schema import EARLIEST, LATEST, Label, Transaction, format_time, label_record, transaction_record
+from fraudloop.models.store import Store
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import STREAM, EventTimePolicy
 from fraudloop.streaming.model import ServingModel
 from fraudloop.streaming.scorer import Message, Scorer
-from fraudloop.streaming.store import Store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from fraudloop.models.features import FEATURE_NAMES, N_FEATURES, FeatureState
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
+from fraudloop.models.store import Store
 from fraudloop.streaming import compiled
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.decide import outcomes, top_reasons
 from fraudloop.streaming.model import ModelHolder, ServingModel
 from fraudloop.streaming.scorer import Message, Scorer
-from fraudloop.streaming.store import Store
 
 
 @pytest.fixture(scope="module")

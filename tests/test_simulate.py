@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from fraudloop.pipelines.simulate import CARD_TESTING, DAY, GENUINE, SimulationConfig, labels_of, simulate, summary
+from fraudloop.pipelines.data.simulate import CARD_TESTING, DAY, GENUINE, SimulationConfig, labels_of, simulate, summary
 
 TINY = SimulationConfig(customers=200, terminals=400, days=40, seed=3)
 

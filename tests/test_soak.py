@@ -4,7 +4,7 @@ acknowledged by the broker it restarted into may go without a decision."""
 from __future__ import annotations
 
 import pytest
-from fraudloop.streaming import soak
+from fraudloop.pipelines.benchmarks import soak
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from fraudloop.models.features import FEATURE_NAMES, FeatureState, labels_in_order, replay, transactions_of
 from fraudloop.models.schema import Label, Transaction
+from fraudloop.models.store import DecisionRow, Store, decisions, labels, shadow_scores
 from fraudloop.streaming.event_time import STREAM, EventTimePolicy
-from fraudloop.streaming.store import DecisionRow, Store, decisions, labels, shadow_scores
 from fraudloop.streaming.worker import rebuild_state
 
 pytestmark = pytest.mark.integration

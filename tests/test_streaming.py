@@ -19,11 +19,11 @@ import pytest
 from fraudloop.models.features import FEATURE_NAMES, compute_features, transactions_of
 from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
+from fraudloop.models.store import Store, decisions
 from fraudloop.models.training import TrainParams
-from fraudloop.pipelines.train import BuildConfig, build_model
+from fraudloop.pipelines.retraining.train import BuildConfig, build_model
 from fraudloop.streaming import operate
 from fraudloop.streaming.broker import create_topics, free_port, start_broker
-from fraudloop.streaming.store import Store, decisions
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config

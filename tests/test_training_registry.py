@@ -9,7 +9,7 @@ import pytest
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 from fraudloop.models.registry import CHAMPION, load_booster, load_version, set_alias
 from fraudloop.models.training import TrainParams, predict
-from fraudloop.pipelines.train import BuildConfig, build_model
+from fraudloop.pipelines.retraining.train import BuildConfig, build_model
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ import math
 import pytest
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.schema import Label, Transaction
-from fraudloop.pipelines.training_set import decode_decisions, training_set_as_of
-from fraudloop.streaming.store import DecisionRow, Store
+from fraudloop.models.store import DecisionRow, Store
+from fraudloop.pipelines.retraining.training_set import decode_decisions, training_set_as_of
 
 DAY = 86_400.0
 T = 1_800_000_000.0
@@ -75,8 +75,8 @@ def test_the_store_is_read_by_time_range_and_bounded_by_retention(store):
 
 def test_the_live_gate_pairs_shadow_and_served_scores_on_matured_transactions_only(store, tmp_path):
     import numpy as np
-    from fraudloop.pipelines.gates import Gates, judge
-    from fraudloop.pipelines.validate import live_verdict
+    from fraudloop.pipelines.retraining.gates import Gates, judge
+    from fraudloop.pipelines.retraining.validate import live_verdict
 
     rng = np.random.default_rng(0)
     rows, shadow, labels, expected = [], [], [], []

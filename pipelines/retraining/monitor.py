@@ -3,7 +3,7 @@
 Three signals:
 - data drift: the mean PSI over the features of the last `window_days` of decisions against the champion's
   holdout (logged with the version at training), above its threshold: calibrated for the window's size to
-  `false_alarm_rate` (pipelines/drift.py), and at least `material_mean_psi`; windows too small to detect a
+  `false_alarm_rate` (pipelines/retraining/drift.py), and at least `material_mean_psi`; windows too small to detect a
   mean PSI of `detectable_psi` get no verdict;
 - score drift: PSI of the champion's recent scores against its scores on that holdout, threshold calibrated
   the same way and at least `material_score_psi`;
@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 from fraudloop.models import registry, report
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.pipelines.drift import Calibrator, feature_drift, psi
-from fraudloop.pipelines.train import REFERENCE_ARTIFACT
-from fraudloop.pipelines.training_set import decode_decisions, outcomes_known_by
+from fraudloop.pipelines.retraining.drift import Calibrator, feature_drift, psi
+from fraudloop.pipelines.retraining.train import REFERENCE_ARTIFACT
+from fraudloop.pipelines.retraining.training_set import decode_decisions, outcomes_known_by
 from sklearn.metrics import average_precision_score
 
 DAY = 86_400.0
@@ -168,7 +168,7 @@ def read_window(store, as_of: float, config: MonitorConfig) -> tuple[pd.DataFram
 def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
                 config: MonitorConfig = MonitorConfig(), log: bool = True) -> DriftReport:
     """Read the store and the champion's reference, assess, and log the report to MLflow."""
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
 
     version = registry.alias_version(reg, registry.CHAMPION)
     if version is None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fraudloop.models.training import BAGGED, TrainParams, predict, train
-from fraudloop.pipelines.gates import Gates, judge
-from fraudloop.pipelines.monitor import DAY, MonitorConfig, assess, calibrator, reference_average_precision
-from fraudloop.pipelines.train import BuildConfig, drift_reference, holdout_masks, latest_split
+from fraudloop.pipelines.retraining.gates import Gates, judge
+from fraudloop.pipelines.retraining.monitor import DAY, MonitorConfig, assess, calibrator, reference_average_precision
+from fraudloop.pipelines.retraining.train import BuildConfig, drift_reference, holdout_masks, latest_split
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class World:
 
 
 def make_world(scenario: Scenario, seed: int) -> World:
-    from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
-    from fraudloop.pipelines.training_set import history_rows
+    from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.retraining.training_set import history_rows
 
     history = simulate(SimulationConfig(customers=scenario.customers, terminals=scenario.terminals,
                                         days=scenario.days, seed=seed, drift_day=scenario.drift_day,
@@ -84,7 +84,7 @@ class Model:
 def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None,
         bagged: bool = False) -> Model:
     """What `retrain` trains as of a day: the latest split of the point-in-time training set."""
-    from fraudloop.pipelines.training_set import training_set_as_of
+    from fraudloop.pipelines.retraining.training_set import training_set_as_of
 
     as_of = world.at(as_of_day)
     rows = world.rows[world.rows["event_time"] <= as_of]
@@ -239,8 +239,8 @@ def to_markdown(result: Result, command: str) -> str:
         "# Retraining: promotions on evidence, drift without false alarms (measured)",
         "",
         f"Command: `{command}` ({result.seconds / 60:.0f} min on this machine). It runs the gates "
-        "(`pipelines/gates.py`) and the monitor (`pipelines/monitor.py`) exactly as `validate` and `drift_monitor` "
-        "do, on simulated worlds whose truth is known; MLflow and Airflow are left out because they only carry "
+        "(`pipelines/retraining/gates.py`) and the monitor (`pipelines/retraining/monitor.py`) exactly as "
+        "`validate` and `drift_monitor` do, on simulated worlds whose truth is known; MLflow and Airflow are left out because they only carry "
         "the results.",
         "",
         f"Worlds: simulator, {s['customers']:,} cards, {s['terminals']:,} terminals, {s['days']} days, seeds 0 to "

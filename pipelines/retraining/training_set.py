@@ -66,7 +66,7 @@ def history_rows(history: pd.DataFrame, labels: pd.DataFrame, features: pd.DataF
 
 def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_seconds: float) -> pd.DataFrame:
     """From the scorer's store, the `lookback_seconds` before `as_of` (default: the newest stored transaction)."""
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
 
     store = Store(url)
     try:
@@ -86,7 +86,7 @@ def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_
 
 def from_history(folder: Path, as_of: float | None, maturity_seconds: float, progress: bool = False) -> pd.DataFrame:
     """From a simulator history folder; `as_of` defaults to the end of the history."""
-    from fraudloop.pipelines.history import read_history
+    from fraudloop.pipelines.data.history import read_history
 
     history, labels = read_history(folder)
     if as_of is None:

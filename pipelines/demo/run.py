@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fraudloop.models.home import fraudloop_home
-from fraudloop.pipelines.demo_report import build_report, histogram_quantile, print_report, scrape
+from fraudloop.pipelines.demo.report import build_report, histogram_quantile, print_report, scrape
 from fraudloop.streaming.config import ScorerConfig
 
 DAY = 86_400.0
@@ -36,7 +36,7 @@ MALFORMED = [b"not json", b'{"schema_version": 1, "transaction_id": "X1"}',
              b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": -5, "currency": "EUR"}',
              b'{"schema_version": 1, "transaction_id": "X3", "card_id": "C1", "terminal_id": "T1", '
              b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": 5, "currency": "XTS"}']  # no rate: not guessed
-RULES = Path(__file__).resolve().parents[1] / "examples" / "rules.toml"  # served by the demo's scorer
+RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"  # served by the demo's scorer
 
 
 @dataclass(frozen=True)
@@ -193,13 +193,13 @@ def running(config: DemoConfig) -> Iterator[Services]:
 
 def run(config: DemoConfig) -> dict:
     """The whole system, end to end; returns the report's numbers."""
+    from fraudloop.models.store import Store
     from fraudloop.pipelines import airflow_local, jobs
-    from fraudloop.pipelines.backfill import backfill
-    from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
-    from fraudloop.pipelines.training_set import history_rows
+    from fraudloop.pipelines.data.backfill import backfill
+    from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.retraining.training_set import history_rows
     from fraudloop.streaming.broker import create_topics, free_port, start_broker
     from fraudloop.streaming.replay import replay
-    from fraudloop.streaming.store import Store
     from kafka import KafkaProducer
 
     shutil.rmtree(config.home, ignore_errors=True)
@@ -297,7 +297,7 @@ def close_day(day: int, as_of: float, status: StatusLine, dags) -> dict:
     from datetime import UTC, datetime
 
     from fraudloop.models.registry import RegistryConfig
-    from fraudloop.pipelines.validate import challenger_verdict, one_line
+    from fraudloop.pipelines.retraining.validate import challenger_verdict, one_line
 
     conf = {"as_of": datetime.fromtimestamp(as_of, UTC).isoformat(), "maturity_days": RETRAIN["maturity_days"]}
     status.extra = " | drift_monitor..."

@@ -26,7 +26,7 @@ def fill(url: str, decisions: int, days: float, seed: int = 0, chunk: int = 100_
     """Write `decisions` synthetic decisions and their labels; returns the seconds it took."""
     from fraudloop.models.features import FEATURE_NAMES
     from fraudloop.models.schema import Label, Transaction
-    from fraudloop.streaming.store import DecisionRow, Store
+    from fraudloop.models.store import DecisionRow, Store
 
     rng = np.random.default_rng(seed)
     store = Store(url)
@@ -57,9 +57,9 @@ def _task(kind: str, url: str, out: str) -> None:
         result = jobs.build_training_set(END, maturity_days=7.0, store_url=url, out=out)
         rows = result["rows"]
     else:
-        from fraudloop.pipelines.monitor import MonitorConfig, read_window
-        from fraudloop.pipelines.training_set import decode_decisions
-        from fraudloop.streaming.store import Store
+        from fraudloop.models.store import Store
+        from fraudloop.pipelines.retraining.monitor import MonitorConfig, read_window
+        from fraudloop.pipelines.retraining.training_set import decode_decisions
 
         store = Store(url)
         recent, matured, labels = read_window(store, END, MonitorConfig())
@@ -71,7 +71,7 @@ def _task(kind: str, url: str, out: str) -> None:
 
 
 def measure(kind: str, url: str, out: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", f"from fraudloop.pipelines.store_benchmark import _task; "
+    done = subprocess.run([sys.executable, "-c", f"from fraudloop.pipelines.benchmarks.store import _task; "
                                                  f"_task({kind!r}, {url!r}, {out!r})"],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,8 +122,8 @@ def to_markdown(result: Result, command: str) -> str:
         f"Command: `{command}`. {result.decisions:,} synthetic decisions ({len(FEATURE_NAMES)} features each, as "
         f"the scorer stores them) over {result.days:g} days, labels for 5 % of them; each job in a fresh process "
         "(peak RSS is its own). The training set reads what the default split needs (28 + 7 + 7 days, the 7-day "
-        "maturity and a day); the monitor reads one check's data (`pipelines/monitor.py` read_window: the last "
-        "day with its features, and the scores and labels of the matured week). Both read indexed time ranges; "
+        "maturity and a day); the monitor reads one check's data (`pipelines/retraining/monitor.py` read_window: "
+        "the last day with its features, and the scores and labels of the matured week). Both read indexed time ranges; "
         "nothing reads the whole table.",
         "",
         "| store | rows written | fill (s) | training set: rows, s, peak RSS MB | monitor read: rows, s, peak RSS MB |",

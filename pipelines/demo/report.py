@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
-    from fraudloop.pipelines.demo import DemoConfig
+    from fraudloop.pipelines.demo.run import DemoConfig
 
 DAY = 86_400.0
 
@@ -79,8 +79,8 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                  maturity_days: float, footprint: tuple[int, float]) -> dict:
     """Every number from this run: the store, the scorer's metrics, the registry."""
     from fraudloop.models import registry
-    from fraudloop.pipelines import promote
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
+    from fraudloop.pipelines.retraining import promote
 
     store = Store("")
     decisions = store.decisions_between(cut - 1, float("inf"))
@@ -112,10 +112,10 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                          "training_cpu_seconds": float(tags.get("training_cpu_seconds", "nan")),
                          "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
                          "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
+    from fraudloop.models.store import default_url
     from fraudloop.models.thresholds import Targets
-    from fraudloop.pipelines.rules_backtest import describe, run
+    from fraudloop.pipelines.policy.backtest import describe, run
     from fraudloop.streaming.config import ScorerConfig
-    from fraudloop.streaming.store import default_url
 
     served = ScorerConfig()
     rule_mix = decisions["rule"].fillna("model").value_counts().to_dict()
@@ -165,7 +165,7 @@ def print_report(r: dict) -> None:
     days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
             for e in r["runs"]]
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
-    from fraudloop.pipelines.validate import one_line
+    from fraudloop.pipelines.retraining.validate import one_line
 
     for e in r["runs"]:
         if e.get("verdict"):

@@ -40,19 +40,19 @@ from fraudloop.models.features import (
 )
 from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
 from fraudloop.models.schema import parse_transaction, transaction_record
-from fraudloop.pipelines.backfill import backfill
-from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
-from fraudloop.pipelines.train import BuildConfig, build_model
+from fraudloop.models.store import Store
+from fraudloop.pipelines.data.backfill import backfill
+from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.retraining.train import BuildConfig, build_model
 from fraudloop.streaming import compiled
 from fraudloop.streaming.broker import create_topics, start_broker
 from fraudloop.streaming.config import CONSUMER_DEFAULTS, ScorerConfig
 from fraudloop.streaming.rules import NO_RULES, RuleSet, parse
 from fraudloop.streaming.service import ScorerService
-from fraudloop.streaming.store import Store
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-RULES = Path(__file__).resolve().parents[1] / "examples" / "rules.toml"
+RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
 
 
 @dataclass

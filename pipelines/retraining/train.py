@@ -18,8 +18,8 @@ from fraudloop.models import registry, report
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import TrainParams, predict, train
-from fraudloop.pipelines.cost import measure
-from fraudloop.pipelines.protocol import DAY, Split, split_masks, test_period
+from fraudloop.pipelines.retraining.cost import measure
+from fraudloop.pipelines.retraining.protocol import DAY, Split, split_masks, test_period
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
 SPLIT_TAG = "holdout_split"
@@ -149,7 +149,7 @@ def build_model(history: pd.DataFrame, labels: pd.DataFrame, reg: registry.Regis
                 config: BuildConfig = BuildConfig(), features: pd.DataFrame | None = None,
                 progress: bool = True, alias: str | None = registry.CHALLENGER) -> BuildResult:
     """A version trained on a simulated history, with the labels known at its end."""
-    from fraudloop.pipelines.training_set import history_rows, training_set_as_of
+    from fraudloop.pipelines.retraining.training_set import history_rows, training_set_as_of
 
     rows = history_rows(history, labels, features, progress=progress)
     frame = training_set_as_of(rows, labels, float(history["time"].max()), config.maturity_days * DAY)

@@ -15,9 +15,9 @@ import numpy as np
 import orjson
 import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.store import Store
 from fraudloop.models.training import predict
 from fraudloop.streaming.decide import outcomes
-from fraudloop.streaming.store import Store
 
 
 def backfill(store: Store, history: pd.DataFrame, rows: pd.DataFrame, labels: pd.DataFrame,

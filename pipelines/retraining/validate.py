@@ -18,10 +18,10 @@ from fraudloop.models import registry, report
 from fraudloop.models import thresholds as policy_thresholds
 from fraudloop.models.metrics import policy_effect
 from fraudloop.models.training import predict
-from fraudloop.pipelines.gates import FAILED, PASSED, Gates, Verdict, judge
-from fraudloop.pipelines.protocol import DAY, test_period
-from fraudloop.pipelines.train import holdout_masks, split_of_version
-from fraudloop.pipelines.training_set import outcomes_known_by
+from fraudloop.pipelines.retraining.gates import FAILED, PASSED, Gates, Verdict, judge
+from fraudloop.pipelines.retraining.protocol import DAY, test_period
+from fraudloop.pipelines.retraining.train import holdout_masks, split_of_version
+from fraudloop.pipelines.retraining.training_set import outcomes_known_by
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -80,7 +80,7 @@ def live_verdict(store_url: str, version: str, champion_version: str, maturity_s
                  gates: Gates) -> Verdict:
     """The live gate: the challenger's shadow scores against the champion's served scores on the same
     transactions, those old enough that their labels have matured, paired, by the holdout's rules."""
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
 
     store = Store(store_url)
     try:

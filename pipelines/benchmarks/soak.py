@@ -231,12 +231,12 @@ def rss_mb(process: subprocess.Popen) -> float:
 def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = None,
         say=print) -> SoakResult:
     from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
+    from fraudloop.models.store import Store
     from fraudloop.models.training import TrainParams
-    from fraudloop.pipelines.backfill import backfill
-    from fraudloop.pipelines.simulate import SimulationConfig, labels_of, simulate
-    from fraudloop.pipelines.train import BuildConfig, build_model
-    from fraudloop.pipelines.training_set import history_rows
-    from fraudloop.streaming.store import Store
+    from fraudloop.pipelines.data.backfill import backfill
+    from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.retraining.train import BuildConfig, build_model
+    from fraudloop.pipelines.retraining.training_set import history_rows
 
     rng = random.Random(seed)
     result = SoakResult(minutes=minutes, rate=rate, seed=seed)

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.currency import load_rates
 from fraudloop.models.schema import InvalidRecord, parse_label, parse_transaction
-from fraudloop.pipelines.history import write_history
-from fraudloop.pipelines.simulate import label_times
+from fraudloop.pipelines.data.history import write_history
+from fraudloop.pipelines.data.simulate import label_times
 
 FIELDS = ("transaction_id", "card_id", "terminal_id", "timestamp", "amount")
 OPTIONAL_FIELDS = ("is_fraud", "currency")

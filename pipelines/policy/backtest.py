@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.pipelines.training_set import decode_decisions
+from fraudloop.pipelines.retraining.training_set import decode_decisions
 from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW, outcomes
 from fraudloop.streaming.rules import MODEL, RulesError, RuleSet, parse
 
@@ -122,8 +122,8 @@ def run(store_url: str, rules_path: str, since: float | None, until: float | Non
         thresholds_of: Callable[[str], tuple[float, float]]) -> dict:
     """Backtest `rules_path` on the store's decisions between `since` and `until` (default: the 14 days ending
     `maturity_days` before the newest stored transaction, so their labels have matured)."""
-    from fraudloop.pipelines.training_set import outcomes_known_by
-    from fraudloop.streaming.store import Store
+    from fraudloop.models.store import Store
+    from fraudloop.pipelines.retraining.training_set import outcomes_known_by
 
     rules = parse(Path(rules_path).read_text(), rules_path)
     store = Store(store_url)
@@ -147,7 +147,7 @@ def apply(registry_config, rules_path: str, served_path: str, reason: str, backt
           actor: str) -> dict:
     """Serve `rules_path` at `served_path` (written whole, then renamed over it: the scorer never reads half a
     file) and record the change."""
-    from fraudloop.pipelines.promote import now, record_change
+    from fraudloop.pipelines.retraining.promote import now, record_change
 
     text = Path(rules_path).read_text(encoding="utf-8")
     new = parse(text, rules_path)

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures, prints and records (Markdown and JSON under benchmarks/)."""
