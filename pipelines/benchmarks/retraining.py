@@ -240,8 +240,8 @@ def to_markdown(result: Result, command: str) -> str:
         "",
         f"Command: `{command}` ({result.seconds / 60:.0f} min on this machine). It runs the gates "
         "(`pipelines/retraining/gates.py`) and the monitor (`pipelines/retraining/monitor.py`) exactly as "
-        "`validate` and `drift_monitor` do, on simulated worlds whose truth is known; MLflow and Airflow are left out because they only carry "
-        "the results.",
+        "`validate` and `drift_monitor` do, on simulated worlds whose truth is known; MLflow and Airflow are left "
+        "out because they only carry the results.",
         "",
         f"Worlds: simulator, {s['customers']:,} cards, {s['terminals']:,} terminals, {s['days']} days, seeds 0 to "
         f"{result.seeds - 1}; labels after a log-normal delay (median 2 days, sigma 0.5), maturity "

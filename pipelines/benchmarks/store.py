@@ -123,8 +123,8 @@ def to_markdown(result: Result, command: str) -> str:
         f"the scorer stores them) over {result.days:g} days, labels for 5 % of them; each job in a fresh process "
         "(peak RSS is its own). The training set reads what the default split needs (28 + 7 + 7 days, the 7-day "
         "maturity and a day); the monitor reads one check's data (`pipelines/retraining/monitor.py` read_window: "
-        "the last day with its features, and the scores and labels of the matured week). Both read indexed time ranges; "
-        "nothing reads the whole table.",
+        "the last day with its features, and the scores and labels of the matured week). Both read indexed time "
+        "ranges; nothing reads the whole table.",
         "",
         "| store | rows written | fill (s) | training set: rows, s, peak RSS MB | monitor read: rows, s, peak RSS MB |",
         "|---|---|---|---|---|",
