@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from fraudloop.models.schema import Label, Transaction
+from fraudloop.models.units import DAY, HOUR
 from tqdm import tqdm
 
-DAY = 86_400.0
-HOUR = 3_600.0
 CARD_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_DELAY_DAYS = 7

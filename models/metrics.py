@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from fraudloop.models.units import DAY
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-
-DAY = 86_400
 
 
 def _top_cards(frame: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from fraudloop.models.units import DAY
 from scipy.stats import norm
 
-DAY = 86_400.0
 REVIEW_TAG, DECLINE_TAG, TARGETS_TAG = "review_threshold", "decline_threshold", "threshold_targets"
 
 

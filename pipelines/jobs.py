@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 from fraudloop.models.home import fraudloop_home
-
-DAY = 86_400.0
+from fraudloop.models.units import DAY
 
 
 def _store_url(store_url: str | None) -> str:

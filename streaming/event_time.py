@@ -26,7 +26,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fraudloop.models.features import DAY, LATENESS
+from fraudloop.models.features import LATENESS
+from fraudloop.models.units import DAY
 
 WALL, STREAM = "wall", "stream"
 LATE, FUTURE = "late", "future"

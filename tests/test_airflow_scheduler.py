@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from fraudloop.models.registry import CHAMPION, RegistryConfig, alias_version, load_version, version_info
 from fraudloop.models.store import Store
+from fraudloop.models.units import DAY
 from fraudloop.pipelines import airflow_local, jobs
 from fraudloop.pipelines.data.backfill import backfill
-from fraudloop.pipelines.data.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
 from fraudloop.pipelines.retraining.training_set import history_rows
 from fraudloop.streaming.broker import free_port
 

@@ -24,9 +24,10 @@ from fraudloop.models.registry import (
 from fraudloop.models.store import Store
 from fraudloop.models.thresholds import from_tags
 from fraudloop.models.training import predict
+from fraudloop.models.units import DAY
 from fraudloop.pipelines import airflow_local, jobs
 from fraudloop.pipelines.data.backfill import backfill
-from fraudloop.pipelines.data.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
 from fraudloop.pipelines.retraining import promote
 from fraudloop.pipelines.retraining.training_set import history_rows
 

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fraudloop.models.features import compute_features
-from fraudloop.pipelines.data.simulate import DAY, SimulationConfig, labels_of, simulate
+from fraudloop.models.units import DAY
+from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
 from fraudloop.pipelines.retraining.drift import (
     bin_shares,
     calibrate,
@@ -127,7 +128,7 @@ def test_the_monitor_verdict_combines_data_score_and_performance_signals():
 
 
 def test_a_drift_episode_signals_one_retrain_per_cooldown():
-    from fraudloop.pipelines.retraining.monitor import DAY as D
+    from fraudloop.models.units import DAY as D
     from fraudloop.pipelines.retraining.monitor import MonitorConfig, assess
 
     rng = np.random.default_rng(4)

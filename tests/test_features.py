@@ -10,8 +10,8 @@ import pytest
 from fraudloop.models import features as F
 from fraudloop.models.features import FEATURE_NAMES, FeatureState, compute_features
 from fraudloop.models.schema import Label, Transaction, label_record, parse_label, parse_transaction, transaction_record
+from fraudloop.models.units import DAY
 
-DAY = 86_400
 T0 = 1_522_540_800  # 2018-04-01T00:00:00Z, a Sunday
 
 

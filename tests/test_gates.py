@@ -9,12 +9,11 @@ from fraudloop.models.metrics import (
     policy_effect,
     weighted_average_precision,
 )
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.gates import FAILED, INSUFFICIENT, PASSED, Gates, judge
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
-
-DAY = 86_400
 
 
 def holdout(cards: int = 2_000, frauds_per_card: int = 3, compromised: int = 60, days: int = 7, seed: int = 0):

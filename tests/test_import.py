@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.benchmarks import model as benchmark
 from fraudloop.pipelines.cli import main
 from fraudloop.pipelines.data.history import read_history
 from fraudloop.pipelines.data.importer import REJECTS_FILE, Mapping, import_history
-from fraudloop.pipelines.data.simulate import DAY, SimulationConfig, simulate
+from fraudloop.pipelines.data.simulate import SimulationConfig, simulate
 
 EXAMPLE_MAPPING = Path(__file__).parents[1] / "examples" / "handbook-mapping.toml"
 

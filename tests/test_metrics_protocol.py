@@ -8,7 +8,8 @@ from fraudloop.models.metrics import (
     evaluate,
     recall_at_fpr,
 )
-from fraudloop.pipelines.retraining.protocol import DAY, Split, disjoint_validation, prequential, split_masks
+from fraudloop.models.units import DAY
+from fraudloop.pipelines.retraining.protocol import Split, disjoint_validation, prequential, split_masks
 
 T0 = 1_532_476_800  # 2018-07-25T00:00:00Z
 

@@ -9,11 +9,11 @@ from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.registry import RegistryConfig
 from fraudloop.models.schema import Label, Transaction
 from fraudloop.models.store import DecisionRow, Store
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.cli import main
 from fraudloop.pipelines.policy.backtest import backtest, describe
 from fraudloop.streaming.rules import parse
 
-DAY = 86_400.0
 T0 = 1_700_006_400.0  # a midnight, UTC
 RULES = """
 version = "bt1"

@@ -14,9 +14,10 @@ import lightgbm as lgb
 import numpy as np
 import orjson
 import pytest
-from fraudloop.models.features import DAY, FEATURE_NAMES, N_FEATURES, FeatureState
+from fraudloop.models.features import FEATURE_NAMES, N_FEATURES, FeatureState
 from fraudloop.models.schema import EARLIEST, LATEST, Label, Transaction, format_time, label_record, transaction_record
 from fraudloop.models.store import Store
+from fraudloop.models.units import DAY
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import STREAM, EventTimePolicy
 from fraudloop.streaming.model import ServingModel

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from fraudloop.models.features import FEATURE_NAMES, FeatureState, compute_features, labels_in_order, transactions_of
+from fraudloop.models.units import HOUR
 from fraudloop.streaming.shared_state import SharedEvents
 
-HOUR = 3_600.0
 CARD_FEATURES = [i for i, name in enumerate(FEATURE_NAMES) if name.startswith("card_")]
 
 

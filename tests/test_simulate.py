@@ -1,7 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from fraudloop.pipelines.data.simulate import CARD_TESTING, DAY, GENUINE, SimulationConfig, labels_of, simulate, summary
+from fraudloop.models.units import DAY
+from fraudloop.pipelines.data.simulate import CARD_TESTING, GENUINE, SimulationConfig, labels_of, simulate, summary
 
 TINY = SimulationConfig(customers=200, terminals=400, days=40, seed=3)
 

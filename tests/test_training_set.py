@@ -6,9 +6,9 @@ import pytest
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.schema import Label, Transaction
 from fraudloop.models.store import DecisionRow, Store
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.training_set import decode_decisions, training_set_as_of
 
-DAY = 86_400.0
 T = 1_800_000_000.0
 MATURITY = 7 * DAY
 

@@ -28,8 +28,9 @@ import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import BAGGED, TrainParams, predict, train
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.cost import measure
-from fraudloop.pipelines.retraining.protocol import DAY, Split, disjoint_validation, prequential, split_masks
+from fraudloop.pipelines.retraining.protocol import Split, disjoint_validation, prequential, split_masks
 from sklearn.metrics import average_precision_score
 
 PUBLISHED = pd.DataFrame(

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fraudloop.models.training import BAGGED, TrainParams, predict, train
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.gates import Gates, judge
-from fraudloop.pipelines.retraining.monitor import DAY, MonitorConfig, assess, calibrator, reference_average_precision
+from fraudloop.pipelines.retraining.monitor import MonitorConfig, assess, calibrator, reference_average_precision
 from fraudloop.pipelines.retraining.train import BuildConfig, drift_reference, holdout_masks, latest_split
 
 

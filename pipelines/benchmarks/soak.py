@@ -35,11 +35,11 @@ import orjson
 import psutil
 from fraudloop.models.features import labels_in_order, transactions_of
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
+from fraudloop.models.units import DAY
 from fraudloop.streaming.broker import Broker, create_topics, free_port, start_broker
 from fraudloop.streaming.config import ScorerConfig
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-DAY = 86_400.0
 KINDS = ("kill", "broker", "poison")
 
 

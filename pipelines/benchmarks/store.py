@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from fraudloop.models.units import DAY
 
-DAY = 86_400.0
 END = 1_700_000_000.0  # the newest decision (any fixed time: the store does not care)
 
 

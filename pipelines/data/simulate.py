@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+from fraudloop.models.units import DAY
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-DAY = 86_400
 # fraud_scenario values
 GENUINE, BIG_AMOUNT, COMPROMISED_TERMINAL, COMPROMISED_CARD, CARD_TESTING = 0, 1, 2, 3, 4
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import urllib.request
 from typing import TYPE_CHECKING
 
+from fraudloop.models.units import DAY
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     from fraudloop.pipelines.demo.run import DemoConfig
 
-DAY = 86_400.0
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fraudloop.models.home import fraudloop_home
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.demo.report import build_report, histogram_quantile, print_report, scrape
 from fraudloop.streaming.config import ScorerConfig
 
-DAY = 86_400.0
 TOPICS = tuple(ScorerConfig().topics)
 # Retraining settings for a short run: 21 training days, 3 holdout days, labels mature after 4 days.
 RETRAIN = {"train_days": 21, "delay_days": 0, "test_days": 3, "maturity_days": 4.0, "num_boost_round": 300}

@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.training_set import decode_decisions
 from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW, outcomes
 from fraudloop.streaming.rules import MODEL, RulesError, RuleSet, parse
-
-DAY = 86_400.0
 
 
 @dataclass

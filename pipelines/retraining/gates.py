@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from fraudloop.models.metrics import DAY, Difference, achievable_card_precision, evaluate, paired_ap_difference
+from fraudloop.models.metrics import Difference, achievable_card_precision, evaluate, paired_ap_difference
+from fraudloop.models.units import DAY
 
 PASSED, FAILED, INSUFFICIENT = "passed", "failed", "insufficient evidence"
 

@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 from fraudloop.models import registry, report
 from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.drift import Calibrator, feature_drift, psi
 from fraudloop.pipelines.retraining.train import REFERENCE_ARTIFACT
 from fraudloop.pipelines.retraining.training_set import decode_decisions, outcomes_known_by
 from sklearn.metrics import average_precision_score
 
-DAY = 86_400.0
 # Set by the clock, not by the data: a one-day window is all weekend or all weekday.
 CALENDAR_FEATURES = ("is_weekend", "is_night")
 MONITORED = tuple(name for name in FEATURE_NAMES if name not in CALENDAR_FEATURES)

@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-
-DAY = 86_400
+from fraudloop.models.units import DAY
 
 
 @dataclass(frozen=True)

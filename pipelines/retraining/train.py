@@ -18,8 +18,9 @@ from fraudloop.models import registry, report
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import TrainParams, predict, train
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.cost import measure
-from fraudloop.pipelines.retraining.protocol import DAY, Split, split_masks, test_period
+from fraudloop.pipelines.retraining.protocol import Split, split_masks, test_period
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
 SPLIT_TAG = "holdout_split"

@@ -18,8 +18,9 @@ from fraudloop.models import registry, report
 from fraudloop.models import thresholds as policy_thresholds
 from fraudloop.models.metrics import policy_effect
 from fraudloop.models.training import predict
+from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.gates import FAILED, PASSED, Gates, Verdict, judge
-from fraudloop.pipelines.retraining.protocol import DAY, test_period
+from fraudloop.pipelines.retraining.protocol import test_period
 from fraudloop.pipelines.retraining.train import holdout_masks, split_of_version
 from fraudloop.pipelines.retraining.training_set import outcomes_known_by
 
