@@ -73,7 +73,7 @@ def retrain() -> None:
 
         p = context["params"]
         delay = 0 if jobs.triggered_by_drift(context) else p["delay_days"]
-        return jobs.train(training_set, train_days=p["train_days"], delay_days=delay,
+        return jobs.train_challenger(training_set, train_days=p["train_days"], delay_days=delay,
                           test_days=p["test_days"], maturity_days=p["maturity_days"],
                           num_boost_round=p["num_boost_round"], shuffle_labels=p["shuffle_labels"],
                           trained_by=f"airflow retrain {context['run_id']}")["version"]
@@ -83,7 +83,7 @@ def retrain() -> None:
         from fraudloop.pipelines import jobs
 
         p = context["params"]
-        return jobs.validate(training_set, version, average_precision_margin=p["average_precision_margin"],
+        return jobs.validate_version(training_set, version, average_precision_margin=p["average_precision_margin"],
                              decline_precision=p["decline_precision"],
                              review_capacity_per_day=p["review_capacity_per_day"])
 
@@ -95,7 +95,8 @@ def retrain() -> None:
     def promote(verdict: dict, **context) -> dict:
         from fraudloop.pipelines import jobs
 
-        return jobs.promote(verdict["version"], reason=verdict["summary"], actor=f"airflow retrain {context['run_id']}")
+        return jobs.promote_version(verdict["version"], reason=verdict["summary"],
+                                    actor=f"airflow retrain {context['run_id']}")
 
     @task(doc_md="Record why the challenger was not promoted; the champion stays.")
     def reject(verdict: dict) -> None:

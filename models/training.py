@@ -53,7 +53,7 @@ class TrainParams:
         return {"objective": "binary", "verbosity": -1, "deterministic": True, "force_col_wise": True, **params}
 
 
-def train(features: pd.DataFrame, is_fraud: np.ndarray, params: TrainParams = TrainParams()) -> lgb.Booster:
+def fit(features: pd.DataFrame, is_fraud: np.ndarray, params: TrainParams = TrainParams()) -> lgb.Booster:
     missing = [name for name in FEATURE_NAMES if name not in features.columns]
     if missing:
         raise ValueError(f"training frame lacks features: {missing}")

@@ -80,25 +80,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     path = args.training_set
     if args.history:
         path = jobs.build_training_set(None, args.maturity_days, history=str(args.history))["uri"]
-    result = jobs.train(str(path), train_days=args.train_days, delay_days=args.delay_days, test_days=args.test_days,
-                        maturity_days=args.maturity_days, num_boost_round=args.num_boost_round)
+    result = jobs.train_challenger(str(path), train_days=args.train_days, delay_days=args.delay_days,
+                                   test_days=args.test_days, maturity_days=args.maturity_days,
+                                   num_boost_round=args.num_boost_round)
     _print_json(result)
     if args.promote:
         from fraudloop.pipelines.retraining.validate import describe
 
-        verdict = jobs.validate(str(path), result["version"])
+        verdict = jobs.validate_version(str(path), result["version"])
         print(describe(verdict))
         if not verdict["passed"]:
             raise RuntimeError(f"version {result['version']} was not promoted ({verdict['status']}); the champion "
                                "stays")
-        _print_json(jobs.promote(result["version"], reason="fraudloop train --promote: " + verdict["summary"]))
+        _print_json(jobs.promote_version(result["version"], reason="fraudloop train --promote: " + verdict["summary"]))
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from fraudloop.pipelines import jobs
     from fraudloop.pipelines.retraining.validate import describe
 
-    verdict = jobs.validate(str(args.training_set), args.version, args.margin, args.decline_precision,
+    verdict = jobs.validate_version(str(args.training_set), args.version, args.margin, args.decline_precision,
                             args.review_capacity)
     print(describe(verdict))
     if args.json:
@@ -130,7 +131,7 @@ def cmd_rules(args: argparse.Namespace) -> None:
 def cmd_promote(args: argparse.Namespace) -> None:
     from fraudloop.pipelines import jobs
 
-    _print_json(jobs.promote(args.version, args.reason))
+    _print_json(jobs.promote_version(args.version, args.reason))
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -219,10 +220,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     if args.drift_after_days >= args.stream_days:
         raise ValueError("--drift-after-days must fall inside --stream-days")
-    run(DemoConfig(customers=args.customers, terminals=args.terminals, history_days=args.history_days,
-                   stream_days=args.stream_days, drift_after_days=args.drift_after_days,
-                   seconds_per_day=args.seconds_per_day, seed=args.seed, ui_port=args.ui_port,
-                   keep_running=args.keep_running))
+    report = run(DemoConfig(customers=args.customers, terminals=args.terminals, history_days=args.history_days,
+                            stream_days=args.stream_days, drift_after_days=args.drift_after_days,
+                            seconds_per_day=args.seconds_per_day, seed=args.seed, ui_port=args.ui_port,
+                            keep_running=args.keep_running))
+    if args.record:
+        from fraudloop.pipelines.demo.report import record
+
+        record(report, args.record, "fraudloop demo " + shlex.join(sys.argv[2:]))
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -351,7 +357,7 @@ def cmd_group(args: argparse.Namespace) -> None:
 def cmd_replay(args: argparse.Namespace) -> None:
     from fraudloop.pipelines.data.history import read_history
     from fraudloop.streaming.config import ScorerConfig
-    from fraudloop.streaming.replay import replay
+    from fraudloop.streaming.replay import send_history
     from kafka import KafkaProducer
 
     config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap)
@@ -361,7 +367,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
         labels = labels[labels["known_at"] <= history["time"].max()]
     producer = KafkaProducer(bootstrap_servers=config.bootstrap_servers.split(","), acks="all", linger_ms=5,
                              batch_size=256 * 1024)
-    sent = replay(producer, history, labels, transactions_topic=config.transactions_topic,
+    sent = send_history(producer, history, labels, transactions_topic=config.transactions_topic,
                   labels_topic=config.labels_topic, rate=args.rate, speedup=args.speedup, progress=not args.quiet)
     producer.close()
     print(f"sent {sent['transaction']:,} transactions and {sent['label']:,} labels")
@@ -482,6 +488,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=demo.seed)
     p.add_argument("--ui-port", type=int, default=demo.ui_port, help=f"MLflow server port (default: {demo.ui_port})")
     p.add_argument("--keep-running", action="store_true", help="leave the broker, scorer and MLflow UI up")
+    p.add_argument("--record", type=Path, help="write the report here as Markdown and the JSON beside it")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="write a simulated history (Parquet) to a folder")

@@ -56,7 +56,7 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
             "as_of": as_of, "newest_event": float(frame["event_time"].max())}
 
 
-def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_days: int = 7,
+def train_challenger(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_days: int = 7,
           maturity_days: float = 7.0, num_boost_round: int = 600, shuffle_labels: bool = False,
           trained_by: str = "fraudloop train", alias: str | None = "challenger") -> dict:
     import numpy as np
@@ -75,7 +75,7 @@ def train(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_
             **{k: round(v, 4) for k, v in result.metrics.items()}}
 
 
-def validate(training_set: str, version: str, average_precision_margin: float | None = None,
+def validate_version(training_set: str, version: str, average_precision_margin: float | None = None,
              decline_precision: float | None = None, review_capacity_per_day: float | None = None) -> dict:
     """The verdict (`passed`, `failed` or `insufficient evidence`) with its metrics, interval and reason; the
     version's thresholds derived from the targets (None: the defaults of models/thresholds.Targets)."""
@@ -91,7 +91,7 @@ def validate(training_set: str, version: str, average_precision_margin: float | 
                                store_url=_store_url(None)).as_dict()
 
 
-def promote(version: str, reason: str, actor: str | None = None) -> dict:
+def promote_version(version: str, reason: str, actor: str | None = None) -> dict:
     from dataclasses import asdict
 
     from fraudloop.pipelines.retraining.promote import promote as move
@@ -120,7 +120,7 @@ def check_drift(as_of: float, store_url: str | None = None, **settings: float | 
     from dataclasses import replace
 
     from fraudloop.pipelines.retraining.monitor import MonitorConfig
-    from fraudloop.pipelines.retraining.monitor import check_drift as check
+    from fraudloop.pipelines.retraining.monitor import check_and_record as check
 
     config = replace(MonitorConfig(), **{k: v for k, v in settings.items() if v is not None})
     report = check(_store_url(store_url), _registry(), as_of, config)

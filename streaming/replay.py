@@ -23,7 +23,7 @@ def events(history: pd.DataFrame, labels: pd.DataFrame) -> Iterator[tuple[float,
     return heapq.merge(outcomes, txs, key=lambda e: (e[0], e[1] == "transaction"))
 
 
-def replay(producer: KafkaProducer, history: pd.DataFrame, labels: pd.DataFrame, *, transactions_topic: str,
+def send_history(producer: KafkaProducer, history: pd.DataFrame, labels: pd.DataFrame, *, transactions_topic: str,
            labels_topic: str, rate: float | None = None, speedup: float | None = None, progress: bool = True,
            until: float | None = None) -> dict[str, int]:
     """Send every event up to `until` (event time); pace by messages a second or by simulated-time speed-up."""

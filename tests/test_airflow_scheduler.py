@@ -80,9 +80,9 @@ def world(registry: RegistryConfig):
     backfill(store, history[before], rows[before], labels[labels["known_at"] <= start + 55 * DAY])
     store.close()
     first = jobs.build_training_set(as_of=start + 55 * DAY)  # the DAG's default split and maturity
-    champion = jobs.train(first["uri"])
-    assert jobs.validate(first["uri"], champion["version"])["passed"]
-    jobs.promote(champion["version"], reason="first model")
+    champion = jobs.train_challenger(first["uri"])
+    assert jobs.validate_version(first["uri"], champion["version"])["passed"]
+    jobs.promote_version(champion["version"], reason="first model")
     store = Store("")
     backfill(store, history[~before], rows[~before], labels, load_version(registry, champion["version"]),
              champion["version"])

@@ -92,9 +92,10 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
     conf = {"as_of": as_of, "train_days": 21, "delay_days": 0, "test_days": 7, "maturity_days": 4.0}
     # A weak first champion: two days of data, a handful of trees.
     first = jobs.build_training_set(as_of=float(history["time"].max()), maturity_days=4.0)
-    weak = jobs.train(first["uri"], train_days=2, delay_days=0, test_days=7, maturity_days=4.0, num_boost_round=5)
-    assert jobs.validate(first["uri"], weak["version"])["passed"]
-    jobs.promote(weak["version"], reason="first model")
+    weak = jobs.train_challenger(first["uri"], train_days=2, delay_days=0, test_days=7, maturity_days=4.0,
+                                 num_boost_round=5)
+    assert jobs.validate_version(first["uri"], weak["version"])["passed"]
+    jobs.promote_version(weak["version"], reason="first model")
 
     states = airflow.run("retrain", {**conf, "num_boost_round": 200})
     assert states["promote"] == "success" and states["reject"] == "skipped"
@@ -113,7 +114,7 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
     assert tags["validation_status"] == "failed" and "AP" in tags["rejection_reason"]
     assert "FAILED" in version_info(reg, worse).description
     with pytest.raises(ValueError, match="validation status is 'failed'"):
-        jobs.promote(worse, reason="by hand")
+        jobs.promote_version(worse, reason="by hand")
 
     mlflow_client = client(reg)
     run_id = version_info(reg, worse).run_id
@@ -129,7 +130,7 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
     tag_version(reg, worse, {"validation_status": "passed", "validated_against": better})
     with pytest.raises(ValueError, match=f"validated against version {better}, and the champion is now version "
                                          f"{weak['version']}; validate it again"):
-        jobs.promote(worse, reason="stale pass")
+        jobs.promote_version(worse, reason="stale pass")
     moves = promote.history(reg)
     assert [m["action"] for m in moves] == ["rollback", "promote", "promote"]
 
@@ -150,10 +151,10 @@ def test_drift_is_flagged_within_two_days_and_retraining_recovers_the_average_pr
     backfill(pre_store, history[day < 55], pre, labels[labels["known_at"] <= start + 55 * DAY])
     pre_store.close()
     first = jobs.build_training_set(as_of=start + 55 * DAY, maturity_days=4.0)
-    champion = jobs.train(first["uri"], train_days=21, delay_days=0, test_days=3, maturity_days=4.0,
+    champion = jobs.train_challenger(first["uri"], train_days=21, delay_days=0, test_days=3, maturity_days=4.0,
                           num_boost_round=300)
-    assert jobs.validate(first["uri"], champion["version"])["passed"]
-    jobs.promote(champion["version"], reason="first model")
+    assert jobs.validate_version(first["uri"], champion["version"])["passed"]
+    jobs.promote_version(champion["version"], reason="first model")
     booster = load_version(reg, champion["version"])
     later = day >= 55
     store = Store("")

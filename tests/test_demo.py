@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -28,7 +29,8 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "fraudloop.pipelines.cli", "demo", "--customers", "600", "--terminals", "1200",
          "--history-days", "30", "--stream-days", "5", "--drift-after-days", "2", "--seconds-per-day", "2",
-         "--ui-port", str(ui_port)], env=env, capture_output=True, text=True, timeout=900)
+         "--ui-port", str(ui_port), "--record", str(tmp_path / "demo.md")], env=env, capture_output=True, text=True,
+        timeout=900)
     out = done.stdout
     assert done.returncode == 0, done.stderr[-3000:] + out[-3000:]
     scored = int(re.search(r"transactions scored: ([\d,]+)", out).group(1).replace(",", ""))
@@ -37,6 +39,10 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     assert re.search(r"before drift, first champion\s+AP 0\.\d+\s+CP@100 0\.\d+", out)
     assert re.search(r"after retraining, last champion\s+AP 0\.\d+", out)
     assert re.search(r"served by v1\s+AP 0\.\d+", out)
+    recorded = json.loads((tmp_path / "demo.json").read_text())  # the report's numbers, recorded
+    assert recorded["scored"] == scored and str(tmp_path) not in (tmp_path / "demo.md").read_text()
+    before, after, retrained = (p.get("average_precision") for p in recorded["periods"])
+    assert before > after + 0.2  # the drift costs the first champion much of its AP (cards tested in bursts)
     assert "drift_monitor / retrain by simulated day: d1:" in out and "model versions: verdict" in out
     assert re.search(r"v1 \(passed\): training [\d.]+ CPU s, \d+ MB peak RSS; served [\d,]+: \d+ CPU ms", out)
     assert re.search(r"decisions by what decided them \(rules [\w.-]+\): model [\d,]+", out)

@@ -29,11 +29,11 @@ def reviewed(registry, small_history, small_labels, tmp_path, monkeypatch):
     built = jobs.build_training_set(None, maturity_days=4.0, history=str(tmp_path / "history"))
     # A 14-day holdout: 400 cards bring too few frauds in 7 days for the gates' evidence minimums
     settings = {"train_days": 21, "delay_days": 0, "test_days": 14, "maturity_days": 4.0, "num_boost_round": 150}
-    good = jobs.train(built["uri"], **settings)
-    verdict = jobs.validate(built["uri"], good["version"])
-    jobs.promote(good["version"], reason=verdict["summary"])
-    bad = jobs.train(built["uri"], **settings, shuffle_labels=True)
-    verdict = jobs.validate(built["uri"], bad["version"])
+    good = jobs.train_challenger(built["uri"], **settings)
+    verdict = jobs.validate_version(built["uri"], good["version"])
+    jobs.promote_version(good["version"], reason=verdict["summary"])
+    bad = jobs.train_challenger(built["uri"], **settings, shuffle_labels=True)
+    verdict = jobs.validate_version(built["uri"], bad["version"])
     jobs.reject(bad["version"], reason=verdict["summary"])
     assert alias_version(registry, CHAMPION) == good["version"]
     assert alias_version(registry, CHALLENGER) == bad["version"]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 from fraudloop.models.metrics import evaluate
-from fraudloop.models.training import BAGGED, TrainParams, predict, train
+from fraudloop.models.training import BAGGED, TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.cost import measure
 from fraudloop.pipelines.retraining.protocol import Split, disjoint_validation, prequential, split_masks
@@ -109,7 +109,7 @@ class Folds:
         rows, train_ap, cost = [], [], []
         for split in splits:
             train_rows, test_rows = split_masks(self.time, self.card, self.fraud, split)
-            booster = train(features[train_rows], self.fraud[train_rows], params)
+            booster = fit(features[train_rows], self.fraud[train_rows], params)
             scores = predict(booster, features[test_rows])
             rows.append(evaluate(self.time[test_rows], self.card[test_rows], self.fraud[test_rows], scores))
             train_ap.append(average_precision_score(self.fraud[train_rows], predict(booster, features[train_rows])))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fraudloop.models.training import BAGGED, TrainParams, predict, train
+from fraudloop.models.training import BAGGED, TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.gates import Gates, judge
 from fraudloop.pipelines.retraining.monitor import MonitorConfig, assess, calibrator, reference_average_precision
@@ -82,8 +82,8 @@ class Model:
 # features instead (BAGGED), so champion and challenger are two draws of one recipe (exchangeable: the exact null).
 
 
-def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None,
-        bagged: bool = False) -> Model:
+def retrain_as_of(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: int | None = None,
+                  bagged: bool = False) -> Model:
     """What `retrain` trains as of a day: the latest split of the point-in-time training set."""
     from fraudloop.pipelines.retraining.training_set import training_set_as_of
 
@@ -95,7 +95,7 @@ def fit(world: World, scenario: Scenario, as_of_day: float, seed: int, rounds: i
                                      **(BAGGED if bagged else {})))
     split = latest_split(frame["event_time"].to_numpy(), config)
     train_rows, test_rows = holdout_masks(frame, split)
-    booster = train(frame[train_rows], frame["is_fraud"].to_numpy()[train_rows], config.params)
+    booster = fit(frame[train_rows], frame["is_fraud"].to_numpy()[train_rows], config.params)
     holdout = frame[test_rows]
     return Model(booster, holdout.assign(score=predict(booster, holdout)), drift_reference(frame, split, booster))
 
@@ -118,12 +118,12 @@ def average_precision_on(world: World, model: Model, first_day: float, last_day:
 
 
 def promotions(world: World, scenario: Scenario, seed: int, gates: Gates) -> tuple[dict, Model]:
-    champion = fit(world, scenario, scenario.champion_day, seed=0)
+    champion = retrain_as_of(world, scenario, scenario.champion_day, seed=0)
     # no better: the same data and recipe, another seed (bagged: see BAGGED)
-    bagged_champion = fit(world, scenario, scenario.champion_day, seed=0, bagged=True)
-    same = fit(world, scenario, scenario.champion_day, seed=1_000 + seed, bagged=True)
-    better = fit(world, scenario, scenario.after_drift_day, seed=0)
-    weak = fit(world, scenario, scenario.champion_day, seed=0, rounds=scenario.weak_rounds)
+    bagged_champion = retrain_as_of(world, scenario, scenario.champion_day, seed=0, bagged=True)
+    same = retrain_as_of(world, scenario, scenario.champion_day, seed=1_000 + seed, bagged=True)
+    better = retrain_as_of(world, scenario, scenario.after_drift_day, seed=0)
+    weak = retrain_as_of(world, scenario, scenario.champion_day, seed=0, rounds=scenario.weak_rounds)
     null, real = verdict(same, bagged_champion, gates), verdict(better, champion, gates)
     modest = verdict(champion, weak, gates)  # the full model challenging a smaller one
     before = average_precision_on(world, champion, scenario.champion_day, scenario.drift_day)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from fraudloop.models.units import DAY
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     import pandas as pd
     from fraudloop.pipelines.demo.run import DemoConfig
@@ -145,6 +147,24 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
         "total_seconds": total_seconds, "peak_processes": footprint[0], "peak_rss_mb": footprint[1],
         "ui": ui, "bootstrap": bootstrap, "home": str(config.home),
     }
+
+
+def record(r: dict, path: Path, command: str) -> None:
+    """The report as printed, in Markdown with the command that made it, and its numbers as JSON."""
+    import contextlib
+    import io
+    import json
+    import os
+
+    home = os.path.relpath(r["home"]) if not os.path.relpath(r["home"]).startswith("..") else "$FRAUDLOOP_HOME/demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_report({**r, "home": home})  # no path of this machine in a record
+    kept = {k: v for k, v in r.items() if k not in ("home", "ui", "bootstrap")}  # where this run's files were
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# The end-to-end demo (one run)\n\nCommand: `{command}`\n\n```\n"
+                    f"{printed.getvalue().strip()}\n```\n")
+    path.with_suffix(".json").write_text(json.dumps(kept, indent=1, default=str) + "\n")
 
 
 def print_report(r: dict) -> None:

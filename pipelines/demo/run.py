@@ -199,7 +199,7 @@ def run(config: DemoConfig) -> dict:
     from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
     from fraudloop.pipelines.retraining.training_set import history_rows
     from fraudloop.streaming.broker import create_topics, free_port, start_broker
-    from fraudloop.streaming.replay import replay
+    from fraudloop.streaming.replay import send_history
     from kafka import KafkaProducer
 
     shutil.rmtree(config.home, ignore_errors=True)
@@ -237,11 +237,11 @@ def run(config: DemoConfig) -> dict:
         backfill(store, past, history_rows(past, labels, progress=True), labels[labels["known_at"] <= cut])
         store.close()
         first = jobs.build_training_set(cut, maturity_days=RETRAIN["maturity_days"], name="first")
-        model = jobs.train(first["uri"], **RETRAIN, trained_by="fraudloop demo")
-        verdict = jobs.validate(first["uri"], model["version"])
+        model = jobs.train_challenger(first["uri"], **RETRAIN, trained_by="fraudloop demo")
+        verdict = jobs.validate_version(first["uri"], model["version"])
         if not verdict["passed"]:
             raise RuntimeError(f"the first model failed validation: {verdict['summary']}")
-        jobs.promote(model["version"], reason="first model: " + verdict["summary"])
+        jobs.promote_version(model["version"], reason="first model: " + verdict["summary"])
         say(f"first champion: version {model['version']} (holdout AP {model['average_precision']:.3f}, "
             f"{model['training_cpu_seconds']:.1f} CPU s to train)")
         dag_log = open(config.home / "airflow-runs.log", "ab")  # noqa: SIM115 (closed with the services)
@@ -263,7 +263,7 @@ def run(config: DemoConfig) -> dict:
         for day in range(1, config.stream_days + 1):
             status.day = f"day {day:>2}/{config.stream_days}"
             lo, hi = cut + (day - 1) * DAY, cut + day * DAY
-            today = replay(producer, stream[(stream["time"] >= lo) & (stream["time"] < hi)],
+            today = send_history(producer, stream[(stream["time"] >= lo) & (stream["time"] < hi)],
                            stream_labels[(stream_labels["known_at"] >= lo) & (stream_labels["known_at"] < hi)],
                            transactions_topic="transactions", labels_topic="labels",
                            speedup=DAY / config.seconds_per_day, progress=False)

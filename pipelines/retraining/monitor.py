@@ -165,7 +165,7 @@ def read_window(store, as_of: float, config: MonitorConfig) -> tuple[pd.DataFram
     return recent, matured, labels
 
 
-def check_drift(store_url: str, reg: registry.RegistryConfig, as_of: float,
+def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
                 config: MonitorConfig = MonitorConfig(), log: bool = True) -> DriftReport:
     """Read the store and the champion's reference, assess, and log the report to MLflow."""
     from fraudloop.models.store import Store

@@ -17,7 +17,7 @@ import pandas as pd
 from fraudloop.models import registry, report
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import evaluate
-from fraudloop.models.training import TrainParams, predict, train
+from fraudloop.models.training import TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.cost import measure
 from fraudloop.pipelines.retraining.protocol import Split, split_masks, test_period
@@ -105,7 +105,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     if not is_fraud[train_rows].any() or not is_fraud[test_rows].any():
         raise ValueError(f"no labelled fraud in the training or holdout period of {split.describe()}")
     with measure() as cost:
-        booster = train(frame[train_rows], is_fraud[train_rows], config.params)
+        booster = fit(frame[train_rows], is_fraud[train_rows], config.params)
     holdout = frame[test_rows]
     scores = predict(booster, holdout)
     metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores)
