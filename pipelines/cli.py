@@ -227,7 +227,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.record:
         from fraudloop.pipelines.demo.report import record
 
-        record(report, args.record, "fraudloop demo " + shlex.join(sys.argv[2:]))
+        shown = os.path.relpath(args.record)  # a record names no path of this machine
+        shown = args.record.name if shown.startswith("..") else shown
+        command = [shown if arg == str(args.record) else arg for arg in sys.argv[2:]]
+        record(report, args.record, "fraudloop demo " + shlex.join(command))
         print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 

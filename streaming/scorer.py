@@ -7,7 +7,7 @@ decided (a redelivery gets the decision already made; other content under the sa
 duplicate`); then the features. An unexpected exception while handling one message dead-letters that
 message alone (`internal: <type>: <message>`). Per batch: one model call (a row that breaks it is retried
 alone), the decision policy (streaming/rules.py: lists, rules, then the served version's thresholds), reasons
-only for the transactions that are not approved (exact contributions cost ~100x a prediction), and one store
+only for the transactions that are not approved (exact contributions cost far more than a prediction), and one store
 write, which is also where a duplicate the state could not know of is caught.
 """
 
