@@ -40,11 +40,11 @@ DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
     params={
         "as_of": Param("", type="string", description="ISO time the training set is as of; empty: the run's time"),
-        "train_days": Param(28, type="integer", minimum=1),
+        "train_days": Param(28, type="integer", minimum=1, description="days of mature labels trained on"),
         "delay_days": Param(7, type="integer", minimum=0, description="gap between training and holdout"),
         "test_days": Param(7, type="integer", minimum=1, description="holdout days"),
         "maturity_days": Param(7.0, type="number", minimum=0, description="label delay to wait for"),
-        "num_boost_round": Param(600, type="integer", minimum=1),
+        "num_boost_round": Param(600, type="integer", minimum=1, description="LightGBM boosting rounds"),
         "average_precision_margin": Param(None, type=["null", "number"],
                                           description="the AP difference's lower bound must exceed this; "
                                                       "empty: the gates' default (pipelines/retraining/gates.py)"),

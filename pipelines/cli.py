@@ -652,7 +652,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML file; FRAUDLOOP_* environment variables override it")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
     p.add_argument("--group-id")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on metrics_host:PORT (default host 127.0.0.1)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("group", help="the scorer group: lag per partition, or (scorer stopped) skip a partition "

@@ -1,7 +1,8 @@
 """Retraining benchmark: do the gates promote only on evidence, and does the monitor flag drift without false alarms?
 
-Runs the same pure code the DAGs run (`pipelines.gates.judge`, `pipelines.monitor.assess`, the training split)
-on simulated worlds whose truth is known, without MLflow or Airflow in the loop (they only move the results):
+Runs the same pure code the DAGs run (`pipelines.retraining.gates.judge`, `pipelines.retraining.monitor.assess`,
+the training split) on simulated worlds whose truth is known, without MLflow or Airflow in the loop (they only
+move the results):
 - promotions: per seed, a world with drift; a challenger no better than the champion (same data and recipe,
   another training seed; both bagged, as unbagged training ignores the seed) must not be promoted; a
   challenger trained after the drift against the pre-drift champion must be;
