@@ -29,6 +29,7 @@ from fraudloop.models.features import FEATURE_NAMES, compute_features
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import BAGGED, TrainParams, fit, predict
 from fraudloop.models.units import DAY
+from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.retraining.cost import measure
 from fraudloop.pipelines.retraining.protocol import Split, disjoint_validation, prequential, split_masks
 from sklearn.metrics import average_precision_score
@@ -221,9 +222,7 @@ def to_json(result: dict, command: str) -> dict:
 
 
 def record(result: dict, path: Path, command: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(result, command))
-    path.with_suffix(".json").write_text(json.dumps(to_json(result, command), indent=2) + "\n")
+    write_record(path, to_markdown(result, command), to_json(result, command))
 
 
 def to_markdown(result: dict, command: str) -> str:

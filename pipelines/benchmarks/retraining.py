@@ -12,7 +12,6 @@ move the results):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.training import BAGGED, TrainParams, fit, predict
 from fraudloop.models.units import DAY
+from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.retraining.gates import Gates, judge
 from fraudloop.pipelines.retraining.monitor import MonitorConfig, assess, calibrator, reference_average_precision
 from fraudloop.pipelines.retraining.train import BuildConfig, drift_reference, holdout_masks, latest_split
@@ -330,6 +330,4 @@ def _counts(values: list[str]) -> str:
 
 def record(result: Result, path: Path, command: str) -> None:
     """The Markdown for people at `path`, and beside it the JSON (the issue's keys first) for comparison."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(result, command))
-    path.with_suffix(".json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    write_record(path, to_markdown(result, command), asdict(result))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import os
 import random
 import signal
@@ -36,6 +35,7 @@ import psutil
 from fraudloop.models.features import labels_in_order, transactions_of
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
 from fraudloop.models.units import DAY
+from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.streaming.broker import Broker, create_topics, free_port, start_broker
 from fraudloop.streaming.config import ScorerConfig
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -418,10 +418,9 @@ def to_markdown(result: SoakResult, command: str) -> str:
 
 
 def record(result: SoakResult, markdown: Path, command: str) -> None:
-    markdown.write_text(to_markdown(result, command))
     keys = ("minutes", "transactions", "missing", "duplicates", "dead_letters", "scorer_kills", "broker_restarts",
             "rss_start_mb", "rss_end_mb")
     data = asdict(result)
     payload = {**{k: data[k] for k in keys}, "dead_letters": sum(result.dead_letters.values()),
                "dead_letters_by_kind": result.dead_letters, **{k: v for k, v in data.items() if k not in keys}}
-    markdown.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_record(markdown, to_markdown(result, command), payload)

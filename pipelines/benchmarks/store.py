@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from fraudloop.models.units import DAY
+from fraudloop.pipelines.benchmarks import write_record
 
 END = 1_700_000_000.0  # the newest decision (any fixed time: the store does not care)
 
@@ -139,6 +140,4 @@ def to_markdown(result: Result, command: str) -> str:
 
 
 def record(result: Result, path: Path, command: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(result, command))
-    path.with_suffix(".json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    write_record(path, to_markdown(result, command), asdict(result))

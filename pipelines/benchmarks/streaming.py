@@ -15,7 +15,6 @@ apart, in interleaved repetitions against the model's thresholds alone, on the s
 from __future__ import annotations
 
 import gc
-import json
 import multiprocessing
 import os
 import platform
@@ -41,6 +40,7 @@ from fraudloop.models.features import (
 from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
 from fraudloop.models.schema import parse_transaction, transaction_record
 from fraudloop.models.store import Store
+from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.data.backfill import backfill
 from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
 from fraudloop.pipelines.retraining.train import BuildConfig, build_model
@@ -359,9 +359,7 @@ def to_json(outcome: dict, command: str) -> dict:
 
 
 def record(outcome: dict, path: Path, command: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(outcome, command))
-    path.with_suffix(".json").write_text(json.dumps(to_json(outcome, command), indent=2) + "\n")
+    write_record(path, to_markdown(outcome, command), to_json(outcome, command))
 
 
 def to_markdown(outcome: dict, command: str) -> str:

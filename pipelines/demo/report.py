@@ -153,18 +153,17 @@ def record(r: dict, path: Path, command: str) -> None:
     """The report as printed, in Markdown with the command that made it, and its numbers as JSON."""
     import contextlib
     import io
-    import json
     import os
+
+    from fraudloop.pipelines.benchmarks import write_record
 
     home = os.path.relpath(r["home"]) if not os.path.relpath(r["home"]).startswith("..") else "$FRAUDLOOP_HOME/demo"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         print_report({**r, "home": home})  # no path of this machine in a record
     kept = {k: v for k, v in r.items() if k not in ("home", "ui", "bootstrap")}  # where this run's files were
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# The end-to-end demo (one run)\n\nCommand: `{command}`\n\n```\n"
-                    f"{printed.getvalue().strip()}\n```\n")
-    path.with_suffix(".json").write_text(json.dumps(kept, indent=1, default=str) + "\n")
+    write_record(path, f"# The end-to-end demo (one run)\n\nCommand: `{command}`\n\n```\n"
+                       f"{printed.getvalue().strip()}\n```\n", kept)
 
 
 def print_report(r: dict) -> None:
