@@ -379,8 +379,14 @@ def cmd_replay(args: argparse.Namespace) -> None:
 def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
     from fraudloop.pipelines.benchmarks import streaming as benchmark
 
-    outcome = benchmark.run(n=args.messages)
-    command = "fraudloop benchmark streaming" + (f" --messages {args.messages}" if args.messages != 30_000 else "")
+    if min(args.messages, args.repetitions, args.sweeps, args.point_seconds) <= 0:
+        raise ValueError("--messages, --repetitions, --sweeps and --point-seconds must be positive")
+    outcome = benchmark.run(n=args.messages, repetitions=args.repetitions, sweeps=args.sweeps,
+                            point_seconds=args.point_seconds)
+    command = "fraudloop benchmark streaming" + "".join(
+        f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag, default in
+        (("messages", 30_000), ("repetitions", 5), ("sweeps", 3), ("point_seconds", 8.0))
+        if getattr(args, flag) != default)
     print(benchmark.to_markdown(outcome, command))
     if args.record:
         benchmark.record(outcome, args.record, command)
@@ -637,8 +643,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--backends", default="sqlite,postgresql")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_store)
-    b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker")
-    b.add_argument("--messages", type=int, default=30_000)
+    b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker: backlog "
+                                           "throughput and latency against offered load, in interleaved repetitions")
+    b.add_argument("--messages", type=int, default=30_000, help="messages in each backlog run (default: 30000)")
+    b.add_argument("--repetitions", type=int, default=5, help="interleaved backlog repetitions, and pairs at half "
+                                                              "the scorer's SLO rate (default: 5)")
+    b.add_argument("--sweeps", type=int, default=3, help="sweeps of the offered-load curve (default: 3)")
+    b.add_argument("--point-seconds", type=float, default=8.0, help="seconds of paced input at each offered rate "
+                                                                    "(default: 8)")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_streaming)
 

@@ -35,6 +35,29 @@ log = logging.getLogger(__name__)
 # Dead-letter reasons start with one of these, then ": " and the detail; metrics count by the kind.
 INVALID, CONFLICT, INTERNAL = "invalid", "conflicting duplicate", "internal"
 DEAD_LETTER_KINDS = (INVALID, LATE, FUTURE, CONFLICT, INTERNAL)
+# Where the worker's CPU goes, in the order a batch goes through them (StageClock).
+STAGES = ("decode", "lookup", "features", "model", "policy", "reasons", "messages", "store", "serialize")
+
+
+class StageClock:
+    """This thread's CPU seconds by stage, summed until taken: one clock read per stage and batch, so it stays on."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.thread_time()
+
+    def start(self) -> None:
+        self._last = time.thread_time()
+
+    def lap(self, stage: str) -> None:
+        """The CPU since the last lap (or start) was spent on `stage`."""
+        now = time.thread_time()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def take(self) -> dict[str, float]:
+        taken, self.seconds = self.seconds, {}
+        return taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +112,7 @@ class Scorer:
         self.policy = config.event_time_policy()
         self.rates = load_rates(config.rates_file)  # amounts in one currency (models/currency.py)
         self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
+        self.clock = StageClock()
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
                 costs: dict[str, tuple[int, float]] | None = None,
@@ -101,8 +125,11 @@ class Scorer:
         advances); what is accepted is then applied in event-time order (a label at its known_at, before a
         transaction of the same second), as the offline build does."""
         now = time.time() if now is None else now
+        clock = self.clock
+        clock.start()
         result = BatchResult()
         judged = self._judge(messages, result, now, partitions)
+        clock.lap("decode")
         seen = self.state.seen
         stored = self.store.decisions_for([item.transaction_id for _, item, verdict in judged
                                            if isinstance(item, Transaction)
@@ -120,6 +147,7 @@ class Scorer:
             else:
                 accepted.append((item.time, 1, message, item))
         accepted.sort(key=lambda e: (e[0], e[1]))
+        clock.lap("lookup")
         for _, _, message, item in accepted:
             try:
                 if isinstance(item, Label):
@@ -128,12 +156,14 @@ class Scorer:
                     batch.scored.append((message, item, self.state.transform(item)))
             except Exception as error:  # noqa: BLE001 - one message never fails its batch
                 _failed(result, message, error, item.transaction_id)
+        clock.lap("features")
         if batch.scored:
             self._score(result, batch, model, now, rules)
         if result.rows or result.labels or costs:
             inserted = self.store.write(result.rows, result.labels, costs)
             if inserted < len(result.rows):
                 self._reconcile(result, model.name)
+        clock.lap("store")
         return result
 
     # -- per message -----------------------------------------------------------------------------
@@ -206,6 +236,7 @@ class Scorer:
         started = time.perf_counter()
         scores, failed = _predict(model, features)
         result.model_seconds = time.perf_counter() - started
+        self.clock.lap("model")
         columns = {name: features[:, j] for j, name in enumerate(FEATURE_NAMES)}
         columns["score"] = np.nan_to_num(scores)
         cards, terminals = [tx.card_id for _, tx, _ in batch.scored], [tx.terminal_id for _, tx, _ in batch.scored]
@@ -218,7 +249,9 @@ class Scorer:
             result.rules_error = f"{type(error).__name__}: {error}"
             rules = NO_RULES
             decided, by_rule = rules.decide(columns, cards, terminals, *thresholds)
+        self.clock.lap("policy")
         reasons = self._reasons(model, features, decided, failed)
+        self.clock.lap("reasons")
         index: dict[str, int] = {}  # transaction id -> its decision in result.decisions
         for j, (message, tx, row) in enumerate(batch.scored):
             if j in failed:
@@ -236,6 +269,7 @@ class Scorer:
                 continue
             result.decide({**result.decisions[index[tx_id]], "latency_ms": _latency_ms(message)}, message)
             result.replayed += 1
+        self.clock.lap("messages")
 
     def _reasons(self, model: ServingModel, features: np.ndarray, decided: list[str],
                  failed: dict[int, BaseException]) -> dict[int, list[dict]]:

@@ -388,6 +388,8 @@ class ScorerService:
         if scored.decisions:
             m.model_seconds.observe(scored.model_seconds)
         m.scoring_cpu.inc(scored.cpu_seconds)
+        for stage, seconds in scored.stage_seconds.items():
+            m.stage_cpu.labels(stage).inc(seconds)
         m.batch_seconds.observe(time.perf_counter() - batch.polled_at)
 
     def _update_lag(self) -> None:

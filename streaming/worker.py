@@ -57,6 +57,7 @@ class Scored:
     replayed: int = 0  # decisions given again to redelivered transactions
     model_seconds: float = 0.0
     cpu_seconds: float = 0.0  # the worker's, for this batch
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # the scoring thread's CPU by stage (STAGES)
     model_events: list[tuple[str, str, str]] = field(default_factory=list)  # (event, version, detail)
     model_version: str = ""
     model_behind_seconds: float = 0.0  # how long the alias has named a version that is not served
@@ -197,6 +198,8 @@ class ScoringCore:
         scored = self._report()  # the model was refreshed before this batch
         scored.decisions = [(source.partition, d["card_id"].encode(), orjson.dumps(d))
                             for source, d in zip(result.sources, result.decisions, strict=True)]
+        self.scorer.clock.lap("serialize")
+        scored.stage_seconds = self.scorer.clock.take()
         scored.dead_letters = [(d.message.topic, d.message.partition, d.message.offset, d.reason)
                                for d in result.dead_letters]
         scored.labels = len(result.labels)
