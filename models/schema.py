@@ -1,7 +1,10 @@
 """Transaction and label contracts: JSON Schema files plus the checks JSON Schema cannot express.
 
-Validation is on the scoring hot path, so the schema is compiled once (fastjsonschema); only when a
-record fails do we run the full validator to list every bad field with a specific message.
+Validation is on the scoring hot path. A transaction message is decoded and checked in one pass by msgspec
+against a struct that accepts no more than the schema does; whatever it refuses goes the exact way (JSON
+Schema, compiled once by fastjsonschema, then the full validator listing every bad field with a specific
+message), which accepts what the schema accepts and words every refusal. So the fast path changes the cost,
+never the verdict nor the words (tests/test_schema.py checks both paths agree).
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import fastjsonschema
 import jsonschema
+import msgspec
+import orjson
 from fraudloop.models.currency import REFERENCE_CURRENCY, Rates, load_rates
 
 TRANSACTION_SCHEMA = "transaction.v1.json"
@@ -105,17 +110,62 @@ def parse_transaction(record: Any, rates: Rates | None = None) -> Transaction:
     """Validate a decoded JSON object and return the typed transaction, its amount converted to the reference
     currency of `rates` (default: the packaged table), or raise InvalidRecord (a currency the table lacks too)."""
     _check(TRANSACTION_SCHEMA, record)
-    time = parse_time(record["timestamp"], "timestamp")
-    amount = record["amount"]
+    return _transaction(record["transaction_id"], record["card_id"], record["terminal_id"], record["timestamp"],
+                        record["amount"], record["currency"], rates)
+
+
+def decode_json(raw: bytes | None) -> Any:
+    """A message's JSON value; an empty message (a tombstone) or bytes that are not JSON are invalid records."""
+    if raw is None:
+        raise InvalidRecord(["record: empty message (tombstone)"])
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRecord([f"record: not JSON ({error})"]) from None
+
+
+_ID = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class _TransactionV1(msgspec.Struct):
+    """transaction.v1.json as msgspec checks it: no laxer than the schema (stricter only where it cannot matter:
+    a schema_version of 1.0, which the exact path then accepts). Unknown fields are ignored, as the schema allows."""
+
+    schema_version: Literal[1]
+    transaction_id: _ID
+    card_id: _ID
+    terminal_id: _ID
+    timestamp: str
+    amount: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+
+
+_TRANSACTION_DECODER = msgspec.json.Decoder(_TransactionV1)
+
+
+def decode_transaction(raw: bytes | None, rates: Rates | None = None) -> Transaction:
+    """A transaction message's bytes -> the typed transaction, as `parse_transaction(orjson.loads(raw))` gives it
+    (or the same InvalidRecord), in a fraction of its time for a valid message."""
+    try:
+        fast = _TRANSACTION_DECODER.decode(raw)
+    except (msgspec.MsgspecError, TypeError):  # not a valid transaction, or no bytes at all: the exact path says why
+        return parse_transaction(decode_json(raw), rates)
+    return _transaction(fast.transaction_id, fast.card_id, fast.terminal_id, fast.timestamp, fast.amount,
+                        fast.currency, rates)
+
+
+def _transaction(tx_id: str, card: str, terminal: str, timestamp: str, amount: float, currency: str,
+                 rates: Rates | None) -> Transaction:
+    """The checks the schema cannot express, on fields it has passed; the amount converted."""
+    time = parse_time(timestamp, "timestamp")
     if abs(amount * 100 - round(amount * 100)) > 1e-6:
         raise InvalidRecord([f"amount: {amount!r} has more than two decimals"])
-    rates, currency = rates or load_rates(), record["currency"]
+    rates = rates or load_rates()
     converted = rates.to_reference(amount, currency)
     if converted is None:
         raise InvalidRecord([f"currency: {currency!r} is not in the rates table (version {rates.version}, "
                              f"{len(rates.per_unit)} currencies); add its rate to convert it to {rates.reference}"])
-    return Transaction(record["transaction_id"], record["card_id"], record["terminal_id"], time, round(converted * 100),
-                       currency, round(amount * 100))
+    return Transaction(tx_id, card, terminal, time, round(converted * 100), currency, round(amount * 100))
 
 
 def parse_label(record: Any) -> Label:

@@ -20,10 +20,16 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 from fraudloop.models.currency import load_rates
 from fraudloop.models.features import FEATURE_NAMES, FeatureState
-from fraudloop.models.schema import InvalidRecord, Label, Transaction, parse_label, parse_transaction
+from fraudloop.models.schema import (
+    InvalidRecord,
+    Label,
+    Transaction,
+    decode_json,
+    decode_transaction,
+    parse_label,
+)
 from fraudloop.models.store import DecisionRow, Store, StoredDecision
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.decide import APPROVE, top_reasons
@@ -95,15 +101,6 @@ class BatchResult:
     def decide(self, decision: dict, source: Message) -> None:
         self.decisions.append(decision)
         self.sources.append(source)
-
-
-def _decode(message: Message) -> object:
-    if message.value is None:
-        raise InvalidRecord(["record: empty message (tombstone)"])
-    try:
-        return orjson.loads(message.value)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRecord([f"record: not JSON ({error})"]) from None
 
 
 class Scorer:
@@ -178,12 +175,11 @@ class Scorer:
         judged: list[tuple[Message, Transaction | Label, str | None]] = []
         for message in messages:
             try:
-                record = _decode(message)
                 if message.topic == self.config.labels_topic:
-                    label = parse_label(record)
+                    label = parse_label(decode_json(message.value))
                     judged.append((message, label, self.policy.label(label.known_at, watermark, now)))
                     continue
-                tx = parse_transaction(record, self.rates)
+                tx = decode_transaction(message.value, self.rates)
                 key = (message.topic, message.partition)
                 verdict = self.policy.transaction(tx.time, times.get(key, -math.inf), watermark, now)
                 if verdict is None:

@@ -1,13 +1,18 @@
+import orjson
 import pytest
 from fraudloop.models.schema import (
     InvalidRecord,
     Label,
     Transaction,
+    decode_json,
+    decode_transaction,
     label_record,
     parse_label,
     parse_transaction,
     transaction_record,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 GOOD = {
     "schema_version": 1,
@@ -73,3 +78,43 @@ def test_label_errors_are_specific():
     with pytest.raises(InvalidRecord, match="is_fraud: 'yes' is not of type 'boolean'"):
         parse_label({"schema_version": 1, "transaction_id": "TX1", "is_fraud": "yes",
                      "known_at": "2018-04-02T00:00:00Z"})
+
+
+# -- the fast path (msgspec) against the exact one (JSON Schema): the same verdict, the same words -------------------
+def _outcome(decode, raw):
+    try:
+        tx = decode(raw)
+        return ("ok", tx, tx.amount_cents)  # Transaction equality leaves the converted amount out: compare it too
+    except InvalidRecord as error:
+        return ("invalid", error.errors)
+
+
+def _exact(raw):
+    return parse_transaction(decode_json(raw))
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 2_000_000), st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 1, 1.0, 2, 12.34, 1.005, 1_000_000, 1_000_000.01, -0.0, "1", "", "x" * 65, "EUR", "eur",
+                     "XTS", "USD", "EURO", "2018-04-01T10:00:00Z", "2018-04-01T10:00:00", "2018-04-01 10:00:00+02:00",
+                     "1999-12-31T23:59:59Z", "2100-01-01T00:00:00Z", "not a time", [], {}]),
+    st.text(max_size=70))
+
+
+@settings(max_examples=600, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from([*GOOD, "extra"]), _VALUES, max_size=3),
+       dropped=st.sets(st.sampled_from(list(GOOD)), max_size=2))
+def test_the_fast_path_gives_the_exact_paths_verdict_and_words(changes, dropped):
+    record = {k: v for k, v in {**GOOD, **changes}.items() if k not in dropped}
+    raw = orjson.dumps(record)
+    assert _outcome(decode_transaction, raw) == _outcome(_exact, raw)
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"not json", b"[1, 2]", b"3", b'"text"', b"{", b'{"a": 1}',
+                                 orjson.dumps(GOOD) + b" trailing", orjson.dumps({**GOOD, "schema_version": 1.0})])
+def test_the_fast_path_on_what_is_not_a_transaction(raw):
+    assert _outcome(decode_transaction, raw) == _outcome(_exact, raw)
+
+
+def test_the_fast_path_accepts_a_valid_transaction():
+    assert decode_transaction(orjson.dumps(GOOD)) == parse_transaction(GOOD)
