@@ -74,12 +74,14 @@ def serve() -> None:
 class Runner:
     """The caller's side of `serve()`: a child process that runs DAGs on request."""
 
-    def __init__(self, home: Path, log) -> None:
+    def __init__(self, home: Path, log, nice: int = 0) -> None:
+        """`nice`: added to the runner's CPU niceness before it starts anything (its tasks' threads inherit it)."""
         import sys
 
         env = {**os.environ}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from fraudloop.pipelines import airflow_local as a; "
+            [sys.executable, "-c", f"import os; os.nice({int(nice)}); "
+                                   "from fraudloop.pipelines import airflow_local as a; "
                                    f"a.prepare(__import__('pathlib').Path({str(home)!r})); a.serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
         self._answer()
