@@ -110,8 +110,19 @@ def test_the_fast_path_gives_the_exact_paths_verdict_and_words(changes, dropped)
     assert _outcome(decode_transaction, raw) == _outcome(_exact, raw)
 
 
-@pytest.mark.parametrize("raw", [None, b"", b"not json", b"[1, 2]", b"3", b'"text"', b"{", b'{"a": 1}',
-                                 orjson.dumps(GOOD) + b" trailing", orjson.dumps({**GOOD, "schema_version": 1.0})])
+_GOOD_BYTES = orjson.dumps(GOOD)
+
+
+@pytest.mark.parametrize("raw", [
+    None, b"", b"not json", b"[1, 2]", b"3", b'"text"', b"{", b'{"a": 1}', _GOOD_BYTES + b" trailing",
+    orjson.dumps({**GOOD, "schema_version": 1.0}),
+    _GOOD_BYTES[:-1] + b', "note": "K\xfcche"}',  # not UTF-8, in a field the contract does not name
+    _GOOD_BYTES[:-1] + b', "x": 1e400}',  # a number no double holds, ditto
+    _GOOD_BYTES[:-1] + b', "x": ' + b"9" * 400 + b"}",
+    _GOOD_BYTES.replace(b'"C1"', b'"K\xfcche"'),  # not UTF-8, in a field it names
+    orjson.dumps({**GOOD, "currency": "EUR\n"}),  # `$` before a trailing newline
+    b'{"x": ' + b"[" * 1100 + b"]" * 1100 + b"}",  # deeper than orjson reads
+])
 def test_the_fast_path_on_what_is_not_a_transaction(raw):
     assert _outcome(decode_transaction, raw) == _outcome(_exact, raw)
 
