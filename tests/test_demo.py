@@ -41,6 +41,10 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     assert re.search(r"served by v1\s+AP 0\.\d+", out)
     recorded = json.loads((tmp_path / "demo.json").read_text())  # the report's numbers, recorded
     assert recorded["scored"] == scored and str(tmp_path) not in (tmp_path / "demo.md").read_text()
+    latency = recorded["latency"]  # split at the retrains' start and end: the two parts make the whole
+    assert latency["all"]["transactions"] == latency["while_training"]["transactions"] + \
+        latency["otherwise"]["transactions"] > 5_000
+    assert re.search(r"while a retrain ran\s+(p50 <= \d+ ms, p99 <= \d+ ms \([\d,]+ transactions\)|none scored)", out)
     before, after, retrained = (p.get("average_precision") for p in recorded["periods"])
     assert before > after + 0.2  # the drift costs the first champion much of its AP (cards tested in bursts)
     assert "drift_monitor / retrain by simulated day: d1:" in out and "model versions: verdict" in out

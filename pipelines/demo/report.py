@@ -192,6 +192,9 @@ def print_report(r: dict) -> None:
           "holding p50 and p99):")
     for part, said in (("all", "all"), ("while_training", "while a retrain ran"), ("otherwise", "otherwise")):
         latency = r["latency"][part]
+        if not latency["transactions"]:
+            print(f"  {said:<20} none scored")
+            continue
         print(f"  {said:<20} p50 <= {latency['p50_ms']:.0f} ms, p99 <= {latency['p99_ms']:.0f} ms "
               f"({latency['transactions']:,} transactions)")
     print("\nquality per period and per served version (ground truth from the simulator):")

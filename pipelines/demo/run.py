@@ -280,11 +280,11 @@ def run(config: DemoConfig) -> dict:
             if closing is not None:
                 runs.append(closing.result())
             closing = batch_work.submit(close_day, day, hi, status, dags, training)
+        stream_seconds = time.monotonic() - replay_started  # the replay's pace, without the last day's DAGs
         runs.append(closing.result())
         producer.close()
         status.stop.set()
         status.join()
-        stream_seconds = time.monotonic() - replay_started
         metrics = scrape(metrics_port)
         if not config.keep_running:  # a graceful stop also writes the scorer's last serving costs
             scorer.send_signal(signal.SIGTERM)
@@ -304,8 +304,9 @@ def run(config: DemoConfig) -> dict:
 
 def close_day(day: int, as_of: float, status: StatusLine, dags, training: list[tuple[dict, dict]]) -> dict:
     """The day's DAGs, as of its end: drift_monitor, then retrain if it confirmed drift (what the scheduler does on
-    the asset event), while the next day streams. `training` gets the scorer's metrics before and after each
-    retrain, for its latency while training ran."""
+    the asset event), while the next day streams. Training sets and the holdout are as of the day's end; the live
+    gate on shadow traffic reads what the store holds when it runs, as it would in production. `training` gets the
+    scorer's metrics before and after each retrain, for its latency while training ran."""
     from datetime import UTC, datetime
 
     from fraudloop.models.registry import RegistryConfig
