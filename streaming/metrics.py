@@ -35,8 +35,10 @@ class ScorerMetrics:
         self.scoring_cpu = Counter("fraud_scoring_cpu_seconds", "CPU seconds of the Kafka loop and the scoring worker",
                                    registry=r)
         self.stage_cpu = Counter("fraud_worker_stage_cpu_seconds", "CPU seconds of the worker's scoring thread by "
-                                 "stage: decode (and validate), lookup (earlier decisions), features, model, policy, "
-                                 "reasons, messages, store, serialize", ["stage"], registry=r)
+                                 "stage: decode (decode, validate, event-time policy; labels too), lookup (earlier "
+                                 "decisions), features, model, policy, reasons, messages, store, serialize (the "
+                                 "decision messages, and the shared-state publish when configured)", ["stage"],
+                                 registry=r)
         self.rule_hits = Counter("fraud_rule_hits", "Decisions by what decided them: a rule, a list, or `model` "
                                  "(the served version's thresholds)", ["rule"], registry=r)
         self.rules_events = Counter("fraud_rules_events", "Rules files loaded; refused (the set in force kept "
