@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
+from fraudloop.streaming.overload import Budget, Governor
 from kafka import KafkaConsumer, KafkaProducer
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -64,6 +65,12 @@ class ScorerConfig(BaseSettings):
     model_grace_seconds: float = 120.0  # the alias may name a version not served this long before it is reported
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
     shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
+    # Graceful overload (streaming/overload.py): shed optional work in a fixed order while a batch's oldest message
+    # waited longer than overload_wait_ms or more than overload_lag messages are behind; full service once caught up.
+    overload_shedding: bool = True
+    overload_wait_ms: float = Field(100.0, gt=0)
+    overload_lag: int = Field(2_000, gt=0)
+    overload_recover_seconds: float = Field(2.0, ge=0)
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the
@@ -95,6 +102,10 @@ class ScorerConfig(BaseSettings):
     def event_time_policy(self) -> EventTimePolicy:
         return EventTimePolicy(self.allowed_lateness_seconds, self.max_ahead_seconds, self.event_clock,
                                self.partition_skew_seconds)
+
+    def overload_governor(self) -> Governor:
+        return Governor(Budget(self.overload_wait_ms, self.overload_lag, recover_seconds=self.overload_recover_seconds),
+                        enabled=self.overload_shedding)
 
     def dead_letter_topic_for(self, source_topic: str) -> str:
         return self.labels_dead_letter_topic if source_topic == self.labels_topic else self.dead_letter_topic

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW
+from fraudloop.streaming.overload import FULL, MODES
 from fraudloop.streaming.scorer import DEAD_LETTER_KINDS, STAGES
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -58,6 +59,10 @@ class ScorerMetrics:
         self.shadow_cpu = Counter("fraud_shadow_cpu_seconds", "CPU seconds the worker spent on shadow scoring "
                                   "(included in fraud_scoring_cpu_seconds)", registry=r)
         self.shadow_version = Gauge("fraud_shadow_model_version", "Shadow model version (0: none)", registry=r)
+        self.mode = Gauge("fraud_scorer_mode", "The service mode (1 for the one in force): full; lean (no shadow "
+                          "scoring, reasons for declines only); compressed (also the version's compressed model)",
+                          ["mode"], registry=r)
+        self.set_mode(FULL)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
         for outcome in (APPROVE, REVIEW, DECLINE):
             self.decisions.labels(outcome)
@@ -71,6 +76,10 @@ class ScorerMetrics:
         for source in sources:
             for kind in DEAD_LETTER_KINDS:
                 self.dead_letters.labels(dead_letter_topic_for(source), kind)
+
+    def set_mode(self, mode: str) -> None:
+        for each in MODES:
+            self.mode.labels(each).set(float(each == mode))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

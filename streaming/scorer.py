@@ -32,9 +32,10 @@ from fraudloop.models.schema import (
 )
 from fraudloop.models.store import DecisionRow, Store, StoredDecision
 from fraudloop.streaming.config import ScorerConfig
-from fraudloop.streaming.decide import APPROVE, top_reasons
+from fraudloop.streaming.decide import DECLINE, REVIEW, top_reasons
 from fraudloop.streaming.event_time import FUTURE, LATE
 from fraudloop.streaming.model import ServingModel
+from fraudloop.streaming.overload import FULL
 from fraudloop.streaming.rules import NO_RULES, RuleSet
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,10 @@ class Scorer:
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
                 costs: dict[str, tuple[int, float]] | None = None,
-                partitions: Collection[int] | None = None, rules: RuleSet = NO_RULES) -> BatchResult:
+                partitions: Collection[int] | None = None, rules: RuleSet = NO_RULES, mode: str = FULL) -> BatchResult:
         """Score a batch and store its new decisions and labels (with `costs`, see Store.write). `partitions`:
         the transactions partitions assigned to this scorer now (None: those it has read). `rules`: the decision
-        policy in force for this batch.
+        policy in force for this batch. `mode`: the service mode (streaming/overload.py) the batch is scored in.
 
         Each message is judged in the order it was read (the event-time policy, as a partition's stream time
         advances); what is accepted is then applied in event-time order (a label at its known_at, before a
@@ -131,7 +132,7 @@ class Scorer:
         stored = self.store.decisions_for([item.transaction_id for _, item, verdict in judged
                                            if isinstance(item, Transaction)
                                            and (item.transaction_id in seen or (verdict or "").startswith(LATE))])
-        batch = _Batch(model.name)
+        batch = _Batch(model.name, mode)
         accepted: list[tuple[float, int, Message, Transaction | Label]] = []
         for message, item, verdict in judged:
             if isinstance(item, Label):
@@ -159,7 +160,7 @@ class Scorer:
         if result.rows or result.labels or costs:
             inserted = self.store.write(result.rows, result.labels, costs)
             if inserted < len(result.rows):
-                self._reconcile(result, model.name)
+                self._reconcile(result, model.name, mode)
         clock.lap("store")
         return result
 
@@ -201,7 +202,7 @@ class Scorer:
         made = stored.get(tx.transaction_id)
         if made is not None:  # decided in an earlier batch: that decision stands, however late the copy
             if made.tx == tx:
-                result.decide(_stored_message(batch.model_name, made, message), message)
+                result.decide(_stored_message(batch.model_name, made, message, batch.mode), message)
                 result.replayed += 1
             else:
                 result.dead_letters.append(DeadLetter(message, _conflict(made.tx)))
@@ -246,7 +247,7 @@ class Scorer:
             rules = NO_RULES
             decided, by_rule = rules.decide(columns, cards, terminals, *thresholds)
         self.clock.lap("policy")
-        reasons = self._reasons(model, features, decided, failed)
+        reasons = self._reasons(model, features, decided, failed, batch.mode)
         self.clock.lap("reasons")
         index: dict[str, int] = {}  # transaction id -> its decision in result.decisions
         for j, (message, tx, row) in enumerate(batch.scored):
@@ -256,7 +257,7 @@ class Scorer:
             score, why = float(scores[j]), reasons.get(j, [])
             index[tx.transaction_id] = len(result.decisions)
             result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message,
-                                           by_rule[j], rules.version), message)
+                                           by_rule[j], rules.version, batch.mode), message)
             result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why, by_rule[j],
                                            rules.version))
         for message, tx_id in batch.copies:
@@ -268,8 +269,10 @@ class Scorer:
         self.clock.lap("messages")
 
     def _reasons(self, model: ServingModel, features: np.ndarray, decided: list[str],
-                 failed: dict[int, BaseException]) -> dict[int, list[dict]]:
-        flagged = [j for j, d in enumerate(decided) if d != APPROVE and j not in failed]
+                 failed: dict[int, BaseException], mode: str) -> dict[int, list[dict]]:
+        """Exact contributions of the flagged decisions: reviews and declines, or declines only when shedding."""
+        wanted = (REVIEW, DECLINE) if mode == FULL else (DECLINE,)
+        flagged = [j for j, d in enumerate(decided) if d in wanted and j not in failed]
         if not flagged or not self.config.reasons:
             return {}
         try:
@@ -280,7 +283,7 @@ class Scorer:
             log.error("reasons could not be computed for %d decisions: %r", len(flagged), error)
             return {}
 
-    def _reconcile(self, result: BatchResult, model_name: str) -> None:
+    def _reconcile(self, result: BatchResult, model_name: str, mode: str) -> None:
         """Some new decisions' ids were in the store already (written by another instance, or longer ago than
         the state remembers): the stored decision stands. A redelivery gets it; other content is dead-lettered."""
         stored = self.store.decisions_for([row.tx.transaction_id for row in result.rows])
@@ -299,7 +302,7 @@ class Scorer:
             log.warning("transaction %s was decided before (%s, version %s): that decision stands", tx_id,
                         made.decision, made.model_version)
             if made.tx == ours[tx_id].tx:
-                result.decide(_stored_message(model_name, made, source), source)
+                result.decide(_stored_message(model_name, made, source, mode), source)
                 result.replayed += 1
             else:
                 result.dead_letters.append(DeadLetter(source, _conflict(made.tx)))
@@ -311,6 +314,7 @@ class _Batch:
     """What one batch has decided so far, for the copies of a transaction within it."""
 
     model_name: str
+    mode: str
     first: dict[str, Transaction] = field(default_factory=dict)  # the first copy of each id scored
     scored: list[tuple[Message, Transaction, list[float]]] = field(default_factory=list)
     copies: list[tuple[Message, str]] = field(default_factory=list)  # identical copies of one scored here
@@ -349,9 +353,11 @@ def _latency_ms(message: Message) -> float:
 
 
 def decision_message(model_name: str, tx: Transaction, decision: str, score: float | None, version: str,
-                     reasons: list, decided_at: float, message: Message, rule: str, rules_version: str) -> dict:
+                     reasons: list, decided_at: float, message: Message, rule: str, rules_version: str,
+                     mode: str) -> dict:
     """`rule`: what decided (a rule's name, a list, or `model` for the version's thresholds); `rules_version`: the
-    rules file in force."""
+    rules file in force; `mode`: the service mode this message was produced in (a reason-less review in `lean`
+    mode had its reasons shed)."""
     return {
         "schema_version": 1,
         "transaction_id": tx.transaction_id,
@@ -365,12 +371,13 @@ def decision_message(model_name: str, tx: Transaction, decision: str, score: flo
         "rules_version": rules_version,
         "latency_ms": _latency_ms(message),
         "decided_at": decided_at,
+        "mode": mode,
     }
 
 
-def _stored_message(model_name: str, made: StoredDecision, message: Message) -> dict:
+def _stored_message(model_name: str, made: StoredDecision, message: Message, mode: str) -> dict:
     return decision_message(model_name, made.tx, made.decision, made.score, made.model_version, made.reasons,
-                            made.decided_at, message, made.rule, made.rules_version)
+                            made.decided_at, message, made.rule, made.rules_version, mode)
 
 
 def _conflict(first: Transaction) -> str:

@@ -151,7 +151,7 @@ class ScorerService:
                 assigned = tuple(tp.partition for tp in self.consumer.assignment()
                                  if tp.topic == self.config.transactions_topic)
                 self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
-                                   self._kafka_cpu, assigned)
+                                   self._kafka_cpu, assigned, self._behind(polled))
                 self._kafka_cpu = 0.0
             elif not self.in_flight:
                 self.worker.request_status()  # model events while idle
@@ -170,6 +170,16 @@ class ScorerService:
         self._kafka_cpu += spent
         self.metrics.scoring_cpu.inc(spent)
         return [batch for batch in finished if batch.records]
+
+    def _behind(self, polled: dict) -> int:
+        """Messages behind the end of the partitions just read from, by the high watermarks the fetches brought
+        (no request): the overload governor's view of what is coming."""
+        behind = 0
+        for tp, records in polled.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                behind += max(highwater - records[-1].offset - 1, 0)
+        return behind
 
     def _ack_batches(self) -> None:
         """The acking thread: takes the scored batches from the worker in order, produces their decisions and
@@ -344,6 +354,7 @@ class ScorerService:
                 self.rules_refused = ""
         self.rules_version = scored.rules_version or self.rules_version
         self.metrics.model_behind_alias.set(scored.model_behind_seconds)
+        self.metrics.set_mode(scored.mode)
         self.metrics.shadow_scored.inc(scored.shadow_scored)
         self.metrics.shadow_cpu.inc(scored.shadow_cpu_seconds)
         self.metrics.scoring_cpu.inc(scored.shadow_cpu_seconds)

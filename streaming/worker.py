@@ -6,7 +6,7 @@ GIL. So the Kafka loop (service.py) hands each polled batch to this process and,
 produces the previous batch's decisions and waits for their acks. A batch comes back with its decisions
 already serialized; the Kafka side commits its offsets only after the decisions are acknowledged.
 
-Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds, partitions) -> Scored,
+Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds, partitions, lag) -> Scored,
 ("status",) -> Scored without decisions (model events while idle), ("stop",). If the Kafka side dies,
 the pipe closes and this process exits after the batch in hand.
 """
@@ -36,6 +36,7 @@ from fraudloop.models.store import Store
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.model import ModelHolder
+from fraudloop.streaming.overload import FULL, LEAN
 from fraudloop.streaming.rules_file import RulesFile
 from fraudloop.streaming.scorer import Message, Scorer
 from fraudloop.streaming.shared_state import SharedEvents
@@ -69,6 +70,7 @@ class Scored:
     shadow_scored: int = 0
     shadow_cpu_seconds: float = 0.0
     shadow_version: str = ""
+    mode: str = FULL  # the service mode the batch was scored in (streaming/overload.py)
 
 
 def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = None) -> FeatureState:
@@ -138,6 +140,7 @@ class ScoringCore:
         # hundreds of thousands of them shows up as a latency spike.
         gc.collect()
         gc.freeze()
+        self.governor = config.overload_governor()
         self._costs: dict[str, tuple[int, float]] = {}  # per model version, not yet in the store
         self._costs_written = time.monotonic()
 
@@ -145,9 +148,20 @@ class ScoringCore:
         self.events.append((event, version, self.model.refused.get(version, "")))
 
     def status(self) -> Scored:
+        """While idle: nothing waits and nothing is behind."""
         self.model.refresh()
         self.rules.refresh()
-        return self._report()
+        scored = self._report()
+        scored.mode = self._observe(0.0, 0)
+        return scored
+
+    def _observe(self, waited_ms: float, lag: int) -> str:
+        before = self.governor.mode
+        mode = self.governor.observe(waited_ms, lag, time.monotonic(), LEAN)
+        if mode != before:
+            log.warning("service mode %s (was %s): the oldest message waited %.0f ms, %d messages behind", mode,
+                        before, waited_ms, lag)
+        return mode
 
     def _report(self) -> Scored:
         """Model events since the last reply, and the version in use."""
@@ -164,7 +178,7 @@ class ScoringCore:
         """The last batch's new decisions scored again by the shadow model, on the very features the champion
         used, and stored under its version; never produced. A shadow that fails costs a log line, nothing more."""
         rows, self._pending = self._pending, []
-        if self.shadow is None or not rows:
+        if self.shadow is None or not rows or self.governor.mode != FULL:  # the first work shed under load
             return
         self.shadow.refresh()
         model = self.shadow.current
@@ -183,19 +197,25 @@ class ScoringCore:
         finally:
             self._shadow_work.shadow_cpu_seconds += time.process_time() - cpu
 
-    def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None) -> Scored:
+    def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
+              lag: int = 0) -> Scored:
+        """`lag`: messages behind the end of the partitions this batch was read from, when it was polled."""
         cpu = time.process_time()
         self.model.refresh()  # between batches: a swap never splits one
         model = self.model.current
         rules = self.rules.refresh()  # so is a new rules version
         messages = [Message(*fields) for fields in batch]
+        waited_ms = time.time() * 1000 - min((m.timestamp_ms for m in messages), default=time.time() * 1000)
+        mode = self._observe(waited_ms, lag)
         if self.shared:
             self.shared.apply_others(self.scorer.state)
-        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions, rules=rules)
+        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions, rules=rules,
+                                     mode=mode)
         self._pending = result.rows
         if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
             self.shared.publish([row.tx for row in result.rows], result.labels)
         scored = self._report()  # the model was refreshed before this batch
+        scored.mode = mode
         scored.decisions = [(source.partition, d["card_id"].encode(), orjson.dumps(d))
                             for source, d in zip(result.sources, result.decisions, strict=True)]
         self.scorer.clock.lap("serialize")
@@ -300,9 +320,11 @@ class ScoringProcess:
         self._sent = self._received = 0  # each counted by one thread only
         self.ready = self._reply()
 
-    def submit(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None) -> None:
-        """`partitions`: the transactions partitions assigned now (see Scorer.process)."""
-        self._connection.send(("score", batch, kafka_cpu_seconds, partitions))
+    def submit(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
+               lag: int = 0) -> None:
+        """`partitions`: the transactions partitions assigned now (see Scorer.process); `lag`: messages behind the
+        end of the partitions the batch was read from (see ScoringCore.score)."""
+        self._connection.send(("score", batch, kafka_cpu_seconds, partitions, lag))
         self._sent += 1
 
     def request_status(self) -> None:

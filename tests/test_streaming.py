@@ -101,9 +101,37 @@ def test_n_in_n_out_with_offline_identical_features_and_scores(broker, served, s
         message = decided[tx_id]
         assert abs(message["score"] - float(score)) <= 5e-7 + 1e-12 and message["model_version"] == "1"
         assert message["decision"] in {"approve", "review", "decline"}
-        assert (message["decision"] == "approve") == (message["reasons"] == [])
+        if message["mode"] == "full" or message["decision"] == "decline":  # lean: a review's reasons are shed
+            assert (message["decision"] == "approve") == (message["reasons"] == [])
         if message["reasons"]:
             assert message["reasons"][0]["feature"] in FEATURE_NAMES and message["reasons"][0]["contribution"] > 0
+
+
+def test_a_backlog_is_scored_lean_and_in_full_once_it_is_cleared(broker, served, small_history, tmp_path):
+    """A scorer started behind a backlog sheds optional work (streaming/overload.py) while it catches up, decides
+    every transaction once all the same, and returns to full service once nothing waits."""
+    registry, _, _ = served
+    stream = small_history.head(4_000)
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", batch_size=100,
+                           overload_lag=300, overload_recover_seconds=0.5)
+    send_transactions(broker.bootstrap, config.transactions_topic, stream)
+    with RunningScorer(config, registry) as service:
+        records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(stream))
+        mode = service.metrics.registry.get_sample_value
+        deadline = time.monotonic() + 20
+        while mode("fraud_scorer_mode", {"mode": "full"}) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert mode("fraud_scorer_mode", {"mode": "full"}) == 1 and mode("fraud_scorer_mode", {"mode": "lean"}) == 0
+    decided = decisions_by_id(records)
+    assert len(records) == len(decided) == len(stream)
+    by_mode = Counter(d["mode"] for d in decided.values())
+    assert by_mode["lean"] > 0, by_mode
+    for message in decided.values():
+        assert message["model_version"] == "1"
+        if message["decision"] == "decline" or message["mode"] == "full":
+            assert (message["decision"] != "approve") == (message["reasons"] != [])
+        else:
+            assert message["reasons"] == []
 
 
 def test_bad_messages_are_dead_lettered_with_reasons_and_counts_balance(broker, served, small_history, tmp_path):
