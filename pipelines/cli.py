@@ -258,6 +258,20 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 
+def cmd_benchmark_compression(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.benchmarks import compression as benchmark
+    from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
+
+    history = simulate(SimulationConfig(seed=args.seed), progress=not args.quiet)
+    result = benchmark.run(history, labels_of(history), f"the project's reference simulation (seed {args.seed})",
+                           progress=not args.quiet)
+    command = "fraudloop benchmark compression" + (f" --seed {args.seed}" if args.seed else "")
+    print(benchmark.to_markdown(result, command))
+    if args.record:
+        benchmark.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from fraudloop.pipelines.data.importer import Mapping, import_history
 
@@ -387,6 +401,21 @@ def cmd_benchmark_streaming(args: argparse.Namespace) -> None:
         f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag, default in
         (("messages", 30_000), ("repetitions", 5), ("sweeps", 3), ("point_seconds", 8.0))
         if getattr(args, flag) != default)
+    print(benchmark.to_markdown(outcome, command))
+    if args.record:
+        benchmark.record(outcome, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_benchmark_overload(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.benchmarks import overload as benchmark
+
+    if args.repetitions <= 0 or args.burst_seconds <= 0 or (args.slo_rate is not None and args.slo_rate <= 0):
+        raise ValueError("--repetitions, --burst-seconds and --slo-rate must be positive")
+    outcome = benchmark.run(repetitions=args.repetitions, slo_rate=args.slo_rate, burst_seconds=args.burst_seconds)
+    command = "fraudloop benchmark overload" + "".join(
+        f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag, default in
+        (("repetitions", 3), ("slo_rate", None), ("burst_seconds", 30.0)) if getattr(args, flag) != default)
     print(benchmark.to_markdown(outcome, command))
     if args.record:
         benchmark.record(outcome, args.record, command)
@@ -628,6 +657,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
+    b = bench.add_parser("compression", help="smaller model variants on the reference protocol: AP and CP@100 "
+                                             "against µs a row compiled and model size; the Pareto choice")
+    b.add_argument("--seed", type=int, default=0, help="reference simulation seed (default: 0)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_benchmark_compression)
     b = bench.add_parser("retraining", help="gates and drift monitor on simulated worlds: false and true "
                                             "promotions, false alarms, detection delay, AP recovered")
     b.add_argument("--seeds", type=int, default=20, help="worlds for the promotion trials (default: 20)")
@@ -653,6 +688,13 @@ def parser() -> argparse.ArgumentParser:
                                                                     "(default: 8)")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_streaming)
+    b = bench.add_parser("overload", help="a burst through the real broker and scorer, with shedding and without: "
+                                          "p99 in the burst and seconds to recover, in interleaved repetitions")
+    b.add_argument("--repetitions", type=int, default=3, help="repetitions of each burst and scorer (default: 3)")
+    b.add_argument("--slo-rate", type=float, help="the scorer's SLO rate, msg/s (default: benchmarks/streaming.json's)")
+    b.add_argument("--burst-seconds", type=float, default=30.0, help="seconds of the burst (default: 30)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.set_defaults(func=cmd_benchmark_overload)
 
     p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")
     p.add_argument("--port", type=int, default=9092)

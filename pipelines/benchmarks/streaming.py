@@ -60,7 +60,7 @@ from fraudloop.models.store import Store
 from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.data.backfill import backfill
 from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
-from fraudloop.pipelines.retraining.train import BuildConfig, build_model
+from fraudloop.pipelines.retraining.train import BuildConfig, BuildResult, build_model
 from fraudloop.streaming import compiled
 from fraudloop.streaming.broker import create_topics, start_broker
 from fraudloop.streaming.config import CONSUMER_DEFAULTS, ScorerConfig
@@ -94,6 +94,7 @@ class Run:
     offered: float | None = None
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU microseconds a message, by process
     stages_us: dict[str, float] = field(default_factory=dict)  # the worker's scoring thread, by stage (scorer)
+    modes: list[str] = field(default_factory=list)  # the service mode each message was scored in (scorer)
 
     @property
     def throughput(self) -> float:
@@ -133,10 +134,27 @@ class CpuMeter:
         return {name: (spent - self.started[name]) / messages * 1e6 for name, spent in self._now().items()}
 
 
-def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float | None = None,
-             cpu_us=None, tick: float = 0.01) -> None:
-    """Send `messages` (serialized already), at `rate` a second if given: every `tick` seconds, whatever is due, in
-    one flush. Each message is stamped when sent. `cpu_us`: a shared value receiving this process's CPU µs a message.
+def due(elapsed: float, schedule: Sequence[tuple[int, float]]) -> int:
+    """Messages due `elapsed` seconds in: each (count, seconds) segment of the schedule sends its count evenly over
+    its seconds, the first at its start (0 seconds: all at once)."""
+    total, start = 0, 0.0
+    for count, seconds in schedule:
+        if elapsed < start:
+            break
+        total += count if seconds <= 0 else min(count, int((elapsed - start) * count / seconds) + 1)
+        start += seconds
+    return total
+
+
+def steady(n: int, rate: float) -> list[tuple[int, float]]:
+    return [(n, n / rate)]
+
+
+def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]],
+             schedule: Sequence[tuple[int, float]] | None = None, cpu_us=None, tick: float = 0.01) -> None:
+    """Send `messages` (serialized already), on `schedule` if given (see `due`; else at once): every `tick` seconds,
+    whatever is due, in one flush. Each message is stamped when sent. `cpu_us`: a shared value receiving this
+    process's CPU µs a message.
 
     Why ticks: kafka-python's sender thread costs ~300 µs of CPU per loop and loops about five times per request,
     so one request per message would cost the generator ~1.5 ms a message at low rates (measured), taking the
@@ -145,13 +163,14 @@ def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], ra
     producer.partitions_for(topic)  # metadata before the clock starts, or the first sends go out as a burst
     cpu, started, sent = time.process_time(), time.monotonic(), 0
     while sent < len(messages):
-        due = len(messages) if not rate else min(len(messages), int((time.monotonic() - started) * rate) + 1)
-        for key, value in messages[sent:due]:
-            producer.send(topic, key=key, value=value)
-        sent = due
-        if rate and sent < len(messages):
+        now = min(len(messages), due(time.monotonic() - started, schedule)) if schedule else len(messages)
+        if now > sent:
+            for key, value in messages[sent:now]:
+                producer.send(topic, key=key, value=value)
+            sent = now
             producer.flush()
-            time.sleep(max(started + sent / rate - time.monotonic(), tick))
+        if sent < len(messages):
+            time.sleep(tick)
     producer.flush()
     if cpu_us is not None:
         cpu_us.value = (time.process_time() - cpu) / len(messages) * 1e6
@@ -169,10 +188,11 @@ def _paced(*args) -> None:
 class PacedProducer:
     """The load generator in a process of its own (spawned: it inherits nothing of this one's heap)."""
 
-    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float) -> None:
+    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]],
+                 schedule: Sequence[tuple[int, float]]) -> None:
         context = multiprocessing.get_context("spawn")
         self.cpu_us = context.Value("d", math.nan)
-        self.process = context.Process(target=_paced, args=(bootstrap, topic, messages, rate, self.cpu_us))
+        self.process = context.Process(target=_paced, args=(bootstrap, topic, messages, schedule, self.cpu_us))
 
     def start(self) -> None:
         self.process.start()
@@ -245,7 +265,7 @@ def pass_through(bootstrap: str, topic: str, out: str, n: int, commit_interval_m
 
 def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
     """The real loop of ScorerService.run(), timed: from the first record polled to the last batch committed."""
-    latencies, sent, done, first = [], [], 0, None
+    latencies, sent, modes, done, first = [], [], [], 0, None
     last_progress = time.monotonic()
     while done < n:
         finished = service.step()
@@ -258,8 +278,9 @@ def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
             first = batch.polled_at if first is None else min(first, batch.polled_at)
             latencies.extend(batch.acked_ms - r.timestamp for r in batch.records)
             sent.extend(r.timestamp for r in batch.records)
+            modes.extend([batch.scored.mode] * len(batch.records))
             done += len(batch.records)
-    return Run(SCORER, done, time.perf_counter() - first, np.array(latencies), np.array(sent))
+    return Run(SCORER, done, time.perf_counter() - first, np.array(latencies), np.array(sent), modes=modes)
 
 
 def naive(bootstrap: str, topic: str, out: str, n: int, model, state: FeatureState) -> Run:
@@ -352,12 +373,13 @@ class Bench:
         create_topics(self.boot, [f"{name}-in", f"{name}-out"], partitions=3)
         return name
 
-    def _service(self, name: str) -> ScorerService:
+    def _service(self, name: str, **settings) -> ScorerService:
         shutil.copyfile(self.warm_store, self.work / f"{name}.db")
         config = ScorerConfig(bootstrap_servers=self.boot, transactions_topic=f"{name}-in", group_id=name,
                               labels_topic=f"{name}-labels", decisions_topic=f"{name}-out",
                               dead_letter_topic=f"{name}-dlq", labels_dead_letter_topic=f"{name}-labels-dlq",
-                              store_url=f"sqlite:///{self.work / name}.db", batch_size=BATCH, rules_file=str(RULES))
+                              store_url=f"sqlite:///{self.work / name}.db", batch_size=BATCH, rules_file=str(RULES),
+                              **settings)
         create_topics(self.boot, config.topics, partitions=3)
         service = ScorerService(config, self.registry)
         _join(service.consumer)  # the group is joined and partitions assigned before the clock starts
@@ -386,11 +408,25 @@ class Bench:
         run.cpu_us = meter.per_message(n)
         return run
 
+    def scheduled(self, schedule: Sequence[tuple[int, float]], **settings) -> Run:
+        """The scorer (with `settings`) on input sent on `schedule` (see `due`); nothing left out as warm-up."""
+        name = self._topic(SCORER)
+        n = sum(count for count, _ in schedule)
+        producer = PacedProducer(self.boot, f"{name}-in", self.messages[:n], schedule)
+        service = self._service(name, **settings)
+        producer.start()
+        try:
+            run = scorer(service, n)
+        finally:
+            service.close()
+        run.cpu_us["generator"] = producer.join()
+        return run
+
     def paced(self, mode: str, rate: float, seconds: float) -> Run:
         """`seconds` of input at `rate`, after WARMUP_SECONDS whose latencies are not counted."""
         name = self._topic(mode)
         n = min(len(self.messages), max(200, int(rate * (seconds + WARMUP_SECONDS))))
-        producer = PacedProducer(self.boot, f"{name}-in", self.messages[:n], rate)
+        producer = PacedProducer(self.boot, f"{name}-in", self.messages[:n], steady(n, rate))
         if mode == PASS:
             meter = CpuMeter(broker=self.broker_pid, kafka=os.getpid())
             with _switch_interval(SWITCH_INTERVAL):
@@ -425,39 +461,64 @@ def _switch_interval(seconds: float) -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
-def run(n: int = 30_000, naive_n: int = 1_500, repetitions: int = 5, sweeps: int = 3, point_seconds: float = 8.0,
-        fractions: Sequence[float] = FRACTIONS, seed: int = 0) -> dict:
-    started = time.perf_counter()
+@dataclass
+class Setup:
+    """A compiled champion and a store warmed by a simulated history up to its last transactions, which are the
+    stream (serialized), in files under `work`."""
+
+    work: Path
+    registry: RegistryConfig
+    history: pd.DataFrame
+    known: pd.DataFrame  # the labels known when the stream starts
+    warm_end: int  # the stream's first row in `history`
+    built: BuildResult
+    warm_store: Path
+    messages: list[tuple[bytes, bytes]]
+
+
+def prepare(n: int, seed: int = 0) -> Setup:
+    """The champion trained on all but the last `n` transactions, compiled (served so from the first batch, as after
+    a restart), and the scorer's store backfilled with them (its worker rebuilds its state from it)."""
     work = Path(tempfile.mkdtemp(prefix="fraudloop-bench-"))
     registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
                               artifact_root=(work / "artifacts").as_uri())
     history = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=56, seed=seed), progress=False)
     labels = labels_of(history)
-    warm_end = len(history) - n - naive_n  # everything before the benchmarked stream warms the feature state
+    if n >= len(history) // 2:
+        raise ValueError(f"{n:,} messages: the simulated history holds {len(history):,}; ask for fewer")
+    warm_end = len(history) - n  # everything before the benchmarked stream warms the feature state
     built = build_model(history.iloc[:warm_end], labels[labels["known_at"] <= history["time"].iloc[warm_end - 1]],
                         registry, BuildConfig(train_days=21), progress=False)
     set_alias(registry, CHAMPION, built.model.version)
     past = history.iloc[:warm_end]
     known = labels[labels["known_at"] <= past["time"].max()]
-    # The scorer's worker rebuilds its feature state from the store, as after any restart: backfill it.
     warm_store = work / "warm.db"
     store = Store(f"sqlite:///{warm_store}")
     backfill(store, past, compute_features(past, known), known)
     store.close()
+    compiling = compiled.start(built.booster)
+    while not compiling.done():
+        time.sleep(0.1)
+    compiling.result(built.booster)
+    messages = [(tx.card_id.encode(), orjson.dumps(transaction_record(tx)))
+                for tx in transactions_of(history.iloc[warm_end:])]
+    return Setup(work, registry, history, known, warm_end, built, warm_store, messages)
+
+
+def run(n: int = 30_000, naive_n: int = 1_500, repetitions: int = 5, sweeps: int = 3, point_seconds: float = 8.0,
+        fractions: Sequence[float] = FRACTIONS, seed: int = 0) -> dict:
+    started = time.perf_counter()
+    setup = prepare(n + naive_n, seed)
+    work, registry, history, known, warm_end, built, messages = (
+        setup.work, setup.registry, setup.history, setup.known, setup.warm_end, setup.built, setup.messages)
     warm = FeatureState()  # the naive consumer's, warmed the same way; each repetition gets a copy
-    for _ in replay(warm, transactions_of(past), labels_in_order(known)):
+    for _ in replay(warm, transactions_of(history.iloc[:warm_end]), labels_in_order(known)):
         pass
     naive_state = pickle.dumps(warm)
     del warm
     naive_model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@{CHAMPION}")
 
-    compiling = compiled.start(built.booster)  # served compiled from the first batch, as after a restart
-    while not compiling.done():
-        time.sleep(0.1)
-    compiling.result(built.booster)
-
     stream = history.iloc[warm_end:]
-    messages = [(tx.card_id.encode(), orjson.dumps(transaction_record(tx))) for tx in transactions_of(stream)]
     streamed = compute_features(history.iloc[:warm_end + n], known, progress=False).to_numpy()[warm_end:]
     policy = policy_cost(streamed, built.booster.predict(streamed, num_threads=1), stream["card_id"].tolist()[:n],
                          stream["terminal_id"].tolist()[:n], parse(RULES.read_text(), str(RULES)))
@@ -467,7 +528,7 @@ def run(n: int = 30_000, naive_n: int = 1_500, repetitions: int = 5, sweeps: int
     curve: list[list[tuple[Run, Run]]] = []  # per sweep, per rate: (pass-through, scorer)
     at_half: list[tuple[Run, Run]] = []
     with start_broker() as broker:
-        bench = Bench(work, broker.bootstrap, broker.process.pid, registry, warm_store, messages)
+        bench = Bench(work, broker.bootstrap, broker.process.pid, registry, setup.warm_store, messages)
         for rep in range(repetitions):
             backlog[PASS].append(bench.backlog(PASS, n))
             backlog[SCORER].append(bench.backlog(SCORER, n))
