@@ -60,8 +60,7 @@ class ScorerMetrics:
                                   "(included in fraud_scoring_cpu_seconds)", registry=r)
         self.shadow_version = Gauge("fraud_shadow_model_version", "Shadow model version (0: none)", registry=r)
         self.mode = Gauge("fraud_scorer_mode", "The service mode (1 for the one in force): full; lean (no shadow "
-                          "scoring, reasons for declines only); compressed (also the version's compressed model)",
-                          ["mode"], registry=r)
+                          "scoring, reasons for declines only)", ["mode"], registry=r)
         self.set_mode(FULL)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
         for outcome in (APPROVE, REVIEW, DECLINE):

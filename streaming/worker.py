@@ -36,7 +36,7 @@ from fraudloop.models.store import Store
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.model import ModelHolder
-from fraudloop.streaming.overload import FULL, LEAN
+from fraudloop.streaming.overload import FULL
 from fraudloop.streaming.rules_file import RulesFile
 from fraudloop.streaming.scorer import Message, Scorer
 from fraudloop.streaming.shared_state import SharedEvents
@@ -157,7 +157,7 @@ class ScoringCore:
 
     def _observe(self, waited_ms: float, lag: int) -> str:
         before = self.governor.mode
-        mode = self.governor.observe(waited_ms, lag, time.monotonic(), LEAN)
+        mode = self.governor.observe(waited_ms, lag, time.monotonic())
         if mode != before:
             log.warning("service mode %s (was %s): the oldest message waited %.0f ms, %d messages behind", mode,
                         before, waited_ms, lag)

@@ -7,15 +7,15 @@ import numpy as np
 from fraudloop.models.features import FEATURE_NAMES, N_FEATURES
 from fraudloop.models.schema import Transaction
 from fraudloop.streaming.model import ServingModel
-from fraudloop.streaming.overload import COMPRESSED, FULL, LEAN, Budget, Governor
+from fraudloop.streaming.overload import FULL, LEAN, Budget, Governor
 
 from tests.test_scoring_core import NOW, T0, Feed, make_scorer
 
 BUDGET = Budget(wait_ms=100, lag=1_000, escalate_seconds=0.5, recover_seconds=2.0)
 
 
-def run(governor: Governor, observations: list[tuple[float, float, int]], deepest: str = COMPRESSED) -> list[str]:
-    return [governor.observe(wait, lag, at, deepest) for at, wait, lag in observations]
+def run(governor: Governor, observations: list[tuple[float, float, int]]) -> list[str]:
+    return [governor.observe(wait, lag, at) for at, wait, lag in observations]
 
 
 def test_one_stall_does_not_shed_anything():
@@ -23,21 +23,19 @@ def test_one_stall_does_not_shed_anything():
     assert modes == [FULL] * 4
 
 
-def test_a_sustained_overload_sheds_one_step_at_a_time_and_the_backlog_cleared_restores_full_service():
+def test_a_sustained_overload_sheds_and_the_backlog_cleared_restores_full_service():
     governor = Governor(BUDGET)
-    over = [(t / 10, 150, 0) for t in range(0, 12)]  # 1.1 s over the wait budget
-    modes = run(governor, over)
-    assert modes[:5] == [FULL] * 5 and modes[5] == LEAN and modes[-1] == COMPRESSED
+    modes = run(governor, [(t / 10, 150, 0) for t in range(0, 12)])  # 1.1 s over the wait budget
+    assert modes[:5] == [FULL] * 5 and modes[5:] == [LEAN] * 7
     # between half the budget and the budget: the mode holds, however long
-    assert set(run(governor, [(1.2 + t / 10, 70, 600) for t in range(40)])) == {COMPRESSED}
+    assert set(run(governor, [(1.2 + t / 10, 70, 600) for t in range(40)])) == {LEAN}
     calm = run(governor, [(5.2 + t / 10, 10, 100) for t in range(25)])
-    assert calm[:20] == [COMPRESSED] * 20 and calm[20:] == [FULL] * 5  # 2 s under half of both budgets
+    assert calm[:20] == [LEAN] * 20 and calm[20:] == [FULL] * 5  # 2 s under half of both budgets
+    assert run(governor, [(8.0, 120, 0), (8.4, 120, 0), (8.5, 120, 0)]) == [FULL, FULL, LEAN]  # and again
 
 
-def test_lag_alone_counts_and_the_deepest_mode_is_what_the_served_version_allows():
-    governor = Governor(BUDGET)
-    modes = run(governor, [(t / 10, 0, 5_000) for t in range(30)], deepest=LEAN)
-    assert modes[-1] == LEAN and COMPRESSED not in modes
+def test_lag_alone_counts():
+    assert run(Governor(BUDGET), [(t / 10, 0, 5_000) for t in range(10)])[-1] == LEAN
 
 
 def test_shedding_switched_off_is_full_service_always():
