@@ -65,8 +65,9 @@ class ScorerConfig(BaseSettings):
     model_grace_seconds: float = 120.0  # the alias may name a version not served this long before it is reported
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
     shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
-    # Graceful overload (streaming/overload.py): shed optional work in a fixed order while a batch's oldest message
-    # waited longer than overload_wait_ms or more than overload_lag messages are behind; full service once caught up.
+    # Graceful overload (streaming/overload.py): shed optional work (shadow scoring, reviews' reasons) while a batch's
+    # oldest message waited longer than overload_wait_ms or more than overload_lag messages are behind; full service
+    # once caught up.
     overload_shedding: bool = True
     overload_wait_ms: float = Field(100.0, gt=0)
     overload_lag: int = Field(2_000, gt=0)
