@@ -1,5 +1,6 @@
 """Overload benchmark: a burst through the real broker and the real scorer, with shedding (streaming/overload.py) and
-without, interleaved.
+without, interleaved with the pass-through (kafka-python and the broker alone, as in the streaming benchmark) under
+the same load: what the machine does after a burst, the scorer aside.
 
 Two shapes of burst, each between a calm before and a calm after at half the scorer's SLO rate (recorded by
 `fraudloop benchmark streaming` in benchmarks/streaming.json, or given):
@@ -25,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 from fraudloop.pipelines.benchmarks import write_record
-from fraudloop.pipelines.benchmarks.streaming import SLO_MS, Bench, Run, _range, _say, prepare, spread
+from fraudloop.pipelines.benchmarks.streaming import PASS, SCORER, SLO_MS, Bench, Run, _range, _say, prepare, spread
 from fraudloop.streaming.broker import start_broker
 
 SHAPES = ("burst", "surge")
 SHEDDING, FULL_ONLY = "shedding", "no shedding"
+VARIANTS = (PASS, SHEDDING, FULL_ONLY)
 RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "streaming.json"
 
 
@@ -76,7 +78,7 @@ def measure(run: Run, segments: Sequence[tuple[int, float]]) -> dict:
     burst = phase == 1
     end_ms = float(run.sent_ms[burst].max())
     before = (phase == 0) & (run.sent_ms >= run.sent_ms.min() + 2_000)  # the first 2 s warm the consumer up
-    modes = Counter(mode for mode, in_burst in zip(run.modes, burst, strict=True) if in_burst)
+    modes = Counter(mode for mode, in_burst in zip(run.modes or ["none"] * len(burst), burst, strict=True) if in_burst)
     calm_p99 = float(np.percentile(run.latencies_ms[before], 99))
     return {
         "before_p99_ms": calm_p99,
@@ -97,14 +99,16 @@ def run(repetitions: int = 3, slo_rate: float | None = None, burst_seconds: floa
     slo_rate = slo_rate or recorded_slo_rate()
     shapes = {shape: schedule(shape, slo_rate, burst_seconds, calm_seconds) for shape in SHAPES}
     setup = prepare(max(sum(c for c, _ in segments) for segments in shapes.values()), seed)
-    results: dict[str, dict[str, list[dict]]] = {shape: {SHEDDING: [], FULL_ONLY: []} for shape in SHAPES}
+    results: dict[str, dict[str, list[dict]]] = {shape: {variant: [] for variant in VARIANTS} for shape in SHAPES}
     with start_broker() as broker:
         bench = Bench(setup.work, broker.bootstrap, broker.process.pid, setup.registry, setup.warm_store,
                       setup.messages)
         for rep in range(repetitions):
             for shape, segments in shapes.items():
-                for variant in (SHEDDING, FULL_ONLY) if rep % 2 == 0 else (FULL_ONLY, SHEDDING):
-                    result = measure(bench.scheduled(segments, overload_shedding=variant == SHEDDING), segments)
+                for variant in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:  # each first in turn
+                    settings = {} if variant == PASS else {"overload_shedding": variant == SHEDDING}
+                    result = measure(bench.scheduled(PASS if variant == PASS else SCORER, segments, **settings),
+                                     segments)
                     results[shape][variant].append(result)
                     _say(f"{rep + 1}/{repetitions} {shape}, {variant}: p99 {result['burst_p99_ms']:,.0f} ms in the "
                          f"burst, back under {SLO_MS:.0f} ms after {result['recover_seconds']} s; modes "
@@ -150,19 +154,20 @@ def to_json(outcome: dict, command: str) -> dict:
 
 def to_markdown(outcome: dict, command: str) -> str:
     data = to_json(outcome, command)
-    rows = ["| burst | scorer | p99 before, ms | p99 in the burst, ms | worst in the burst, ms | seconds to p99 < "
+    rows = ["| burst | consumer | p99 before, ms | p99 in the burst, ms | worst in the burst, ms | seconds to p99 < "
             "50 ms after it | seconds to the p99 before | burst scored lean |", "|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
-        for variant in (SHEDDING, FULL_ONLY):
+        for variant in VARIANTS:
             runs = outcome["results"][shape][variant]
             recovered = _recovered([r["recover_seconds"] for r in runs])
             to_calm = _recovered([r["recover_to_calm_seconds"] for r in runs])
             lean = [r["burst_modes"].get("lean", 0.0) for r in runs]
-            rows.append(f"| {shape} | {variant} | {_range([r['before_p99_ms'] for r in runs], ',.1f')} | "
+            scorer = f"scorer, {variant}" if variant != PASS else PASS
+            rows.append(f"| {shape} | {scorer} | {_range([r['before_p99_ms'] for r in runs], ',.1f')} | "
                         f"{_range([r['burst_p99_ms'] for r in runs], ',.1f')} | "
                         f"{_range([r['burst_max_ms'] for r in runs], ',.0f')} | {_range(recovered, '.0f')} | "
-                        f"{_range(to_calm, '.0f')} | {_range(lean, '.0%')} |")
-    slo, burst = outcome["slo_rate"], data["burst"][SHEDDING]
+                        f"{_range(to_calm, '.0f')} | {_range(lean, '.0%') if variant != PASS else '–'} |")
+    slo, burst, baseline = outcome["slo_rate"], data["burst"][SHEDDING], data["burst"][PASS]
     return "\n".join([
         "# Overload: a burst with and without shedding (real broker, interleaved)",
         "",
@@ -174,7 +179,8 @@ def to_markdown(outcome: dict, command: str) -> str:
         f"{slo:,.0f} msg/s, as benchmarks/streaming.json records it), the burst, then {outcome['calm_seconds'][1]:.0f}"
         f" s at {slo / 2:,.0f} msg/s again. *burst*: {outcome['burst_seconds']:.0f} s at {2 * slo:,.0f} msg/s (twice "
         f"the SLO rate); *surge*: the same {int(2 * slo * outcome['burst_seconds']):,} messages sent at once. "
-        f"{outcome['repetitions']} repetitions, the two scorers in alternating order. *Seconds to p99 < 50 ms*: from "
+        f"{outcome['repetitions']} repetitions, the pass-through and the two scorers each first in turn. *Seconds to "
+        "p99 < 50 ms*: from "
         "the burst's last message sent to the first whole second after it from which the p99 of every message sent "
         "later is under 50 ms (inf: not within the run's last 5 s); *to the p99 before*: the same, under the larger "
         "of 50 ms and the run's p99 before the burst (where the calm itself misses the SLO, the first cannot tell a "
@@ -185,7 +191,9 @@ def to_markdown(outcome: dict, command: str) -> str:
         "",
         "Target: after a 2x burst, p99 back under 50 ms within 10 s of its end, with shedding. Measured (median): "
         + _seconds(burst["recover_seconds_median"]) + " to under 50 ms, " + _seconds(
-            burst["recover_to_calm_seconds_median"]) + " to the p99 before the burst.",
+            burst["recover_to_calm_seconds_median"]) + " to the p99 before the burst; the pass-through, under the same "
+        "load: " + _seconds(baseline["recover_seconds_median"]) + " and " + _seconds(
+            baseline["recover_to_calm_seconds_median"]) + ".",
         "",
     ])
 

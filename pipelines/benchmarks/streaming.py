@@ -408,17 +408,23 @@ class Bench:
         run.cpu_us = meter.per_message(n)
         return run
 
-    def scheduled(self, schedule: Sequence[tuple[int, float]], **settings) -> Run:
-        """The scorer (with `settings`) on input sent on `schedule` (see `due`); nothing left out as warm-up."""
-        name = self._topic(SCORER)
+    def scheduled(self, mode: str, schedule: Sequence[tuple[int, float]], **settings) -> Run:
+        """`mode` (the scorer with `settings`, or the pass-through) on input sent on `schedule` (see `due`); nothing
+        left out as warm-up."""
+        name = self._topic(mode)
         n = sum(count for count, _ in schedule)
         producer = PacedProducer(self.boot, f"{name}-in", self.messages[:n], schedule)
-        service = self._service(name, **settings)
-        producer.start()
-        try:
-            run = scorer(service, n)
-        finally:
-            service.close()
+        if mode == PASS:
+            with _switch_interval(SWITCH_INTERVAL):
+                run = pass_through(self.boot, f"{name}-in", f"{name}-out", n, self.commit_interval_ms,
+                                   start=producer.start)
+        else:
+            service = self._service(name, **settings)
+            producer.start()
+            try:
+                run = scorer(service, n)
+            finally:
+                service.close()
         run.cpu_us["generator"] = producer.join()
         return run
 
