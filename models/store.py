@@ -37,6 +37,8 @@ decisions = sa.Table(
     # The message's own amount and currency (null: the reference currency, as rows written before conversion)
     sa.Column("currency", sa.String(3), nullable=True),
     sa.Column("original_amount_cents", sa.BigInteger, nullable=True),
+    # The scorer's service mode when it decided (streaming/overload.py; null: full, as rows written before modes)
+    sa.Column("mode", sa.String(16), nullable=True),
 )
 # One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
 labels = sa.Table(
@@ -79,6 +81,7 @@ class DecisionRow:
     reasons: Sequence[dict] = ()
     rule: str = "model"
     rules_version: str = "none"
+    mode: str = "full"  # the scorer's service mode (streaming/overload.py): a `lean` review has no reasons
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,7 @@ class StoredDecision:
     reasons: list[dict]
     rule: str = "model"
     rules_version: str = "none"
+    mode: str = "full"
 
 
 def default_url() -> str:
@@ -135,7 +139,7 @@ class Store:
                     (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
                      r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at,
                      orjson.dumps(list(r.reasons)).decode(), r.rule, r.rules_version, r.tx.currency,
-                     r.tx.original_cents)
+                     r.tx.original_cents, r.mode)
                     for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
                                   "known_at": lb.known_at} for lb in new_labels])
@@ -185,7 +189,7 @@ class Store:
             for start in range(0, len(transaction_ids), 500):
                 query = sa.select(c.transaction_id, c.card_id, c.terminal_id, c.event_time, c.amount_cents, c.score,
                                   c.decision, c.model_version, c.decided_at, c.reasons, c.rule,
-                                  c.rules_version, c.currency, c.original_amount_cents).where(
+                                  c.rules_version, c.currency, c.original_amount_cents, c.mode).where(
                     c.transaction_id.in_(transaction_ids[start:start + 500]))
                 for r in db.execute(query):
                     tx = Transaction(r[0], r[1], r[2], float(r[3]), int(r[4]), r[12] or REFERENCE_CURRENCY,
@@ -193,7 +197,7 @@ class Store:
                     found[r[0]] = StoredDecision(tx,
                                                  None if r[5] is None else float(r[5]), r[6], r[7], float(r[8]),
                                                  orjson.loads(r[9]) if r[9] else [], r[10] or "model",
-                                                 r[11] or "none")
+                                                 r[11] or "none", r[14] or "full")
         return found
 
     def insert(self, db: sa.Connection, decision_records: list[dict], label_records: list[dict]) -> None:

@@ -65,9 +65,10 @@ class ScorerConfig(BaseSettings):
     model_grace_seconds: float = 120.0  # the alias may name a version not served this long before it is reported
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
     shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
-    # Graceful overload (streaming/overload.py): shed optional work (shadow scoring, reviews' reasons) while a batch's
-    # oldest message waited longer than overload_wait_ms or more than overload_lag messages are behind; full service
-    # once caught up.
+    # Graceful overload (streaming/overload.py): shed optional work (shadow scoring, reviews' reasons; never a
+    # transaction) once, for 0.5 s on end, a batch's oldest transaction waited longer than overload_wait_ms or more
+    # than overload_lag transactions were behind the partitions just read (not fraud_consumer_lag: that one is every
+    # assigned partition, both topics); full service after overload_recover_seconds under half of both.
     overload_shedding: bool = True
     overload_wait_ms: float = Field(100.0, gt=0)
     overload_lag: int = Field(2_000, gt=0)
@@ -105,7 +106,7 @@ class ScorerConfig(BaseSettings):
                                self.partition_skew_seconds)
 
     def overload_governor(self) -> Governor:
-        return Governor(Budget(self.overload_wait_ms, self.overload_lag, recover_seconds=self.overload_recover_seconds),
+        return Governor(Budget(self.overload_wait_ms, self.overload_lag, self.overload_recover_seconds),
                         enabled=self.overload_shedding)
 
     def dead_letter_topic_for(self, source_topic: str) -> str:

@@ -56,6 +56,8 @@ class ScorerMetrics:
                                        "read again from the start", registry=r)
         self.shadow_scored = Counter("fraud_shadow_scored", "Transactions also scored by the shadow model "
                                      "(never decisions)", registry=r)
+        self.shadow_shed = Counter("fraud_shadow_shed", "Decisions the shadow model did not score: shed under load "
+                                   "(fraud_scorer_mode lean)", registry=r)
         self.shadow_cpu = Counter("fraud_shadow_cpu_seconds", "CPU seconds the worker spent on shadow scoring "
                                   "(included in fraud_scoring_cpu_seconds)", registry=r)
         self.shadow_version = Gauge("fraud_shadow_model_version", "Shadow model version (0: none)", registry=r)

@@ -160,7 +160,7 @@ class Scorer:
         if result.rows or result.labels or costs:
             inserted = self.store.write(result.rows, result.labels, costs)
             if inserted < len(result.rows):
-                self._reconcile(result, model.name, mode)
+                self._reconcile(result, model.name)
         clock.lap("store")
         return result
 
@@ -202,7 +202,7 @@ class Scorer:
         made = stored.get(tx.transaction_id)
         if made is not None:  # decided in an earlier batch: that decision stands, however late the copy
             if made.tx == tx:
-                result.decide(_stored_message(batch.model_name, made, message, batch.mode), message)
+                result.decide(_stored_message(batch.model_name, made, message), message)
                 result.replayed += 1
             else:
                 result.dead_letters.append(DeadLetter(message, _conflict(made.tx)))
@@ -259,7 +259,7 @@ class Scorer:
             result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message,
                                            by_rule[j], rules.version, batch.mode), message)
             result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why, by_rule[j],
-                                           rules.version))
+                                           rules.version, batch.mode))
         for message, tx_id in batch.copies:
             if tx_id not in index:  # its first copy could not be scored either
                 result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: its first copy in the batch failed"))
@@ -283,7 +283,7 @@ class Scorer:
             log.error("reasons could not be computed for %d decisions: %r", len(flagged), error)
             return {}
 
-    def _reconcile(self, result: BatchResult, model_name: str, mode: str) -> None:
+    def _reconcile(self, result: BatchResult, model_name: str) -> None:
         """Some new decisions' ids were in the store already (written by another instance, or longer ago than
         the state remembers): the stored decision stands. A redelivery gets it; other content is dead-lettered."""
         stored = self.store.decisions_for([row.tx.transaction_id for row in result.rows])
@@ -302,7 +302,7 @@ class Scorer:
             log.warning("transaction %s was decided before (%s, version %s): that decision stands", tx_id,
                         made.decision, made.model_version)
             if made.tx == ours[tx_id].tx:
-                result.decide(_stored_message(model_name, made, source, mode), source)
+                result.decide(_stored_message(model_name, made, source), source)
                 result.replayed += 1
             else:
                 result.dead_letters.append(DeadLetter(source, _conflict(made.tx)))
@@ -356,8 +356,7 @@ def decision_message(model_name: str, tx: Transaction, decision: str, score: flo
                      reasons: list, decided_at: float, message: Message, rule: str, rules_version: str,
                      mode: str) -> dict:
     """`rule`: what decided (a rule's name, a list, or `model` for the version's thresholds); `rules_version`: the
-    rules file in force; `mode`: the service mode this message was produced in (a reason-less review in `lean`
-    mode had its reasons shed)."""
+    rules file in force; `mode`: the service mode the decision was made in (a review made `lean` has no reasons)."""
     return {
         "schema_version": 1,
         "transaction_id": tx.transaction_id,
@@ -375,9 +374,9 @@ def decision_message(model_name: str, tx: Transaction, decision: str, score: flo
     }
 
 
-def _stored_message(model_name: str, made: StoredDecision, message: Message, mode: str) -> dict:
+def _stored_message(model_name: str, made: StoredDecision, message: Message) -> dict:
     return decision_message(model_name, made.tx, made.decision, made.score, made.model_version, made.reasons,
-                            made.decided_at, message, made.rule, made.rules_version, mode)
+                            made.decided_at, message, made.rule, made.rules_version, made.mode)
 
 
 def _conflict(first: Transaction) -> str:

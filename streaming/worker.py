@@ -66,8 +66,10 @@ class Scored:
     rules_events: list[tuple[str, str, str]] = field(default_factory=list)  # (loaded | refused, version, detail)
     rules_version: str = ""
     # Shadow scoring since the last reply. It runs after a batch's reply, so it never delays that batch's
-    # decisions; under a backlog the next batch waits for it (its CPU is metered for that reason).
+    # decisions; under a backlog the next batch waits for it (its CPU is metered for that reason), until the
+    # scorer goes lean and sheds it.
     shadow_scored: int = 0
+    shadow_shed: int = 0  # decisions not scored by the shadow: shed under load (streaming/overload.py)
     shadow_cpu_seconds: float = 0.0
     shadow_version: str = ""
     mode: str = FULL  # the service mode the batch was scored in (streaming/overload.py)
@@ -159,8 +161,8 @@ class ScoringCore:
         before = self.governor.mode
         mode = self.governor.observe(waited_ms, lag, time.monotonic())
         if mode != before:
-            log.warning("service mode %s (was %s): the oldest message waited %.0f ms, %d messages behind", mode,
-                        before, waited_ms, lag)
+            log.log(logging.INFO if mode == FULL else logging.WARNING, "service mode %s (was %s): the oldest "
+                    "message waited %.0f ms, %d messages behind", mode, before, waited_ms, lag)
         return mode
 
     def _report(self) -> Scored:
@@ -171,14 +173,18 @@ class ScoringCore:
         return Scored(model_events=events, model_version=version, rules_events=self.rules.take_events(),
                       rules_version=self.rules.current.version,
                       model_behind_seconds=self.model.behind_alias(self.config.model_grace_seconds),
-                      shadow_scored=shadow.shadow_scored, shadow_cpu_seconds=shadow.shadow_cpu_seconds,
+                      shadow_scored=shadow.shadow_scored, shadow_shed=shadow.shadow_shed,
+                      shadow_cpu_seconds=shadow.shadow_cpu_seconds,
                       shadow_version=shadow.shadow_version)
 
     def score_shadow(self) -> None:
         """The last batch's new decisions scored again by the shadow model, on the very features the champion
         used, and stored under its version; never produced. A shadow that fails costs a log line, nothing more."""
         rows, self._pending = self._pending, []
-        if self.shadow is None or not rows or self.governor.mode != FULL:  # the first work shed under load
+        if self.shadow is None or not rows:
+            return
+        if self.governor.mode != FULL:  # shed under load: the live gate then sees fewer rows of peak periods
+            self._shadow_work.shadow_shed += len(rows)
             return
         self.shadow.refresh()
         model = self.shadow.current
@@ -205,8 +211,7 @@ class ScoringCore:
         model = self.model.current
         rules = self.rules.refresh()  # so is a new rules version
         messages = [Message(*fields) for fields in batch]
-        waited_ms = time.time() * 1000 - min((m.timestamp_ms for m in messages), default=time.time() * 1000)
-        mode = self._observe(waited_ms, lag)
+        mode = self._observe(_waited_ms(messages, self.config.transactions_topic), lag)
         if self.shared:
             self.shared.apply_others(self.scorer.state)
         result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions, rules=rules,
@@ -251,6 +256,12 @@ class ScoringCore:
         self.store.close()
         if self.shared:
             self.shared.close()
+
+
+def _waited_ms(messages: list[Message], transactions_topic: str) -> float:
+    """How long the oldest transaction of the batch has waited, by its Kafka timestamp (none: 0)."""
+    stamps = [m.timestamp_ms for m in messages if m.topic == transactions_topic and m.timestamp_ms > 0]
+    return max(time.time() * 1000 - min(stamps), 0.0) if stamps else 0.0
 
 
 def _serve(connection: _Duplex) -> None:

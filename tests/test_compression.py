@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.units import DAY
-from fraudloop.pipelines.benchmarks.compression import DEFAULT, VARIANTS, choose, pareto, serving_cost, train
+from fraudloop.pipelines.benchmarks.compression import DEFAULT, VARIANTS, choose, pareto, train, variant_costs
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_in_both():
@@ -23,6 +24,7 @@ def test_the_choice_is_the_cheapest_on_the_front_not_clearly_worse_than_its_best
     assert choose(validation, {k: {"compiled_us_per_row_batch_500": v} for k, v in cost.items()}) == "big"
 
 
+@pytest.mark.integration  # compiles with lleaves and times in a spawned process
 def test_every_variant_trains_and_is_served_compiled_as_lightgbm_scores_it():
     rng = np.random.default_rng(0)
     n = 3_000
@@ -33,7 +35,7 @@ def test_every_variant_trains_and_is_served_compiled_as_lightgbm_scores_it():
     boosters = {v.name: train(v, features, fraud, times, teacher) for v in VARIANTS[-2:]}  # early-stopped, distilled
     assert boosters[VARIANTS[-1].name].num_trees() == 150  # distilled: the student's size
     assert 0 < boosters[VARIANTS[-2].name].num_trees() <= 600  # early-stopped
-    cost = serving_cost(boosters, features.to_numpy(np.float64), repetitions=1)
+    cost = variant_costs(boosters, features.to_numpy(np.float64), repetitions=1)
     for name, figures in cost.items():
         assert figures["trees"] == boosters[name].num_trees() and figures["compiled_kb"] > 0
         assert figures["compiled_us_per_row_batch_500"] > 0 and figures["lightgbm_us_per_row_batch_20"] > 0

@@ -11,7 +11,7 @@ from fraudloop.streaming.overload import FULL, LEAN, Budget, Governor
 
 from tests.test_scoring_core import NOW, T0, Feed, make_scorer
 
-BUDGET = Budget(wait_ms=100, lag=1_000, escalate_seconds=0.5, recover_seconds=2.0)
+BUDGET = Budget(wait_ms=100, lag=1_000, recover_seconds=2.0, escalate_seconds=0.5)
 
 
 def run(governor: Governor, observations: list[tuple[float, float, int]]) -> list[str]:
@@ -56,8 +56,13 @@ def test_a_lean_batch_keeps_every_decision_and_the_declines_reasons_and_sheds_th
     for mode in (FULL, LEAN):
         scorer = make_scorer(review_threshold=0.6, decline_threshold=0.8)
         feed = Feed(scorer.config)
-        results[mode] = scorer.process([feed.tx(tx) for tx in batch], model, now=NOW, mode=mode).decisions
+        messages = [feed.tx(tx) for tx in batch]
+        results[mode] = scorer.process(messages, model, now=NOW, mode=mode).decisions
     full, lean = results[FULL], results[LEAN]
+    # delivered again once the scorer is back in full service: the decisions made lean, as they were made
+    again = scorer.process(messages, model, now=NOW + 60, mode=FULL).decisions
+    assert [(d["mode"], d["reasons"], d["score"]) for d in again] == [
+        (d["mode"], d["reasons"], d["score"]) for d in lean]
     assert {d["decision"] for d in full} == {"approve", "review", "decline"}
     assert [(d["decision"], d["score"]) for d in full] == [(d["decision"], d["score"]) for d in lean]
     for f, s in zip(full, lean, strict=True):

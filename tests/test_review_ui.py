@@ -78,5 +78,5 @@ def test_the_model_page_shows_both_versions_their_aliases_verdicts_and_metrics(r
             expect(page.get_by_text(status, exact=True).first).to_be_visible()
             text = page.locator("body").inner_text()
             assert f"Validation of version {version}" in text and "average_precision" in text
-            assert "training_cpu_seconds" in text and "serving_us_per_row_compiled" in text  # cost beside quality
+            assert "training_cpu_seconds" in text and "predict_us_per_row_compiled" in text  # cost beside quality
         browser.close()

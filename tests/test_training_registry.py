@@ -39,12 +39,12 @@ def test_build_registers_a_reviewable_version(registry, calm):
     assert run.data.params["num_boost_round"] == "80" and run.data.tags["test_period"] == result.split["test"]
     # the serving cost beside the quality: measured on the holdout, compiled as the scorer serves it (and cached
     # where the scorer looks for it), which costs less a row than LightGBM
-    compiled_us, lightgbm_us = (float(version.tags[f"serving_us_per_row_{k}"]) for k in ("compiled", "lightgbm"))
-    assert 0 < compiled_us < lightgbm_us and run.data.metrics["serving_us_per_row_compiled"] == pytest.approx(
+    compiled_us, lightgbm_us = (float(version.tags[f"predict_us_per_row_{k}"]) for k in ("compiled", "lightgbm"))
+    assert 0 < compiled_us < lightgbm_us and run.data.metrics["predict_us_per_row_compiled"] == pytest.approx(
         compiled_us, abs=0.01)
     assert float(version.tags["model_kb"]) == pytest.approx(len(result.booster.model_to_string()) / 1024, abs=0.01)
     assert compiled.artifact_paths(result.booster.model_to_string())[1].exists()
-    assert "| serving µs a row, compiled" in version.description
+    assert "| predict µs a row, compiled" in version.description
     plots = {a.path for a in client.list_artifacts(result.model.run_id, "evaluation")}
     assert plots == {f"evaluation/{n}.png" for n in ("precision_recall", "roc", "calibration", "score_distribution",
                                                        "feature_importance")}

@@ -18,6 +18,7 @@ import platform
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -111,28 +112,32 @@ def quality(data: Data, folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dic
     return {name: pd.DataFrame(rows) for name, rows in scores.items()}, last
 
 
-def serving_cost(boosters: dict[str, lgb.Booster], rows: np.ndarray, repetitions: int = 7) -> dict[str, dict]:
+def variant_costs(boosters: dict[str, lgb.Booster], rows: np.ndarray, repetitions: int = 7) -> dict[str, dict]:
     """µs a row compiled (lleaves) and through LightGBM, by batch size, and sizes. The timing runs in a fresh
     process (spawned), interleaved over the variants: in the process that built the features and trained 64
     models, the same predictions measured 3-5x slower, and unevenly across variants of equal size."""
     import lleaves
 
+    if len(rows) < max(BATCHES):
+        raise ValueError(f"{len(rows)} rows: timing needs at least {max(BATCHES)}")
     work = Path(tempfile.mkdtemp(prefix="fraudloop-compression-"))
-    cost = {}
-    for k, (name, booster) in enumerate(boosters.items()):
-        booster.save_model(work / f"{k}.txt")
-        started = time.process_time()
-        lleaves.Model(model_file=str(work / f"{k}.txt")).compile(cache=str(work / f"{k}.so"))
-        cost[name] = {"trees": booster.num_trees(), "model_kb": (work / f"{k}.txt").stat().st_size / 1024,
-                      "compiled_kb": (work / f"{k}.so").stat().st_size / 1024,
-                      "compile_cpu_seconds": time.process_time() - started}
-    np.save(work / "rows.npy", np.ascontiguousarray(rows))
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        timings = pool.apply(_time, (str(work), len(boosters), repetitions))
-    for k, name in enumerate(boosters):
-        cost[name].update(timings[k])
-    shutil.rmtree(work, ignore_errors=True)
-    return cost
+    try:
+        cost = {}
+        for k, (name, booster) in enumerate(boosters.items()):
+            booster.save_model(work / f"{k}.txt")
+            started = time.process_time()
+            lleaves.Model(model_file=str(work / f"{k}.txt")).compile(cache=str(work / f"{k}.so"))
+            cost[name] = {"trees": booster.num_trees(), "model_kb": (work / f"{k}.txt").stat().st_size / 1024,
+                          "compiled_kb": (work / f"{k}.so").stat().st_size / 1024,
+                          "compile_cpu_seconds": time.process_time() - started}
+        np.save(work / "rows.npy", np.ascontiguousarray(rows))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            timings = pool.submit(_time, str(work), len(boosters), repetitions).result(timeout=1_800)
+        for k, name in enumerate(boosters):
+            cost[name].update(timings[k])
+        return cost
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _time(work: str, count: int, repetitions: int) -> list[dict[str, float]]:
@@ -197,7 +202,7 @@ def run(history: pd.DataFrame, labels: pd.DataFrame, source: str, progress: bool
     test, boosters = quality(data, data.folds(tests))
     _, test_rows = data.folds(tests)[-1]
     rows = features[test_rows][list(FEATURE_NAMES)].to_numpy(np.float64)[:20_000]
-    cost = serving_cost(boosters, rows)
+    cost = variant_costs(boosters, rows)
     chosen = choose(validation, cost)
     return {"source": source, "transactions": len(history), "validation": validation, "test": test, "cost": cost,
             "chosen": chosen, "front": pareto({n: (f["average_precision"].mean(),

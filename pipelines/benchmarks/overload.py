@@ -15,6 +15,7 @@ sent later is under 50 ms). A run's phases are told apart by send order (the bro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import platform
@@ -31,7 +32,7 @@ from fraudloop.streaming.broker import start_broker
 
 SHAPES = ("burst", "surge")
 SHEDDING, FULL_ONLY = "shedding", "no shedding"
-VARIANTS = (PASS, SHEDDING, FULL_ONLY)
+CONSUMERS = (PASS, SHEDDING, FULL_ONLY)
 RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "streaming.json"
 
 
@@ -78,7 +79,8 @@ def measure(run: Run, segments: Sequence[tuple[int, float]]) -> dict:
     burst = phase == 1
     end_ms = float(run.sent_ms[burst].max())
     before = (phase == 0) & (run.sent_ms >= run.sent_ms.min() + 2_000)  # the first 2 s warm the consumer up
-    modes = Counter(mode for mode, in_burst in zip(run.modes or ["none"] * len(burst), burst, strict=True) if in_burst)
+    modes = Counter(mode for mode, in_burst in zip(run.service_modes or ["none"] * len(burst), burst, strict=True)
+                    if in_burst)
     calm_p99 = float(np.percentile(run.latencies_ms[before], 99))
     return {
         "before_p99_ms": calm_p99,
@@ -99,13 +101,15 @@ def run(repetitions: int = 3, slo_rate: float | None = None, burst_seconds: floa
     slo_rate = slo_rate or recorded_slo_rate()
     shapes = {shape: schedule(shape, slo_rate, burst_seconds, calm_seconds) for shape in SHAPES}
     setup = prepare(max(sum(c for c, _ in segments) for segments in shapes.values()), seed)
-    results: dict[str, dict[str, list[dict]]] = {shape: {variant: [] for variant in VARIANTS} for shape in SHAPES}
-    with start_broker() as broker:
+    results: dict[str, dict[str, list[dict]]] = {shape: {variant: [] for variant in CONSUMERS} for shape in SHAPES}
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, setup.work, ignore_errors=True)
+        broker = cleanup.enter_context(start_broker())
         bench = Bench(setup.work, broker.bootstrap, broker.process.pid, setup.registry, setup.warm_store,
                       setup.messages)
         for rep in range(repetitions):
             for shape, segments in shapes.items():
-                for variant in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:  # each first in turn
+                for variant in CONSUMERS[rep % 3:] + CONSUMERS[:rep % 3]:  # each first in turn
                     settings = {} if variant == PASS else {"overload_shedding": variant == SHEDDING}
                     result = measure(bench.scheduled(PASS if variant == PASS else SCORER, segments, **settings),
                                      segments)
@@ -113,7 +117,6 @@ def run(repetitions: int = 3, slo_rate: float | None = None, burst_seconds: floa
                     _say(f"{rep + 1}/{repetitions} {shape}, {variant}: p99 {result['burst_p99_ms']:,.0f} ms in the "
                          f"burst, back under {SLO_MS:.0f} ms after {result['recover_seconds']} s; modes "
                          f"{result['burst_modes']}")
-    shutil.rmtree(setup.work, ignore_errors=True)
     return {"slo_rate": slo_rate, "burst_seconds": burst_seconds, "calm_seconds": list(calm_seconds),
             "schedules": shapes, "results": results, "repetitions": repetitions,
             "seconds": time.perf_counter() - started,
@@ -157,7 +160,7 @@ def to_markdown(outcome: dict, command: str) -> str:
     rows = ["| burst | consumer | p99 before, ms | p99 in the burst, ms | worst in the burst, ms | seconds to p99 < "
             "50 ms after it | seconds to the p99 before | burst scored lean |", "|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
-        for variant in VARIANTS:
+        for variant in CONSUMERS:
             runs = outcome["results"][shape][variant]
             recovered = _recovered([r["recover_seconds"] for r in runs])
             to_calm = _recovered([r["recover_to_calm_seconds"] for r in runs])

@@ -94,7 +94,7 @@ class Run:
     offered: float | None = None
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU microseconds a message, by process
     stages_us: dict[str, float] = field(default_factory=dict)  # the worker's scoring thread, by stage (scorer)
-    modes: list[str] = field(default_factory=list)  # the service mode each message was scored in (scorer)
+    service_modes: list[str] = field(default_factory=list)  # the mode each message was scored in (the scorer)
 
     @property
     def throughput(self) -> float:
@@ -265,7 +265,7 @@ def pass_through(bootstrap: str, topic: str, out: str, n: int, commit_interval_m
 
 def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
     """The real loop of ScorerService.run(), timed: from the first record polled to the last batch committed."""
-    latencies, sent, modes, done, first = [], [], [], 0, None
+    latencies, sent, service_modes, done, first = [], [], [], 0, None
     last_progress = time.monotonic()
     while done < n:
         finished = service.step()
@@ -278,9 +278,10 @@ def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
             first = batch.polled_at if first is None else min(first, batch.polled_at)
             latencies.extend(batch.acked_ms - r.timestamp for r in batch.records)
             sent.extend(r.timestamp for r in batch.records)
-            modes.extend([batch.scored.mode] * len(batch.records))
+            service_modes.extend([batch.scored.mode] * len(batch.records))
             done += len(batch.records)
-    return Run(SCORER, done, time.perf_counter() - first, np.array(latencies), np.array(sent), modes=modes)
+    return Run(SCORER, done, time.perf_counter() - first, np.array(latencies), np.array(sent),
+               service_modes=service_modes)
 
 
 def naive(bootstrap: str, topic: str, out: str, n: int, model, state: FeatureState) -> Run:
@@ -374,6 +375,9 @@ class Bench:
         return name
 
     def _service(self, name: str, **settings) -> ScorerService:
+        """The scorer on `name`'s topics, in full service unless `settings` say otherwise: a figure of this
+        benchmark measures all the work (shedding would lighten a backlog, streaming/overload.py)."""
+        settings = {"overload_shedding": False, **settings}
         shutil.copyfile(self.warm_store, self.work / f"{name}.db")
         config = ScorerConfig(bootstrap_servers=self.boot, transactions_topic=f"{name}-in", group_id=name,
                               labels_topic=f"{name}-labels", decisions_topic=f"{name}-out",
@@ -486,29 +490,33 @@ def prepare(n: int, seed: int = 0) -> Setup:
     """The champion trained on all but the last `n` transactions, compiled (served so from the first batch, as after
     a restart), and the scorer's store backfilled with them (its worker rebuilds its state from it)."""
     work = Path(tempfile.mkdtemp(prefix="fraudloop-bench-"))
-    registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                              artifact_root=(work / "artifacts").as_uri())
-    history = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=56, seed=seed), progress=False)
-    labels = labels_of(history)
-    if n >= len(history) // 2:
-        raise ValueError(f"{n:,} messages: the simulated history holds {len(history):,}; ask for fewer")
-    warm_end = len(history) - n  # everything before the benchmarked stream warms the feature state
-    built = build_model(history.iloc[:warm_end], labels[labels["known_at"] <= history["time"].iloc[warm_end - 1]],
-                        registry, BuildConfig(train_days=21), progress=False)
-    set_alias(registry, CHAMPION, built.model.version)
-    past = history.iloc[:warm_end]
-    known = labels[labels["known_at"] <= past["time"].max()]
-    warm_store = work / "warm.db"
-    store = Store(f"sqlite:///{warm_store}")
-    backfill(store, past, compute_features(past, known), known)
-    store.close()
-    compiling = compiled.start(built.booster)
-    while not compiling.done():
-        time.sleep(0.1)
-    compiling.result(built.booster)
-    messages = [(tx.card_id.encode(), orjson.dumps(transaction_record(tx)))
-                for tx in transactions_of(history.iloc[warm_end:])]
-    return Setup(work, registry, history, known, warm_end, built, warm_store, messages)
+    try:
+        registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+                                  artifact_root=(work / "artifacts").as_uri())
+        history = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=56, seed=seed), progress=False)
+        labels = labels_of(history)
+        if n >= len(history) // 2:
+            raise ValueError(f"{n:,} messages: the simulated history holds {len(history):,}; ask for fewer")
+        warm_end = len(history) - n  # everything before the benchmarked stream warms the feature state
+        built = build_model(history.iloc[:warm_end], labels[labels["known_at"] <= history["time"].iloc[warm_end - 1]],
+                            registry, BuildConfig(train_days=21), progress=False)
+        set_alias(registry, CHAMPION, built.model.version)
+        past = history.iloc[:warm_end]
+        known = labels[labels["known_at"] <= past["time"].max()]
+        warm_store = work / "warm.db"
+        store = Store(f"sqlite:///{warm_store}")
+        backfill(store, past, compute_features(past, known), known)
+        store.close()
+        compiling = compiled.start(built.booster)
+        while not compiling.done():
+            time.sleep(0.1)
+        compiling.result(built.booster)
+        messages = [(tx.card_id.encode(), orjson.dumps(transaction_record(tx)))
+                    for tx in transactions_of(history.iloc[warm_end:])]
+        return Setup(work, registry, history, known, warm_end, built, warm_store, messages)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def run(n: int = 30_000, naive_n: int = 1_500, repetitions: int = 5, sweeps: int = 3, point_seconds: float = 8.0,
@@ -533,7 +541,9 @@ def run(n: int = 30_000, naive_n: int = 1_500, repetitions: int = 5, sweeps: int
     backlog: dict[str, list[Run]] = {PASS: [], SCORER: [], NAIVE: []}
     curve: list[list[tuple[Run, Run]]] = []  # per sweep, per rate: (pass-through, scorer)
     at_half: list[tuple[Run, Run]] = []
-    with start_broker() as broker:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        broker = cleanup.enter_context(start_broker())
         bench = Bench(work, broker.bootstrap, broker.process.pid, registry, setup.warm_store, messages)
         for rep in range(repetitions):
             backlog[PASS].append(bench.backlog(PASS, n))
@@ -562,7 +572,6 @@ def run(n: int = 30_000, naive_n: int = 1_500, repetitions: int = 5, sweeps: int
                 at_half.append((bench.paced(PASS, half, point_seconds), bench.paced(SCORER, half, point_seconds)))
             _say(f"at {half:,.0f} msg/s the scorer adds " + ", ".join(
                 f"{s.percentile(99) - p.percentile(99):+.1f}" for p, s in at_half) + " ms to the p99")
-    shutil.rmtree(work, ignore_errors=True)
     return {"backlog": backlog, "rates": rates, "fractions": list(fractions), "curve": curve, "at_half": at_half,
             "half_rate": half, "base": base, "policy": policy, "n": n, "naive_n": naive_n,
             "point_seconds": point_seconds, "seconds": time.perf_counter() - started,

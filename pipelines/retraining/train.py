@@ -19,7 +19,7 @@ from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import TrainParams, fit, predict
 from fraudloop.models.units import DAY
-from fraudloop.pipelines.retraining.cost import measure, serving_cost
+from fraudloop.pipelines.retraining.cost import measure, predict_cost
 from fraudloop.pipelines.retraining.protocol import Split, split_masks, test_period
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
@@ -89,8 +89,8 @@ def _describe(metrics: dict[str, float], split: dict[str, str], rows: dict[str, 
                                                    "recall_at_1pct_fpr")),
         f"| training CPU seconds | {metrics['training_cpu_seconds']:.1f} |",
         f"| training peak RSS (MB) | {metrics['training_peak_rss_mb']:.0f} |",
-        *(f"| serving µs a row, {kind} (one thread, batches of 500) | {metrics[key]:.2f} |"
-          for kind, key in (("compiled", "serving_us_per_row_compiled"), ("LightGBM", "serving_us_per_row_lightgbm"))
+        *(f"| predict µs a row, {kind} (one thread's CPU, batches of 500) | {metrics[key]:.2f} |"
+          for kind, key in (("compiled", "predict_us_per_row_compiled"), ("LightGBM", "predict_us_per_row_lightgbm"))
           if key in metrics),
         f"| model size (KB) | {metrics['model_kb']:.0f} |",
         "",
@@ -114,7 +114,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     scores = predict(booster, holdout)
     metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores)
     metrics.update(cost.as_metrics("training"))
-    metrics.update(serving_cost(booster, holdout[list(FEATURE_NAMES)].to_numpy(np.float64)))
+    metrics.update(predict_cost(booster, holdout[list(FEATURE_NAMES)].to_numpy(np.float64)))
     rows = {"train": int(train_rows.sum()), "train_frauds": int(is_fraud[train_rows].sum()),
             "test": int(test_rows.sum()), "test_frauds": int(is_fraud[test_rows].sum())}
     span = split.describe()
@@ -131,7 +131,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
         "validation_status": "pending",
         "training_cpu_seconds": f"{metrics['training_cpu_seconds']:.2f}",
         "training_peak_rss_mb": f"{metrics['training_peak_rss_mb']:.0f}",
-        **{key: f"{metrics[key]:.2f}" for key in ("serving_us_per_row_compiled", "serving_us_per_row_lightgbm",
+        **{key: f"{metrics[key]:.2f}" for key in ("predict_us_per_row_compiled", "predict_us_per_row_lightgbm",
                                                   "model_kb") if key in metrics},
     }
     figures = report.all_figures(is_fraud[test_rows], scores, list(FEATURE_NAMES),
