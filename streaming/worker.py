@@ -162,7 +162,7 @@ class ScoringCore:
         mode = self.governor.observe(waited_ms, lag, time.monotonic())
         if mode != before:
             log.log(logging.INFO if mode == FULL else logging.WARNING, "service mode %s (was %s): the oldest "
-                    "message waited %.0f ms, %d messages behind", mode, before, waited_ms, lag)
+                    "transaction waited %.0f ms, %d transactions behind", mode, before, waited_ms, lag)
         return mode
 
     def _report(self) -> Scored:
@@ -205,7 +205,7 @@ class ScoringCore:
 
     def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
               lag: int = 0) -> Scored:
-        """`lag`: messages behind the end of the partitions this batch was read from, when it was polled."""
+        """`lag`: transactions behind the end of the partitions this batch was read from, when it was polled."""
         cpu = time.process_time()
         self.model.refresh()  # between batches: a swap never splits one
         model = self.model.current
@@ -333,8 +333,8 @@ class ScoringProcess:
 
     def submit(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
                lag: int = 0) -> None:
-        """`partitions`: the transactions partitions assigned now (see Scorer.process); `lag`: messages behind the
-        end of the partitions the batch was read from (see ScoringCore.score)."""
+        """`partitions`: the transactions partitions assigned now (see Scorer.process); `lag`: transactions behind
+        the end of the partitions the batch was read from (see ScoringCore.score)."""
         self._connection.send(("score", batch, kafka_cpu_seconds, partitions, lag))
         self._sent += 1
 
