@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 # Fine around the 50 ms SLO, so that a p99 read from the buckets says which side of it the scorer is.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_STAGES = ("fetched", "to_worker", "scoring", "from_worker", "acked")  # fraud_batch_stage_seconds, in order
 MODEL_EVENTS = ("swapped", "compiled", "compile_failed", "refused", "load_failed", "registry_error")
 
 
@@ -33,6 +34,11 @@ class ScorerMetrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.batch_seconds = Histogram("fraud_batch_seconds", "Whole batch: decode, features, model, store, produce, "
                                        "commit", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_stages = Histogram("fraud_batch_stage_seconds", "Where a batch's oldest transaction waited, from "
+                                      "its Kafka timestamp to its decision acknowledged: fetched (broker and fetch, "
+                                      "to the poll), to_worker (queued behind earlier batches, the pipe), scoring, "
+                                      "from_worker (the pipe back, the acking thread), acked (produce and acks)",
+                                      ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.scoring_cpu = Counter("fraud_scoring_cpu_seconds", "CPU seconds of the Kafka loop and the scoring worker",
                                    registry=r)
         self.stage_cpu = Counter("fraud_worker_stage_cpu_seconds", "CPU seconds of the worker's scoring thread by "
@@ -71,6 +77,8 @@ class ScorerMetrics:
             self.model_events.labels(event)
         for stage in STAGES:
             self.stage_cpu.labels(stage)
+        for stage in BATCH_STAGES:
+            self.batch_stages.labels(stage)
         self.rule_hits.labels("model")
         for event in ("loaded", "refused", "error"):
             self.rules_events.labels(event)

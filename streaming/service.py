@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from fraudloop.models.registry import RegistryConfig
 from fraudloop.streaming.config import ScorerConfig
-from fraudloop.streaming.metrics import ScorerMetrics
+from fraudloop.streaming.metrics import BATCH_STAGES, ScorerMetrics
 from fraudloop.streaming.worker import Scored, ScoringProcess
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError
@@ -60,9 +60,26 @@ class Batch:
     seq: int = 0  # polled batches so far: one polled before a partition was rewound is not committed for it
     log_ids: dict[str, str] = field(default_factory=dict)  # topic -> id of the log it was read from
     polled_at: float = field(default_factory=time.perf_counter)
+    polled_ms: float = field(default_factory=lambda: time.time() * 1000)  # wall clock, as the records' timestamps
+    submitted: float = 0.0  # time.monotonic(), as the worker's stamps: handed to the worker
+    taken: float = 0.0  # its result taken by the acking thread
     scored: Scored | None = None
     acked_ms: float = 0.0  # wall clock when its decisions were acknowledged
+    acked: float = 0.0  # the same, time.monotonic()
     error: BaseException | None = None
+
+
+def stage_waits(batch: Batch, transactions_topic: str) -> tuple[float, list[float]] | None:
+    """Where an acknowledged batch's oldest transaction waited: (its Kafka timestamp in ms, seconds in each of
+    BATCH_STAGES), or None for a batch without timestamped transactions."""
+    stamps = [r.timestamp for r in batch.records if r.topic == transactions_topic and r.timestamp > 0]
+    scored = batch.scored
+    if not stamps or scored is None or not scored.finished:
+        return None
+    oldest = min(stamps)
+    waits = ((batch.polled_ms - oldest) / 1000, scored.started - batch.submitted, scored.finished - scored.started,
+             batch.taken - scored.finished, batch.acked - batch.taken)
+    return oldest, [max(seconds, 0.0) for seconds in waits]
 
 
 def new_producer(config: ScorerConfig) -> KafkaProducer:
@@ -147,6 +164,7 @@ class ScorerService:
         if self.in_flight < MAX_IN_FLIGHT:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [r for rs in polled.values() for r in rs]
+            submitted = time.monotonic()
             if records:
                 assigned = tuple(tp.partition for tp in self.consumer.assignment()
                                  if tp.topic == self.config.transactions_topic)
@@ -157,7 +175,7 @@ class ScorerService:
                 self.worker.request_status()  # model events while idle
             if records or not self.in_flight:
                 self._seq += 1
-                self._to_ack.put(Batch(records, self._seq, dict(self._topic_ids)))
+                self._to_ack.put(Batch(records, self._seq, dict(self._topic_ids), submitted=submitted))
                 self.in_flight += 1
         else:  # a backlog: what is read from Kafka waits there, not in this process's memory
             with contextlib.suppress(queue.Empty):
@@ -191,22 +209,22 @@ class ScorerService:
         while (batch := self._to_ack.get()) is not None:
             group = [batch]
             try:
-                batch.scored = self.worker.result()
+                batch.scored, batch.taken = self.worker.result(), time.monotonic()
                 # Every further batch the worker has already scored goes out with it, under one flush: the
                 # acks keep pace however small the polled batches are. (Its request was sent before its
                 # Batch was queued, so the queue holds it or is about to.)
                 while self.worker.has_result():
                     group.append(self._to_ack.get())
-                    group[-1].scored = self.worker.result()
+                    group[-1].scored, group[-1].taken = self.worker.result(), time.monotonic()
                 self._deliver(group)
             except BaseException as error:  # the loop raises it; nothing from here on is acknowledged
                 for batch in group:
                     batch.error = error
                     self._acked.put(batch)
                 return
-            acked_ms = time.time() * 1000
+            acked_ms, acked = time.time() * 1000, time.monotonic()
             for batch in group:
-                batch.acked_ms = acked_ms
+                batch.acked_ms, batch.acked = acked_ms, acked
                 self._acked.put(batch)
 
     def _deliver(self, group: list[Batch]) -> None:
@@ -407,6 +425,10 @@ class ScorerService:
         for stage, seconds in scored.stage_seconds.items():
             m.stage_cpu.labels(stage).inc(seconds)
         m.batch_seconds.observe(time.perf_counter() - batch.polled_at)
+        waited = stage_waits(batch, self.config.transactions_topic)
+        if waited is not None:
+            for stage, seconds in zip(BATCH_STAGES, waited[1], strict=True):
+                m.batch_stages.labels(stage).observe(seconds)
 
     def _update_lag(self) -> None:
         if time.monotonic() - self._lag_checked < 5:

@@ -73,6 +73,8 @@ class Scored:
     shadow_cpu_seconds: float = 0.0
     shadow_version: str = ""
     mode: str = FULL  # the service mode the batch was scored in (streaming/overload.py)
+    started: float = 0.0  # time.monotonic() (one clock for every process of the machine) as scoring began
+    finished: float = 0.0  # and as it ended, before the reply was sent
 
 
 def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = None) -> FeatureState:
@@ -206,7 +208,7 @@ class ScoringCore:
     def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
               lag: int = 0) -> Scored:
         """`lag`: transactions behind the end of the partitions this batch was read from, when it was polled."""
-        cpu = time.process_time()
+        started, cpu = time.monotonic(), time.process_time()
         self.model.refresh()  # between batches: a swap never splits one
         model = self.model.current
         rules = self.rules.refresh()  # so is a new rules version
@@ -239,6 +241,7 @@ class ScoringCore:
         scored.cpu_seconds = time.process_time() - cpu
         count, seconds = self._costs.get(model.version, (0, 0.0))
         self._costs[model.version] = (count + len(result.decisions), seconds + kafka_cpu_seconds + scored.cpu_seconds)
+        scored.started, scored.finished = started, time.monotonic()
         return scored
 
     def _take_costs(self, every_seconds: float = 10.0) -> dict[str, tuple[int, float]] | None:

@@ -310,3 +310,21 @@ def test_rules_that_fail_on_a_batch_never_stop_it_the_model_s_thresholds_decide_
                             ServingModel("m", "1", booster), rules=rules)
     assert [(d["decision"], d["rule"], d["rules_version"]) for d in result.decisions] == [("approve", "model", "none")]
     assert result.rules_error == "MemoryError: simulated" and not result.dead_letters
+
+
+def test_a_batch_s_oldest_transaction_s_wait_is_split_into_stages_that_add_up():
+    from types import SimpleNamespace
+
+    from fraudloop.streaming.service import Batch, stage_waits
+    from fraudloop.streaming.worker import Scored
+
+    records = [SimpleNamespace(topic="tx", timestamp=1_000_000.0), SimpleNamespace(topic="tx", timestamp=1_000_004.0),
+               SimpleNamespace(topic="labels", timestamp=999_000.0), SimpleNamespace(topic="tx", timestamp=-1)]
+    batch = Batch(records, polled_ms=1_000_012.0, submitted=50.000, taken=50.020, acked=50.026,
+                  scored=Scored(started=50.003, finished=50.015))
+    oldest, waits = stage_waits(batch, "tx")  # labels and transactions without a timestamp are not the oldest
+    assert oldest == 1_000_000.0
+    assert waits == pytest.approx([0.012, 0.003, 0.012, 0.005, 0.006])
+    assert sum(waits) == pytest.approx((1_000_012.0 - oldest) / 1000 + (50.026 - 50.000))
+    labels_only = Batch([SimpleNamespace(topic="labels", timestamp=5.0)], scored=Scored(finished=1.0))
+    assert stage_waits(labels_only, "tx") is None

@@ -24,6 +24,7 @@ from fraudloop.models.training import TrainParams
 from fraudloop.pipelines.retraining.train import BuildConfig, build_model
 from fraudloop.streaming import operate
 from fraudloop.streaming.broker import create_topics, free_port, start_broker
+from fraudloop.streaming.metrics import BATCH_STAGES
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config
@@ -75,6 +76,14 @@ def test_n_in_n_out_with_offline_identical_features_and_scores(broker, served, s
     decided = decisions_by_id(records)
     assert len(records) == len(decided) == len(stream)
     assert service.metrics.transactions._value.get() == len(stream)
+    # where each batch's oldest transaction waited: one reading of each stage a batch, and together no more than
+    # the end-to-end latencies of all the transactions (each batch's oldest is one of them)
+    sample = service.metrics.registry.get_sample_value
+    counts = {stage: sample("fraud_batch_stage_seconds_count", {"stage": stage}) for stage in BATCH_STAGES}
+    assert len(set(counts.values())) == 1 and counts["scoring"] >= 1
+    staged = sum(sample("fraud_batch_stage_seconds_sum", {"stage": stage}) for stage in BATCH_STAGES)
+    assert 0 < staged <= sample("fraud_end_to_end_seconds_sum", {}) * 1.01 + 0.05
+    assert sample("fraud_batch_stage_seconds_sum", {"stage": "scoring"}) > 0
     # co-partitioned: each decision on its transaction's partition, a card's in the order of its transactions
     sources = read_topic(broker.bootstrap, config.transactions_topic, lambda r: len(r) >= len(stream))
     partition_of = {orjson.loads(r.value)["transaction_id"]: r.partition for r in sources}

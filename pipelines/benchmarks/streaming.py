@@ -64,9 +64,10 @@ from fraudloop.pipelines.retraining.train import BuildConfig, BuildResult, build
 from fraudloop.streaming import compiled
 from fraudloop.streaming.broker import create_topics, start_broker
 from fraudloop.streaming.config import CONSUMER_DEFAULTS, ScorerConfig
+from fraudloop.streaming.metrics import BATCH_STAGES
 from fraudloop.streaming.rules import NO_RULES, RuleSet, parse
 from fraudloop.streaming.scorer import STAGES
-from fraudloop.streaming.service import SWITCH_INTERVAL, ScorerService
+from fraudloop.streaming.service import SWITCH_INTERVAL, ScorerService, stage_waits
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
@@ -95,6 +96,9 @@ class Run:
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU microseconds a message, by process
     stages_us: dict[str, float] = field(default_factory=dict)  # the worker's scoring thread, by stage (scorer)
     service_modes: list[str] = field(default_factory=list)  # the mode each message was scored in (the scorer)
+    # The scorer's batches: each one's oldest transaction's send time (ms) and its seconds in each of BATCH_STAGES
+    batch_sent_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
+    batch_waits: np.ndarray = field(default_factory=lambda: np.empty((0, len(BATCH_STAGES))))
 
     @property
     def throughput(self) -> float:
@@ -104,10 +108,19 @@ class Run:
         return float(np.percentile(self.latencies_ms, q))
 
     def without_warmup(self, seconds: float) -> Run:
-        """Latencies of the messages sent after the first `seconds` of the run only."""
-        kept = self.sent_ms >= self.sent_ms.min() + seconds * 1000
+        """Latencies of the messages (and batches) sent after the first `seconds` of the run only."""
+        cutoff = self.sent_ms.min() + seconds * 1000
+        kept = self.sent_ms >= cutoff
         self.latencies_ms, self.sent_ms = self.latencies_ms[kept], self.sent_ms[kept]
+        batches = self.batch_sent_ms >= cutoff
+        self.batch_sent_ms, self.batch_waits = self.batch_sent_ms[batches], self.batch_waits[batches]
         return self
+
+    def stage_ms(self) -> dict[str, float]:
+        """The mean milliseconds a batch's oldest transaction spent in each of BATCH_STAGES (the scorer)."""
+        if not len(self.batch_waits):
+            return {}
+        return dict(zip(BATCH_STAGES, (self.batch_waits.mean(axis=0) * 1000).tolist(), strict=True))
 
     @property
     def counted_seconds(self) -> float:
@@ -266,6 +279,7 @@ def pass_through(bootstrap: str, topic: str, out: str, n: int, commit_interval_m
 def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
     """The real loop of ScorerService.run(), timed: from the first record polled to the last batch committed."""
     latencies, sent, service_modes, done, first = [], [], [], 0, None
+    batch_sent, batch_waits = [], []
     last_progress = time.monotonic()
     while done < n:
         finished = service.step()
@@ -279,9 +293,14 @@ def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
             latencies.extend(batch.acked_ms - r.timestamp for r in batch.records)
             sent.extend(r.timestamp for r in batch.records)
             service_modes.extend([batch.scored.mode] * len(batch.records))
+            waited = stage_waits(batch, service.config.transactions_topic)
+            if waited is not None:
+                batch_sent.append(waited[0])
+                batch_waits.append(waited[1])
             done += len(batch.records)
     return Run(SCORER, done, time.perf_counter() - first, np.array(latencies), np.array(sent),
-               service_modes=service_modes)
+               service_modes=service_modes, batch_sent_ms=np.array(batch_sent),
+               batch_waits=np.array(batch_waits).reshape(-1, len(BATCH_STAGES)))
 
 
 def naive(bootstrap: str, topic: str, out: str, n: int, model, state: FeatureState) -> Run:
@@ -637,7 +656,9 @@ def to_json(outcome: dict, command: str) -> dict:
                              "achieved_msg_per_s": float(np.median([points[k][i].achieved
                                                                     for points in outcome["curve"]])),
                              "counted_seconds": float(np.median([points[k][i].counted_seconds
-                                                                 for points in outcome["curve"]]))}
+                                                                 for points in outcome["curve"]])),
+                             **({"batch_stage_ms": _stage_ms([points[k][i] for points in outcome["curve"]])}
+                                if mode == SCORER else {})}
                       for i, mode in enumerate((PASS, SCORER))}}
                   for k, (f, rate) in enumerate(zip(outcome["fractions"], outcome["rates"], strict=True))],
         "half_slo_rate_msg_per_s": outcome["half_rate"],
@@ -686,6 +707,26 @@ def _range(values: Sequence[float], fmt: str = ",.0f") -> str:
 
 def _span(bounds: Sequence[float], fmt: str) -> str:
     return f"{bounds[0]:{fmt}}–{bounds[1]:{fmt}}"
+
+
+def _stage_rows(outcome: dict) -> list[str]:
+    rows = ["| offered msg/s | pass-through p50 | scorer p50 | " + " | ".join(BATCH_STAGES) + " |",
+            "|---|---|---|" + "---|" * len(BATCH_STAGES)]
+    for k, rate in enumerate(outcome["rates"]):
+        runs = [points[k] for points in outcome["curve"]]
+        stages = _stage_ms([scorer_run for _, scorer_run in runs])
+        if not stages:
+            continue
+        rows.append(f"| {rate:,.0f} | {np.median([p.percentile(50) for p, _ in runs]):.1f} | "
+                    f"{np.median([s.percentile(50) for _, s in runs]):.1f} | "
+                    + " | ".join(f"{stages[stage]:.1f}" for stage in BATCH_STAGES) + " |")
+    return rows
+
+
+def _stage_ms(runs: Sequence[Run]) -> dict[str, float]:
+    """Per stage, the median over the runs of its mean ms a batch."""
+    per_run = [run.stage_ms() for run in runs if run.stage_ms()]
+    return {stage: float(np.median([r[stage] for r in per_run])) for stage in BATCH_STAGES} if per_run else {}
 
 
 def _generator_cpu(outcome: dict) -> float:
@@ -758,6 +799,13 @@ def to_markdown(outcome: dict, command: str, picture: str | None = None) -> str:
         *curve_rows,
         "",
         f"![p99 against offered load]({picture})" if picture else "",
+        "",
+        "Where the scorer's latency goes: for each batch, its oldest transaction's milliseconds in each stage "
+        "(`fraud_batch_stage_seconds`; means over the batches after warm-up, medians over the sweeps): *fetched* "
+        "(broker and fetch, to the poll), *to worker* (queued behind earlier batches, the pipe), *scoring*, *from "
+        "worker* (the pipe back, the acking thread), *acked* (produce and acks); beside the p50s.",
+        "",
+        *_stage_rows(outcome),
         "",
         f"- SLO rate (p99 < {SLO_MS:.0f} ms): pass-through **{s['slo_rate_passthrough']:,.0f} msg/s** (range "
         f"{_span(r['slo_rate_passthrough'], ',.0f')}), scorer **{s['slo_rate_scorer']:,.0f} msg/s** (range "
