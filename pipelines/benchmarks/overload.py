@@ -179,8 +179,9 @@ def to_markdown(outcome: dict, command: str) -> str:
         "was not back under the SLO by its end counts as never (inf).",
         "",
         f"The load: {outcome['calm_seconds'][0]:.0f} s at {slo / 2:,.0f} msg/s (half the scorer's SLO rate, "
-        f"{slo:,.0f} msg/s, as benchmarks/streaming.json records it), the burst, then {outcome['calm_seconds'][1]:.0f}"
-        f" s at {slo / 2:,.0f} msg/s again. *burst*: {outcome['burst_seconds']:.0f} s at {2 * slo:,.0f} msg/s (twice "
+        f"{slo:,.0f} msg/s: benchmarks/streaming.json's when this ran, unless given; `--slo-rate {slo:g}` repeats it), "
+        f"the burst, then {outcome['calm_seconds'][1]:.0f} s at {slo / 2:,.0f} msg/s again. *burst*: "
+        f"{outcome['burst_seconds']:.0f} s at {2 * slo:,.0f} msg/s (twice "
         f"the SLO rate); *surge*: the same {int(2 * slo * outcome['burst_seconds']):,} messages sent at once. "
         f"{outcome['repetitions']} repetitions, the pass-through and the two scorers each first in turn. *Seconds to "
         "p99 < 50 ms*: from "
