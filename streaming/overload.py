@@ -5,7 +5,7 @@ What is shed, together (`lean` mode): shadow scoring (a challenger's scores are 
 for this customer; the rows shed are counted), and the exact reasons of reviews (declines keep theirs: a declined
 customer is owed one). Never shed: a transaction's features, its decision, the store write, the acknowledgement. No
 transaction is dropped or delayed to make room. A compressed model as a further step was measured and not built:
-the served model, compiled, costs 2.9 µs a row of the worker's 101 µs a transaction, and the cheapest variant that
+the served model, compiled, costs 2.9 µs a row of the worker's 101–113 µs a transaction, and the cheapest variant that
 keeps its AP 0.8 µs (benchmarks/compression.md), so it would buy ~2 %.
 
 Two signals, either over its budget counts: how long the oldest transaction of a batch waited before its scoring
