@@ -59,9 +59,8 @@ class Batch:
     records: list  # kafka-python ConsumerRecords; empty for a status request while idle
     seq: int = 0  # polled batches so far: one polled before a partition was rewound is not committed for it
     log_ids: dict[str, str] = field(default_factory=dict)  # topic -> id of the log it was read from
-    polled_at: float = field(default_factory=time.perf_counter)
+    polled_at: float = field(default_factory=time.monotonic)  # the worker's clock too: polled and handed to it
     polled_ms: float = field(default_factory=lambda: time.time() * 1000)  # wall clock, as the records' timestamps
-    submitted: float = 0.0  # time.monotonic(), as the worker's stamps: handed to the worker
     taken: float = 0.0  # its result taken by the acking thread
     scored: Scored | None = None
     acked_ms: float = 0.0  # wall clock when its decisions were acknowledged
@@ -77,7 +76,7 @@ def stage_waits(batch: Batch, transactions_topic: str) -> tuple[float, list[floa
     if not stamps or scored is None or not scored.finished:
         return None
     oldest = min(stamps)
-    waits = ((batch.polled_ms - oldest) / 1000, scored.started - batch.submitted, scored.finished - scored.started,
+    waits = ((batch.polled_ms - oldest) / 1000, scored.started - batch.polled_at, scored.finished - scored.started,
              batch.taken - scored.finished, batch.acked - batch.taken)
     return oldest, [max(seconds, 0.0) for seconds in waits]
 
@@ -164,7 +163,7 @@ class ScorerService:
         if self.in_flight < MAX_IN_FLIGHT:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [r for rs in polled.values() for r in rs]
-            submitted = time.monotonic()
+            polled_at = time.monotonic()
             if records:
                 assigned = tuple(tp.partition for tp in self.consumer.assignment()
                                  if tp.topic == self.config.transactions_topic)
@@ -175,7 +174,7 @@ class ScorerService:
                 self.worker.request_status()  # model events while idle
             if records or not self.in_flight:
                 self._seq += 1
-                self._to_ack.put(Batch(records, self._seq, dict(self._topic_ids), submitted=submitted))
+                self._to_ack.put(Batch(records, self._seq, dict(self._topic_ids), polled_at=polled_at))
                 self.in_flight += 1
         else:  # a backlog: what is read from Kafka waits there, not in this process's memory
             with contextlib.suppress(queue.Empty):
@@ -424,7 +423,7 @@ class ScorerService:
         m.scoring_cpu.inc(scored.cpu_seconds)
         for stage, seconds in scored.stage_seconds.items():
             m.stage_cpu.labels(stage).inc(seconds)
-        m.batch_seconds.observe(time.perf_counter() - batch.polled_at)
+        m.batch_seconds.observe(time.monotonic() - batch.polled_at)
         waited = stage_waits(batch, self.config.transactions_topic)
         if waited is not None:
             for stage, seconds in zip(BATCH_STAGES, waited[1], strict=True):

@@ -320,7 +320,7 @@ def test_a_batch_s_oldest_transaction_s_wait_is_split_into_stages_that_add_up():
 
     records = [SimpleNamespace(topic="tx", timestamp=1_000_000.0), SimpleNamespace(topic="tx", timestamp=1_000_004.0),
                SimpleNamespace(topic="labels", timestamp=999_000.0), SimpleNamespace(topic="tx", timestamp=-1)]
-    batch = Batch(records, polled_ms=1_000_012.0, submitted=50.000, taken=50.020, acked=50.026,
+    batch = Batch(records, polled_ms=1_000_012.0, polled_at=50.000, taken=50.020, acked=50.026,
                   scored=Scored(started=50.003, finished=50.015))
     oldest, waits = stage_waits(batch, "tx")  # labels and transactions without a timestamp are not the oldest
     assert oldest == 1_000_000.0

@@ -298,7 +298,7 @@ def scorer(service: ScorerService, n: int, patience: float = 60.0) -> Run:
                 batch_sent.append(waited[0])
                 batch_waits.append(waited[1])
             done += len(batch.records)
-    return Run(SCORER, done, time.perf_counter() - first, np.array(latencies), np.array(sent),
+    return Run(SCORER, done, time.monotonic() - first, np.array(latencies), np.array(sent),
                service_modes=service_modes, batch_sent_ms=np.array(batch_sent),
                batch_waits=np.array(batch_waits).reshape(-1, len(BATCH_STAGES)))
 
