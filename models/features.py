@@ -8,29 +8,38 @@ logic that could drift from the online one; amounts are integer cents so sums ar
 
 Semantics (all windows in event time, UTC):
 - card windows (t - w, t] include the current transaction (the reference protocol's definition);
-- terminal windows end `terminal_delay` before t and count only fraud labels known by t;
+- terminal features are computed from hourly counts and known frauds (models/terminals.py): their windows end
+  within the hour after t - 7 days and count only fraud labels known by t;
 - a transaction seen twice (a replay after a crash) is not added to the state twice.
+
+Card state is keyed by the partition its transactions come from: a scorer instance holds the cards of its
+partitions only (`drop_partitions` when they move away). Terminal aggregates sit behind `Terminals`: in this
+process, or in a shared store that every instance updates (streaming/terminal_store.py).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
+import sys
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
 from fraudloop.models.schema import Label, Transaction
+from fraudloop.models.terminals import (
+    EPISODE_REACH,
+    TERMINAL_WINDOWS_DAYS,
+    Terminals,
+    terminal_features,
+)
 from fraudloop.models.units import DAY, HOUR
 from tqdm import tqdm
 
 CARD_WINDOWS_DAYS = (1, 7, 30)
-TERMINAL_WINDOWS_DAYS = (1, 7, 30)
-TERMINAL_DELAY_DAYS = 7
-# How far back a terminal's fraud episode is traced: the reach of its longest delayed window.
-EPISODE_REACH = (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY
 # How late (event time behind the newest seen) a transaction may arrive and still see exact windows, by
 # default: the state keeps this much more than the windows need (the scorer's allowed lateness sets it).
 LATENESS = DAY
@@ -42,7 +51,7 @@ def retention(lateness: float = LATENESS) -> tuple[float, float]:
     """How far behind the newest transaction the card and the terminal state must reach: no window of a
     transaction at most `lateness` late looks further back."""
     return (lateness + max(CARD_WINDOWS_DAYS) * DAY,
-            lateness + (TERMINAL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY)
+            lateness + EPISODE_REACH)
 
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -73,6 +82,7 @@ class _CardHistory:
     terminals: list[str] = field(default_factory=list)
     # The same times per terminal: "new terminal" is then a bisect, not a scan of the card's month.
     terminal_times: dict[str, list[float]] = field(default_factory=dict)
+    partition: int = -1  # the partition its transactions come from (-1: not known, as offline)
 
     def add(self, time: float, cents: int, terminal_id: str) -> None:
         index = _insert_sorted(self.times, time)
@@ -97,12 +107,6 @@ class _CardHistory:
         return drop
 
 
-@dataclass(slots=True)
-class _TerminalHistory:
-    times: list[float] = field(default_factory=list)
-    fraud_times: list[float] = field(default_factory=list)  # times of its transactions labelled fraud
-
-
 def _insert_sorted(times: list[float], value: float) -> int:
     """Append in the common in-order case; insert in place for a late event. Returns the index."""
     if not times or times[-1] <= value:
@@ -119,15 +123,14 @@ def _count_between(times: Sequence[float], after: float, up_to: float) -> int:
 
 
 class FeatureState:
-    """Per-card and per-terminal state; `transform` returns a transaction's features and records it."""
+    """Per-card state and the terminal aggregates; `transform` returns a transaction's features and records it."""
 
-    def __init__(self, lateness: float = LATENESS) -> None:
+    def __init__(self, lateness: float = LATENESS, terminals: Terminals | None = None) -> None:
         self.card_retention, self.terminal_retention = retention(lateness)
         self.cards: dict[str, _CardHistory] = {}
-        self.terminals: dict[str, _TerminalHistory] = {}
-        self.seen: dict[str, tuple[str, float]] = {}  # transaction id -> (terminal id, time)
-        self.frauds_applied: set[str] = set()
-        self.pending_frauds: dict[str, float] = {}  # labels that arrived before their transaction
+        self.terminals = Terminals() if terminals is None else terminals
+        self.seen: dict[str, tuple[str, float, int]] = {}  # transaction id -> (terminal id, time, partition)
+        self.pending_frauds: dict[str, float] = {}  # fraud labels that arrived before their transaction
         self.watermark = -math.inf  # newest transaction time seen
         # Nothing newer than this is forgotten (the scorer holds it at its slowest partition's time while a
         # backlog is read one partition after another); offline, the watermark alone decides.
@@ -136,60 +139,58 @@ class FeatureState:
         self._swept_at = -math.inf
 
     # -- labels ----------------------------------------------------------------------------------
-    def add_label(self, label: Label) -> None:
-        """Record a known outcome. Only frauds change features; repeats are ignored."""
-        if not label.is_fraud or label.transaction_id in self.frauds_applied:
+    def where(self, transaction_id: str) -> tuple[str, float] | None:
+        """The terminal and time of a transaction this state recorded."""
+        seen = self.seen.get(transaction_id)
+        return None if seen is None else (seen[0], seen[1])
+
+    def add_label(self, label: Label, where: tuple[str, float] | None = None) -> None:
+        """Record a known outcome. Only frauds change features; repeats are ignored. `where`: the transaction's
+        terminal and time, when another instance recorded it (the scorer finds them in the store)."""
+        if not label.is_fraud:
             return
-        seen = self.seen.get(label.transaction_id)
-        if seen is None:
+        where = where or self.where(label.transaction_id)
+        if where is None:
             self.pending_frauds[label.transaction_id] = label.known_at
             return
-        terminal_id, time = seen
-        terminal = self.terminals.get(terminal_id)
-        if terminal is not None:  # else swept out: the fraud is older than every window
-            insort(terminal.fraud_times, time)
-        self.frauds_applied.add(label.transaction_id)
+        self.pending_frauds.pop(label.transaction_id, None)
+        self.terminals.add_fraud(where[0], label.transaction_id, where[1], self._cutoffs()[1])
 
     # -- transactions ----------------------------------------------------------------------------
-    def _record(self, tx: Transaction) -> None:
+    def _record(self, tx: Transaction, partition: int, count: bool) -> None:
         card = self.cards.get(tx.card_id)
         if card is None:
-            card = self.cards[tx.card_id] = _CardHistory()
+            card = self.cards[tx.card_id] = _CardHistory(partition=partition)
         card.add(tx.time, tx.amount_cents, tx.terminal_id)
-        terminal = self.terminals.get(tx.terminal_id)
-        if terminal is None:
-            terminal = self.terminals[tx.terminal_id] = _TerminalHistory()
-        _insert_sorted(terminal.times, tx.time)
-        self.seen[tx.transaction_id] = (tx.terminal_id, tx.time)
+        self.seen[tx.transaction_id] = (tx.terminal_id, tx.time, partition)
         self._arrivals.append((tx.time, tx.transaction_id))
-        known_at = self.pending_frauds.pop(tx.transaction_id, None)
-        if known_at is not None:
-            self.add_label(Label(tx.transaction_id, True, known_at))
         if tx.time > self.watermark:
             self.watermark = tx.time
-        # Forget, a little at a time, what no window can reach any more (given the lateness).
         card_cutoff, terminal_cutoff = self._cutoffs()
+        if count:
+            self.terminals.count(tx.terminal_id, tx.time, terminal_cutoff)
+            known_at = self.pending_frauds.get(tx.transaction_id)
+            if known_at is not None:
+                self.add_label(Label(tx.transaction_id, True, known_at))
+        # Forget, a little at a time, what no window can reach any more (given the lateness).
         card.drop_before(card_cutoff)
-        dropped = _drop_before(terminal_cutoff, terminal.times)
-        if dropped:
-            del terminal.fraud_times[: bisect_right(terminal.fraud_times, terminal_cutoff)]
         arrivals = self._arrivals
         while arrivals and arrivals[0][0] <= terminal_cutoff:
-            _, old_id = arrivals.popleft()
-            self.seen.pop(old_id, None)
-            self.frauds_applied.discard(old_id)
+            self.seen.pop(arrivals.popleft()[1], None)
         if self.watermark - self._swept_at > SWEEP_EVERY:
             self.prune()
 
-    def record(self, tx: Transaction) -> None:
-        """Take `tx` into the state without computing its features (another scorer instance scored it)."""
+    def add_card_history(self, tx: Transaction, partition: int) -> None:
+        """Take a stored transaction of a partition this instance takes over into its card's history (the
+        terminal aggregates counted it when it was scored)."""
         if tx.transaction_id not in self.seen:
-            self._record(tx)
+            self._record(tx, partition, count=False)
 
-    def transform(self, tx: Transaction) -> list[float]:
-        """Features of `tx` given everything seen so far (itself included); records it once."""
+    def transform(self, tx: Transaction, partition: int = -1) -> list[float]:
+        """Features of `tx` given everything seen so far (itself included); records it once. `partition`: the
+        partition it was read from, which its card's state belongs to."""
         if tx.transaction_id not in self.seen:
-            self._record(tx)
+            self._record(tx, partition, count=True)
         t, cents = tx.time, tx.amount_cents
         card = self.cards[tx.card_id]
         times = card.times
@@ -227,29 +228,8 @@ class FeatureState:
         new_terminal = 1.0 if _count_between(at_terminal, t - month * DAY, t) <= 1 else 0.0
         burst = end - bisect_right(times, t - HOUR, month_start, end)
 
-        terminal = self.terminals[tx.terminal_id]
-        delayed_end = t - TERMINAL_DELAY_DAYS * DAY
-        seen, frauds = terminal.times, terminal.fraud_times
-        seen_end = bisect_right(seen, delayed_end)
-        term_counts = [seen_end - bisect_right(seen, delayed_end - w * DAY, 0, seen_end) for w in TERMINAL_WINDOWS_DAYS]
-        if frauds:  # most terminals never had a known fraud
-            fraud_end = bisect_right(frauds, delayed_end)
-            risks = [(fraud_end - bisect_right(frauds, delayed_end - w * DAY, 0, fraud_end)) / n if n else 0.0
-                     for w, n in zip(TERMINAL_WINDOWS_DAYS, term_counts, strict=True)]
-            known_frauds = float(_count_between(frauds, t - 7 * DAY, t))
-            # The terminal's fraud episode, as the delayed windows see it: from its earliest fraud within their
-            # reach to their end. Its age (an old episode may be over while the delayed risk still reads high)
-            # and its risk (a compromised terminal's episode is all frauds; a stolen card's visit is one in many).
-            first = bisect_right(frauds, t - EPISODE_REACH)
-            if first < fraud_end:
-                start = frauds[first]
-                episode_age = (t - start) / DAY
-                episode_risk = (fraud_end - first) / max(seen_end - bisect_left(seen, start, 0, seen_end), 1)
-            else:
-                episode_age = episode_risk = nan
-        else:
-            risks, known_frauds, episode_age, episode_risk = [0.0] * len(TERMINAL_WINDOWS_DAYS), 0.0, nan, nan
-
+        term_counts, risks, known_frauds, episode_age, episode_risk = terminal_features(
+            self.terminals.get(tx.terminal_id), t)
         day_number, second_of_day = divmod(t, DAY)
         is_weekend = 1.0 if (int(day_number) + 3) % 7 >= 5 else 0.0  # 1970-01-01 was a Thursday
         is_night = 1.0 if second_of_day < 7 * HOUR else 0.0  # hour <= 6
@@ -263,7 +243,7 @@ class FeatureState:
             day_mean,
             week_mean,
             month_mean,
-            *map(float, term_counts),
+            *term_counts,
             *risks,
             float(burst),
             since_prev,
@@ -277,6 +257,10 @@ class FeatureState:
         ]
 
     # -- housekeeping ----------------------------------------------------------------------------
+    def terminal_cutoff(self) -> float:
+        """Terminal aggregates at or before this time reach no window any more."""
+        return self._cutoffs()[1]
+
     def _cutoffs(self) -> tuple[float, float]:
         newest = min(self.watermark, self.hold)
         return newest - self.card_retention, newest - self.terminal_retention
@@ -288,14 +272,24 @@ class FeatureState:
         for key, card in list(self.cards.items()):
             if card.drop_before(card_cutoff) and not card.times:
                 del self.cards[key]
-        for key, terminal in list(self.terminals.items()):
-            if _drop_before(terminal_cutoff, terminal.times):
-                del terminal.fraud_times[: bisect_right(terminal.fraud_times, terminal_cutoff)]
-                if not terminal.times:
-                    del self.terminals[key]
+        self.terminals.prune(terminal_cutoff)
         for tx_id, known_at in list(self.pending_frauds.items()):
             if known_at <= terminal_cutoff:
                 del self.pending_frauds[tx_id]
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the cards of partitions this instance no longer reads (another instance owns them now); how
+        many. Cards of no known partition (-1: history stored before partitions were) stay."""
+        gone = [key for key, card in self.cards.items() if card.partition in partitions]
+        for key in gone:
+            del self.cards[key]
+        self.seen = {tx_id: seen for tx_id, seen in self.seen.items() if seen[2] not in partitions}
+        return len(gone)
+
+    def footprint(self) -> int:
+        """Bytes this process holds for the state (the Python objects themselves, measured): what partitioning
+        divides among instances."""
+        return _deep_size((self.cards, self.seen, self.pending_frauds, self._arrivals, self.terminals.entries))
 
 
 def _drop_before(cutoff: float, times: list[float], *parallel: list) -> int:
@@ -307,6 +301,25 @@ def _drop_before(cutoff: float, times: list[float], *parallel: list) -> int:
     for values in parallel:
         del values[:drop]
     return drop
+
+
+def _deep_size(root: object) -> int:
+    """sys.getsizeof over every object reachable through containers and slotted dataclasses, each once."""
+    total, seen, todo = 0, set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | deque):
+            todo.extend(obj)
+        elif hasattr(obj, "__slots__"):
+            todo.extend(getattr(obj, name) for name in obj.__slots__)
+    return total
 
 
 def transactions_of(history: pd.DataFrame) -> Iterable[Transaction]:
@@ -324,17 +337,20 @@ def labels_in_order(labels: pd.DataFrame) -> list[Label]:
     ]
 
 
-def replay(state: FeatureState, transactions: Iterable[Transaction], labels: list[Label]) -> Iterable[list[float]]:
+def replay(state: FeatureState, transactions: Iterable[Transaction], labels: list[Label],
+           partitions: Iterable[int] | None = None) -> Iterable[list[float]]:
     """Feed a time-ordered stream through `state`, each label applied once known; yields each row's features.
 
     Labels must be ordered by known_at; one known at the same second as a transaction is applied first.
+    `partitions`: each transaction's partition (default: not known).
     """
     next_label = 0
-    for tx in transactions:
+    for tx, partition in zip(transactions, repeat(-1) if partitions is None else partitions,
+                                 strict=False):
         while next_label < len(labels) and labels[next_label].known_at <= tx.time:
             state.add_label(labels[next_label])
             next_label += 1
-        yield state.transform(tx)
+        yield state.transform(tx, partition)
     for label in labels[next_label:]:
         state.add_label(label)
 

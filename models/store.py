@@ -6,7 +6,7 @@ Writes are idempotent by transaction id: a batch replayed after a crash changes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -39,6 +39,9 @@ decisions = sa.Table(
     sa.Column("original_amount_cents", sa.BigInteger, nullable=True),
     # The scorer's service mode when it decided (streaming/overload.py; null: full, as rows written before modes)
     sa.Column("mode", sa.String(16), nullable=True),
+    # The transactions partition it was read from: whose card state it is (null: stored before partitions were)
+    sa.Column("source_partition", sa.Integer, nullable=True),
+    sa.Index("decisions_partition_time", "source_partition", "event_time"),
 )
 # One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
 labels = sa.Table(
@@ -82,6 +85,7 @@ class DecisionRow:
     rule: str = "model"
     rules_version: str = "none"
     mode: str = "full"  # the scorer's service mode (streaming/overload.py): a `lean` review has no reasons
+    partition: int | None = None  # the transactions partition it was read from
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,7 @@ class Store:
                     (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
                      r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at,
                      orjson.dumps(list(r.reasons)).decode(), r.rule, r.rules_version, r.tx.currency,
-                     r.tx.original_cents, r.mode)
+                     r.tx.original_cents, r.mode, r.partition)
                     for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
                                   "known_at": lb.known_at} for lb in new_labels])
@@ -230,19 +234,35 @@ class Store:
             return [float(t) for t in db.scalars(sa.select(decisions.c.event_time)
                                                  .order_by(decisions.c.event_time.desc()).limit(count))]
 
-    def recent_transactions(self, horizon_seconds: float, newest: float | None = None) -> Iterator[Transaction]:
+    def recent_transactions(self, horizon_seconds: float, newest: float | None = None,
+                            partitions: Collection[int] | None = None) -> Iterator[tuple[Transaction, int]]:
         """Decided transactions within `horizon_seconds` of `newest` (default: the newest stored) and not after
-        it, in time order (to rebuild state)."""
+        it, in time order, each with the partition it was read from (-1: not known): to rebuild state.
+        `partitions`: those of these partitions only (and those of none known)."""
         newest = self.newest_event_time() if newest is None else newest
         if newest is None:
             return
+        c = decisions.c
+        query = (sa.select(c.transaction_id, c.card_id, c.terminal_id, c.event_time, c.amount_cents, c.source_partition)
+                 .where(c.event_time > newest - horizon_seconds, c.event_time <= newest)
+                 .order_by(c.event_time, c.transaction_id))
+        if partitions is not None:
+            query = query.where(sa.or_(c.source_partition.in_(list(partitions)), c.source_partition.is_(None)))
         with self.engine.connect() as db:
-            query = (sa.select(decisions.c.transaction_id, decisions.c.card_id, decisions.c.terminal_id,
-                               decisions.c.event_time, decisions.c.amount_cents)
-                     .where(decisions.c.event_time > newest - horizon_seconds, decisions.c.event_time <= newest)
-                     .order_by(decisions.c.event_time, decisions.c.transaction_id))
             for row in db.execute(query):
-                yield Transaction(row[0], row[1], row[2], float(row[3]), int(row[4]))
+                yield Transaction(row[0], row[1], row[2], float(row[3]), int(row[4])), -1 if row[5] is None else row[5]
+
+    def where_decided(self, transaction_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """The terminal and time of these transactions, those decided: where a label's fraud is counted."""
+        found: dict[str, tuple[str, float]] = {}
+        c = decisions.c
+        ids = list(transaction_ids)
+        with self.engine.connect() as db:
+            for start in range(0, len(ids), 500):
+                query = sa.select(c.transaction_id, c.terminal_id, c.event_time).where(
+                    c.transaction_id.in_(ids[start:start + 500]))
+                found.update((r[0], (r[1], float(r[2]))) for r in db.execute(query))
+        return found
 
     def all_labels(self, since: float = float("-inf")) -> list[Label]:
         with self.engine.connect() as db:
@@ -303,6 +323,8 @@ def _add_missing_columns(engine: sa.Engine) -> None:
             if column.name not in present:
                 db.exec_driver_sql(f"ALTER TABLE decisions ADD COLUMN {column.name} "
                                    f"{column.type.compile(engine.dialect)}")
+    for index in decisions.indexes:  # create_all leaves an existing table's new indexes out
+        index.create(engine, checkfirst=True)
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 # Fine around the 50 ms SLO, so that a p99 read from the buckets says which side of it the scorer is.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SHARED_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.5)
 BATCH_STAGES = ("fetched", "to_worker", "scoring", "from_worker", "acked")  # fraud_batch_stage_seconds, in order
 MODEL_EVENTS = ("swapped", "compiled", "compile_failed", "refused", "load_failed", "registry_error")
 
@@ -43,8 +44,9 @@ class ScorerMetrics:
                                    registry=r)
         self.stage_cpu = Counter("fraud_worker_stage_cpu_seconds", "CPU seconds of the worker's scoring thread by "
                                  "stage: decode (decode, validate, event-time policy; labels too), lookup (earlier "
-                                 "decisions), features, model, policy, reasons, messages, store, serialize (the "
-                                 "decision messages, and the shared-state publish when configured)", ["stage"],
+                                 "decisions), shared (the terminal aggregates read from and written to Redis, when "
+                                 "shared), features, model, policy, reasons, messages, store, serialize (the "
+                                 "decision messages)", ["stage"],
                                  registry=r)
         self.rule_hits = Counter("fraud_rule_hits", "Decisions by what decided them: a rule, a list, or `model` "
                                  "(the served version's thresholds)", ["rule"], registry=r)
@@ -70,6 +72,18 @@ class ScorerMetrics:
         self.mode = Gauge("fraud_scorer_mode", "The service mode (1 for the one in force): full; lean (no shadow "
                           "scoring, reasons for declines only)", ["mode"], registry=r)
         self.set_mode(FULL)
+        self.state_cards = Gauge("fraud_feature_state_cards", "Cards whose history this instance holds (those of "
+                                 "its partitions)", registry=r)
+        self.state_bytes = Gauge("fraud_feature_state_bytes", "Memory the feature state's objects take in the worker, "
+                                 "measured once a minute", registry=r)
+        self.shared_commands = Counter("fraud_shared_state_commands", "Commands sent to the shared terminal store "
+                                       "(Redis)", registry=r)
+        self.shared_round_trip = Histogram("fraud_shared_state_round_trip_seconds", "Pipelined round trips to the "
+                                           "shared terminal store: one read and one write per batch",
+                                           buckets=SHARED_BUCKETS, registry=r)
+        self.shared_failures = Counter("fraud_shared_state_failures", "Round trips to the shared terminal store given "
+                                       "up on: a batch scored without terminal aggregates, or its increments held "
+                                       "for the next write", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
         for outcome in (APPROVE, REVIEW, DECLINE):
             self.decisions.labels(outcome)

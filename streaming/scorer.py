@@ -36,6 +36,7 @@ from fraudloop.streaming.decide import DECLINE, REVIEW, top_reasons
 from fraudloop.streaming.event_time import FUTURE, LATE
 from fraudloop.streaming.model import ServingModel
 from fraudloop.streaming.overload import FULL
+from fraudloop.streaming.rebuild import rebuild_cards
 from fraudloop.streaming.rules import NO_RULES, RuleSet
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 INVALID, CONFLICT, INTERNAL = "invalid", "conflicting duplicate", "internal"
 DEAD_LETTER_KINDS = (INVALID, LATE, FUTURE, CONFLICT, INTERNAL)
 # Where the worker's CPU goes, in the order a batch goes through them (StageClock).
-STAGES = ("decode", "lookup", "features", "model", "policy", "reasons", "messages", "store", "serialize")
+STAGES = ("decode", "lookup", "shared", "features", "model", "policy", "reasons", "messages", "store", "serialize")
 
 
 class StageClock:
@@ -110,6 +111,8 @@ class Scorer:
         self.policy = config.event_time_policy()
         self.rates = load_rates(config.rates_file)  # amounts in one currency (models/currency.py)
         self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
+        # The transactions partitions whose cards the state holds (None: every stored one, as rebuilt on start).
+        self.owned: set[int] | None = set() if state.terminals.shared else None
         self.clock = StageClock()
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
@@ -125,6 +128,8 @@ class Scorer:
         now = time.time() if now is None else now
         clock = self.clock
         clock.start()
+        if partitions is not None:
+            self._follow(set(partitions), now)
         result = BatchResult()
         judged = self._judge(messages, result, now, partitions)
         clock.lap("decode")
@@ -145,13 +150,16 @@ class Scorer:
             else:
                 accepted.append((item.time, 1, message, item))
         accepted.sort(key=lambda e: (e[0], e[1]))
+        wheres = self._where_scored(accepted)
         clock.lap("lookup")
+        self._load_terminals(accepted, wheres)
+        clock.lap("shared")
         for _, _, message, item in accepted:
             try:
                 if isinstance(item, Label):
-                    self._label(result, message, item)
+                    self._label(result, message, item, wheres.get(item.transaction_id))
                 else:
-                    batch.scored.append((message, item, self.state.transform(item)))
+                    batch.scored.append((message, item, self.state.transform(item, message.partition)))
             except Exception as error:  # noqa: BLE001 - one message never fails its batch
                 _failed(result, message, error, item.transaction_id)
         clock.lap("features")
@@ -162,7 +170,45 @@ class Scorer:
             if inserted < len(result.rows):
                 self._reconcile(result, model.name)
         clock.lap("store")
+        self.state.terminals.commit(self.state.terminal_cutoff())  # after the store: see terminal_store.py
+        clock.lap("shared")
         return result
+
+    def _where_scored(self, accepted: list[tuple]) -> dict[str, tuple[str, float]]:
+        """The terminal and time of the fraud labels' transactions that other instances scored (in the store);
+        the labels pending here since an earlier batch are looked for again. Only with shared terminal
+        aggregates: a scorer alone has recorded every transaction it scored itself."""
+        state = self.state
+        if not state.terminals.shared:
+            return {}
+        wanted = [item.transaction_id for _, _, _, item in accepted
+                  if isinstance(item, Label) and item.is_fraud and item.transaction_id not in state.seen]
+        wanted += state.pending_frauds
+        return self.store.where_decided(wanted) if wanted else {}
+
+    def _load_terminals(self, accepted: list[tuple], wheres: dict[str, tuple[str, float]]) -> None:
+        """The aggregates of the terminals this batch touches, from the shared store (one round trip); labels
+        pending since an earlier batch whose transaction is now found are applied first (known before it)."""
+        state = self.state
+        terminals = {item.terminal_id for _, _, _, item in accepted if isinstance(item, Transaction)}
+        terminals.update(terminal for terminal, _ in wheres.values())
+        state.terminals.load(terminals, state.terminal_cutoff())
+        for tx_id, known_at in list(state.pending_frauds.items()):
+            if tx_id in wheres:
+                state.add_label(Label(tx_id, True, known_at), wheres[tx_id])
+
+    def _follow(self, assigned: set[int], now: float) -> None:
+        """Hold the cards of the partitions assigned now and no others: a partition taken over gets its cards'
+        stored history before its first transaction is scored; one gone is forgotten."""
+        state = self.state
+        if self.owned is None:  # rebuilt from the whole store: the partitions it holds cards of
+            self.owned = {seen[2] for seen in state.seen.values()} - {-1}
+        gone, added = self.owned - assigned, assigned - self.owned
+        if gone:
+            log.info("partitions %s moved away: %d cards forgotten", sorted(gone), state.drop_partitions(gone))
+        if added:
+            rebuild_cards(state, self.store, self.policy, added, now)
+        self.owned = assigned
 
     # -- per message -----------------------------------------------------------------------------
     def _judge(self, messages: list[Message], result: BatchResult, now: float,
@@ -220,10 +266,10 @@ class Scorer:
         batch.first[tx.transaction_id] = tx
         return False
 
-    def _label(self, result: BatchResult, message: Message, label: Label) -> None:
-        if label.transaction_id not in self.state.seen:
+    def _label(self, result: BatchResult, message: Message, label: Label, where: tuple[str, float] | None) -> None:
+        if where is None and label.transaction_id not in self.state.seen:
             result.unknown_labels += 1  # kept: it may come before its transaction, or after the state forgot it
-        self.state.add_label(label)
+        self.state.add_label(label, where)
         result.labels.append(label)
         result.label_sources.append(message)
 
@@ -259,7 +305,7 @@ class Scorer:
             result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message,
                                            by_rule[j], rules.version, batch.mode), message)
             result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why, by_rule[j],
-                                           rules.version, batch.mode))
+                                           rules.version, batch.mode, message.partition))
         for message, tx_id in batch.copies:
             if tx_id not in index:  # its first copy could not be scored either
                 result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: its first copy in the batch failed"))
@@ -307,6 +353,8 @@ class Scorer:
             else:
                 result.dead_letters.append(DeadLetter(source, _conflict(made.tx)))
         result.rows = [row for row in result.rows if row.tx.transaction_id not in overruled]
+        for tx_id in overruled:  # its decider counted it
+            self.state.terminals.withdraw(ours[tx_id].tx.terminal_id, ours[tx_id].tx.time)
 
 
 @dataclass

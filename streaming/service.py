@@ -376,6 +376,13 @@ class ScorerService:
         self.rules_version = scored.rules_version or self.rules_version
         self.metrics.model_behind_alias.set(scored.model_behind_seconds)
         self.metrics.set_mode(scored.mode)
+        self.metrics.state_cards.set(scored.state_cards)
+        if scored.state_bytes:
+            self.metrics.state_bytes.set(scored.state_bytes)
+        self.metrics.shared_commands.inc(scored.shared_ops)
+        self.metrics.shared_failures.inc(scored.shared_failures)
+        for seconds in scored.shared_seconds:
+            self.metrics.shared_round_trip.observe(seconds)
         self.metrics.shadow_scored.inc(scored.shadow_scored)
         self.metrics.shadow_shed.inc(scored.shadow_shed)
         self.metrics.shadow_cpu.inc(scored.shadow_cpu_seconds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import queue
 import signal
@@ -30,16 +31,15 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 import orjson
-from fraudloop.models.features import FeatureState, replay
 from fraudloop.models.registry import RegistryConfig
 from fraudloop.models.store import Store
 from fraudloop.streaming.config import ScorerConfig
-from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.model import ModelHolder
 from fraudloop.streaming.overload import FULL
+from fraudloop.streaming.rebuild import rebuild_state
 from fraudloop.streaming.rules_file import RulesFile
 from fraudloop.streaming.scorer import Message, Scorer
-from fraudloop.streaming.shared_state import SharedEvents
+from fraudloop.streaming.terminal_store import RedisTerminals
 
 log = logging.getLogger(__name__)
 
@@ -73,47 +73,13 @@ class Scored:
     shadow_cpu_seconds: float = 0.0
     shadow_version: str = ""
     mode: str = FULL  # the service mode the batch was scored in (streaming/overload.py)
+    state_cards: int = 0  # cards held in the feature state
+    state_bytes: int = 0  # the state's footprint (FeatureState.footprint), when measured with this batch
+    shared_ops: int = 0  # commands sent to the shared terminal store for this batch
+    shared_seconds: list[float] = field(default_factory=list)  # its round trips
+    shared_failures: int = 0  # round trips given up on (scored without the shared aggregates)
     started: float = 0.0  # time.monotonic() (one clock for every process of the machine) as scoring began
     finished: float = 0.0  # and as it ended, before the reply was sent
-
-
-def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = None) -> FeatureState:
-    """The feature state as of the last stored decision: the stored window of transactions and labels replayed
-    through the event-time policy, so no stored row (one written before the policy, or by another writer)
-    can poison it: one too far ahead is not taken as the newest, one too late is left out."""
-    now = time.time() if now is None else now
-    state = FeatureState(policy.allowed_lateness)
-    newest = _trusted_newest(store, policy, now)
-    transactions = [] if newest is None else list(store.recent_transactions(
-        max(state.card_retention, state.terminal_retention), newest))
-    skipped = 0
-
-    def accepted():
-        nonlocal skipped
-        for tx in transactions:
-            if policy.transaction(tx.time, state.watermark, state.watermark, now):  # one stream, in time order
-                skipped += 1
-            else:
-                yield tx
-
-    if transactions:
-        for _ in replay(state, accepted(), store.all_labels(since=transactions[0].time)):
-            pass
-    log.info("feature state rebuilt from %d stored transactions (%d left out by the event-time policy)",
-             len(transactions) - skipped, skipped)
-    return state
-
-
-def _trusted_newest(store: Store, policy: EventTimePolicy, now: float) -> float | None:
-    """The newest stored transaction time the policy would have accepted: with the wall clock, none ahead of
-    it; with the stream's own clock, none further ahead of the one before it than the largest skew."""
-    if policy.clock == WALL:
-        return store.newest_event_time(at_most=now + policy.max_ahead)
-    times = store.newest_event_times(64)
-    for newer, older in zip(times, times[1:], strict=False):
-        if newer - older <= policy.max_ahead:
-            return newer
-    return times[-1] if times else None
 
 
 class ScoringCore:
@@ -132,14 +98,13 @@ class ScoringCore:
                                                     optional=True, compile_models=False)
         self._pending: list = []  # the last batch's new decisions, for the shadow
         self._shadow_work = Scored()  # shadow scoring not reported yet
-        # Several instances in one group share their events through Redis (see shared_state.py).
-        self.shared = (SharedEvents(config.shared_state_url, stream=f"fraudloop:{config.group_id}:feature-events")
-                       if config.shared_state_url else None)
-        if self.shared:
-            self.shared.mark_start()  # before the rebuild: what is published meanwhile is applied after it
-        self.scorer = Scorer(config, rebuild_state(self.store, config.event_time_policy()), self.store)
-        if self.shared:
-            log.info("applied %d events shared by other instances", self.shared.apply_others(self.scorer.state))
+        # Several instances in one group share the terminal aggregates in Redis (see terminal_store.py); each
+        # holds the cards of its own partitions.
+        terminals = (RedisTerminals(config.shared_state_url, f"fraudloop:{config.group_id}:terminal")
+                     if config.shared_state_url else None)
+        self.scorer = Scorer(config, rebuild_state(self.store, config.event_time_policy(), terminals=terminals),
+                             self.store)
+        self._measured = -math.inf  # when the state's footprint was last measured
         # The state's long-lived objects are moved out of the cyclic GC's reach: a full collection walking
         # hundreds of thousands of them shows up as a latency spike.
         gc.collect()
@@ -214,14 +179,11 @@ class ScoringCore:
         rules = self.rules.refresh()  # so is a new rules version
         messages = [Message(*fields) for fields in batch]
         mode = self._observe(_waited_ms(messages, self.config.transactions_topic), lag)
-        if self.shared:
-            self.shared.apply_others(self.scorer.state)
         result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions, rules=rules,
                                      mode=mode)
         self._pending = result.rows
-        if self.shared:  # after the store: a restarted instance rebuilds from the store, then reads from here
-            self.shared.publish([row.tx for row in result.rows], result.labels)
         scored = self._report()  # the model was refreshed before this batch
+        self._measure(scored)
         scored.mode = mode
         scored.decisions = [(source.partition, d["card_id"].encode(), orjson.dumps(d))
                             for source, d in zip(result.sources, result.decisions, strict=True)]
@@ -244,6 +206,20 @@ class ScoringCore:
         scored.started, scored.finished = started, time.monotonic()
         return scored
 
+    def _measure(self, scored: Scored, every_seconds: float = 60.0) -> None:
+        """The state's size and the shared store's traffic, for the metrics. The footprint walks the whole
+        state, so it is measured once a minute (tens of milliseconds per 100k transactions held)."""
+        state = self.scorer.state
+        scored.state_cards = len(state.cards)
+        if time.monotonic() - self._measured >= every_seconds:
+            self._measured = time.monotonic()
+            scored.state_bytes = state.footprint()
+        terminals = state.terminals
+        if isinstance(terminals, RedisTerminals):
+            scored.shared_ops, terminals.ops = terminals.ops, 0
+            scored.shared_failures, terminals.failures = terminals.failures, 0
+            scored.shared_seconds = terminals.take_round_trips()
+
     def _take_costs(self, every_seconds: float = 10.0) -> dict[str, tuple[int, float]] | None:
         """Serving cost per model version, written with a batch every few seconds (no extra round trip)."""
         if not self._costs or time.monotonic() - self._costs_written < every_seconds:
@@ -257,8 +233,8 @@ class ScoringCore:
             self.shadow.close()
         self.store.write([], [], self._take_costs(every_seconds=0))
         self.store.close()
-        if self.shared:
-            self.shared.close()
+        if isinstance(self.scorer.state.terminals, RedisTerminals):
+            self.scorer.state.terminals.close()
 
 
 def _waited_ms(messages: list[Message], transactions_topic: str) -> float:

@@ -10,6 +10,7 @@ import pytest
 from fraudloop.models import features as F
 from fraudloop.models.features import FEATURE_NAMES, FeatureState, compute_features
 from fraudloop.models.schema import Label, Transaction, label_record, parse_label, parse_transaction, transaction_record
+from fraudloop.models.terminals import EPISODE_REACH
 from fraudloop.models.units import DAY
 
 T0 = 1_522_540_800  # 2018-04-01T00:00:00Z, a Sunday
@@ -94,7 +95,7 @@ def test_genuine_and_repeated_labels_change_nothing():
     state.add_label(Label("TX1", False, T0 + 10))
     state.add_label(Label("TX1", True, T0 + 20))
     state.add_label(Label("TX1", True, T0 + 30))
-    assert state.terminals["T"].fraud_times == [T0]
+    assert state.terminals.get("T").fraud_times == [T0]
 
 
 def test_a_replayed_transaction_is_not_counted_twice():
@@ -175,7 +176,7 @@ def test_pruning_changes_no_value_and_bounds_memory(small_history, small_labels,
     monkeypatch.undo()
     _, state = _score_stream(small_history, small_labels)
     # what is kept: the transactions the terminal windows can still reach, plus the allowed lateness
-    horizon = (F.TERMINAL_DELAY_DAYS + max(F.TERMINAL_WINDOWS_DAYS)) * DAY + F.LATENESS
+    horizon = EPISODE_REACH + F.LATENESS
     assert len(state.seen) <= (small_history["time"] > state.watermark - horizon).sum() < len(small_history)
     # quiet cards are swept out at least every SWEEP_EVERY of event time
     oldest_card_event = min(card.times[0] for card in state.cards.values())

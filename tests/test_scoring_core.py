@@ -221,10 +221,10 @@ def test_labels_for_unknown_transactions_are_kept_and_counted_and_bad_labels_dea
 
 def test_an_unexpected_error_on_one_transaction_dead_letters_it_alone(model):
     class Fragile(FeatureState):
-        def transform(self, tx: Transaction) -> list[float]:
+        def transform(self, tx: Transaction, partition: int = -1) -> list[float]:
             if tx.card_id == "BOOM":
                 raise KeyError("a bug in the feature code")
-            return super().transform(tx)
+            return super().transform(tx, partition)
 
     scorer = make_scorer(Fragile())
     feed = Feed(scorer.config)

@@ -11,7 +11,7 @@ from fraudloop.models.features import FEATURE_NAMES, FeatureState, labels_in_ord
 from fraudloop.models.schema import Label, Transaction
 from fraudloop.models.store import DecisionRow, Store, decisions, labels, shadow_scores
 from fraudloop.streaming.event_time import STREAM, EventTimePolicy
-from fraudloop.streaming.worker import rebuild_state
+from fraudloop.streaming.rebuild import rebuild_state
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,166 @@
+"""Terminal aggregates in Redis, shared by every scorer instance of a consumer group.
+
+A card's history stays with the instance that reads its partition; a terminal's aggregates cannot, since a
+terminal serves cards on every partition. So they live in Redis, one hash per terminal (models/terminals.py
+says what they are):
+- field `<hour>`: transactions counted in that hour (HINCRBY: atomic, whichever instance scored them);
+- field `f:<transaction id>`: a known fraud's time (HSETNX: a repeated label changes nothing), set by the
+  instance that applied the label. A label is keyed by its transaction id, so it lands on any partition; the
+  transaction's terminal and time come from the store's decision row (written by whichever instance scored it).
+
+Per batch, `load` reads the hashes of the batch's terminals in one pipelined round trip; the features are
+computed from them as the batch's own transactions and labels update them in order (one instance thus
+computes exactly the offline build's values); `commit`, after the batch's decisions are in the store, sends
+the batch's increments in one pipelined round trip, trims fields no window reaches any more and renews each
+touched key's expiry, so a terminal gone quiet disappears. Pipelines are not MULTI/EXEC transactions, so a
+Redis Cluster can shard the terminals (one key each) across nodes.
+
+Exactly once: a transaction is counted by the batch that stored its decision, after it stored it; a
+redelivered one finds its decision in the store and is neither scored nor counted again. A process killed
+between the store's commit and the increments loses that batch's counts (its frauds come back with the
+redelivered labels). Redis down does not stop scoring: after a short retry the batch is scored without terminal
+aggregates (missing values, as for a new terminal) and its increments wait in memory for the next commit that
+gets through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import redis
+from fraudloop.models.terminals import EMPTY, TerminalHistory, Terminals, bucket, first_kept
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+log = logging.getLogger(__name__)
+FRAUD = b"f:"
+# Keys expire this long (wall clock) after their last update: longer than any window reaches back.
+EXPIRE_SECONDS = 45 * 86_400
+MAX_WAITING = 1_000_000  # increments held while Redis is down; past this the oldest are given up (logged)
+
+
+class RedisTerminals(Terminals):
+    shared = True
+
+    def __init__(self, url: str, prefix: str, retry_seconds: float = 2.0) -> None:
+        super().__init__()
+        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.prefix = prefix
+        self.retry_seconds = retry_seconds
+        self.counts: dict[tuple[str, int], int] = {}  # increments not yet in Redis
+        self.frauds: dict[tuple[str, str], float] = {}  # (terminal, transaction id) -> time, not yet in Redis
+        self.stale: dict[str, list[bytes]] = {}  # fields read this batch that no window reaches any more
+        self.ops = 0  # commands sent, for the metrics
+        self.round_trips: list[float] = []  # seconds per pipelined round trip, until taken
+        self.failures = 0  # round trips given up on
+        self.degraded = False  # the last load failed: this batch has no terminal aggregates
+
+    def key(self, terminal_id: str) -> str:
+        return f"{self.prefix}:{terminal_id}"
+
+    def load(self, terminal_ids: Iterable[str], cutoff: float) -> None:
+        ids = list(dict.fromkeys(terminal_ids))
+        self.entries = {}
+        self.stale = {}
+        try:
+            answers = self._send([("hgetall", self.key(t)) for t in ids])
+        except redis.RedisError as error:
+            self._failed("read", len(ids), error)
+            self.degraded = True
+            return
+        self.degraded = False
+        oldest = first_kept(cutoff)
+        for terminal_id, fields in zip(ids, answers, strict=True):
+            if not fields:
+                continue
+            entry, hours, stale = TerminalHistory(), [], []
+            for name, value in fields.items():
+                if name.startswith(FRAUD):
+                    when = float(value)
+                    if when > cutoff:
+                        entry.frauds[name[2:].decode()] = when
+                    else:
+                        stale.append(name)
+                else:
+                    hour = int(name)
+                    if hour >= oldest:
+                        hours.append((hour, int(value)))
+                    else:
+                        stale.append(name)
+            hours.sort()
+            entry.buckets = [h for h, _ in hours]
+            entry.counts = [n for _, n in hours]
+            entry.fraud_times = sorted(entry.frauds.values())
+            self.entries[terminal_id] = entry
+            if stale:
+                self.stale[terminal_id] = stale
+
+    def get(self, terminal_id: str) -> TerminalHistory:
+        return self.entries.get(terminal_id, EMPTY)
+
+    def count(self, terminal_id: str, time: float, cutoff: float) -> None:
+        hour = bucket(time)
+        self._entry(terminal_id).count(hour)
+        self.counts[terminal_id, hour] = self.counts.get((terminal_id, hour), 0) + 1
+
+    def withdraw(self, terminal_id: str, time: float) -> None:
+        key = (terminal_id, bucket(time))
+        left = self.counts.get(key, 0) - 1
+        if left > 0:
+            self.counts[key] = left
+        else:
+            self.counts.pop(key, None)
+
+    def add_fraud(self, terminal_id: str, transaction_id: str, time: float, cutoff: float) -> None:
+        if time > cutoff and self._entry(terminal_id).add_fraud(transaction_id, time):
+            self.frauds[terminal_id, transaction_id] = time
+
+    def commit(self, cutoff: float) -> None:
+        commands: list[tuple] = [("hincrby", self.key(t), str(hour), n) for (t, hour), n in self.counts.items()]
+        commands += [("hsetnx", self.key(t), f"f:{tx_id}", repr(when)) for (t, tx_id), when in self.frauds.items()]
+        commands += [("hdel", self.key(t), *fields) for t, fields in self.stale.items()]
+        touched = {t for t, _ in self.counts} | {t for t, _ in self.frauds}
+        commands += [("expire", self.key(t), EXPIRE_SECONDS) for t in touched]
+        self.stale = {}
+        if not commands:
+            return
+        try:
+            self._send(commands)
+        except redis.RedisError as error:
+            self._failed("write", len(commands), error)
+            if len(self.counts) + len(self.frauds) > MAX_WAITING:
+                log.error("%d terminal increments given up after Redis failed to take them", len(self.counts))
+                self.counts = {}
+            return
+        self.counts, self.frauds = {}, {}
+
+    def prune(self, cutoff: float) -> None:
+        """Nothing to sweep here: the entries last one batch, and Redis expires quiet terminals."""
+
+    def _send(self, commands: list[tuple]) -> list:
+        """One pipelined round trip (retried briefly: a failover or a restart is seconds)."""
+        for attempt in Retrying(retry=retry_if_exception_type(redis.ConnectionError | redis.TimeoutError),
+                                stop=stop_after_delay(self.retry_seconds), wait=wait_exponential(0.05, max=0.5),
+                                reraise=True):
+            with attempt:
+                started = time.perf_counter()
+                pipe = self.redis.pipeline(transaction=False)
+                for name, *args in commands:
+                    getattr(pipe, name)(*args)
+                answers = pipe.execute()
+                self.round_trips.append(time.perf_counter() - started)
+                self.ops += len(commands)
+                return answers
+        raise AssertionError("unreachable")
+
+    def _failed(self, what: str, commands: int, error: Exception) -> None:
+        self.failures += 1
+        log.error("Redis %s of %d commands failed (%r): scoring goes on without it", what, commands, error)
+
+    def take_round_trips(self) -> list[float]:
+        taken, self.round_trips = self.round_trips, []
+        return taken
+
+    def close(self) -> None:
+        self.redis.close()

@@ -1,0 +1,144 @@
+"""Scale-out: N scorer instances, each holding the cards of its own partitions, the terminal aggregates in a real
+Redis, compute the features of one instance, and of the offline build.
+
+The instances run the real scoring core (Scorer: event-time policy, features, model, store) in lockstep, an hour
+of traffic per step, each on the partitions it owns, over one store, as a consumer group spreads them.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from fraudloop.models.features import FEATURE_NAMES, N_FEATURES, FeatureState, compute_features, transactions_of
+from fraudloop.models.schema import Label, label_record, transaction_record
+from fraudloop.models.store import Store
+from fraudloop.models.units import DAY, HOUR
+from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.model import ServingModel
+from fraudloop.streaming.scorer import Message, Scorer
+from fraudloop.streaming.terminal_store import RedisTerminals
+
+PARTITIONS = 6
+CARD_FEATURES = [j for j, name in enumerate(FEATURE_NAMES) if name.startswith("card_")]
+LABEL_FEATURES = {j for j, name in enumerate(FEATURE_NAMES) if "risk" in name or "frauds" in name or "episode" in name}
+
+
+def partition_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % PARTITIONS  # a producer keys transactions by card, labels by transaction
+
+
+@pytest.fixture(scope="module")
+def model() -> ServingModel:
+    rng = np.random.default_rng(0)
+    x = rng.random((2_000, N_FEATURES))
+    data = lgb.Dataset(x, label=(x[:, 0] > 0.8).astype(float), feature_name=list(FEATURE_NAMES))
+    return ServingModel("card-fraud", "1", lgb.train({"objective": "binary", "verbosity": -1}, data, 5))
+
+
+@pytest.fixture(scope="module")
+def stream(small_history, small_labels) -> tuple[pd.DataFrame, pd.DataFrame]:
+    history = small_history[small_history["time"] < small_history["time"].min() + 45 * DAY]
+    return history, small_labels[small_labels["known_at"] <= history["time"].max()]
+
+
+def run(history: pd.DataFrame, labels: pd.DataFrame, instances: int, store_url: str, redis_url: str | None,
+        model: ServingModel) -> tuple[dict[str, list[float]], list[Scorer]]:
+    """Each instance owns the partitions p with p % instances == its number; returns the stored features."""
+    config = ScorerConfig()
+    now = float(history["time"].max()) + DAY
+    scorers = [Scorer(config, FeatureState(config.allowed_lateness_seconds,
+                                           RedisTerminals(redis_url, f"test:{store_url}:{instances}")
+                                           if redis_url else None), Store(store_url)) for _ in range(instances)]
+    events = sorted([(tx.time, 1, tx.transaction_id, config.transactions_topic, partition_of(tx.card_id),
+                      orjson.dumps(transaction_record(tx))) for tx in transactions_of(history)]
+                    + [(lb.known_at, 0, lb.transaction_id, config.labels_topic, partition_of(lb.transaction_id),
+                        orjson.dumps(label_record(lb)))
+                       for lb in (Label(r.transaction_id, bool(r.is_fraud), float(r.known_at))
+                                  for r in labels.itertuples())])
+    steps: dict[int, list] = {}
+    for offset, (when, _, _, topic, partition, value) in enumerate(events):
+        steps.setdefault(int(when // HOUR), []).append(Message(topic, partition, offset, 0, value))
+    features: dict[str, list[float]] = {}
+    for step in sorted(steps):
+        for number, scorer in enumerate(scorers):
+            owned = [p for p in range(PARTITIONS) if p % instances == number]
+            mine = [m for m in steps[step] if m.partition in owned]
+            if mine:
+                result = scorer.process(mine, model, now=now, partitions=owned)
+                assert not result.dead_letters
+                features.update((row.tx.transaction_id, list(row.features)) for row in result.rows)
+    return features, scorers
+
+
+def agreement(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per transaction and feature: whether the two runs computed the same value."""
+    ids = sorted(a)
+    assert sorted(b) == ids
+    x, y = (np.array([run[t] for t in ids], dtype=float) for run in (a, b))
+    return (x == y) | (np.isnan(x) & np.isnan(y)), np.array(ids)
+
+
+def test_three_instances_compute_the_features_of_one_and_of_the_offline_build(stream, model, redis_url, tmp_path):
+    history, labels = stream
+    offline = compute_features(history, labels)
+    offline_rows = dict(zip(history["transaction_id"], offline.to_numpy().tolist(), strict=True))
+    one, _ = run(history, labels, 1, f"sqlite:///{tmp_path / 'one.db'}", None, model)
+    one_shared, _ = run(history, labels, 1, f"sqlite:///{tmp_path / 'one-shared.db'}", redis_url, model)
+    three, scorers = run(history, labels, 3, f"sqlite:///{tmp_path / 'three.db'}", redis_url, model)
+    alone, _ = run(history, labels, 3, f"sqlite:///{tmp_path / 'alone.db'}", None, model)
+
+    assert agreement(one, offline_rows)[0].all()  # the scorer computes the offline build's values
+    assert agreement(one_shared, one)[0].all()  # with its terminal aggregates in Redis too
+    same, ids = agreement(three, one)
+    rows_same = same.all(axis=1)
+    share = rows_same.mean()
+    alone_share = agreement(alone, one)[0].all(axis=1).mean()
+    print(f"\n3 instances: {share:.4%} of {len(ids)} transactions identical to one instance "
+          f"({alone_share:.1%} without the shared terminal aggregates)")
+    assert same[:, CARD_FEATURES].all()  # each card's history is whole on the instance that owns it
+    # What differs is label-driven only: a fraud label applied by another instance within the same hour.
+    assert {int(j) for j in np.flatnonzero(~same.all(axis=0))} <= LABEL_FEATURES
+    assert share >= 0.995
+    assert alone_share < 0.5  # without sharing, terminal counts miss the other instances' traffic
+
+    # No instance holds another's cards: each holds exactly the cards of its partitions.
+    held = [set(scorer.state.cards) for scorer in scorers]
+    for number, cards in enumerate(held):
+        assert cards and all(partition_of(card) % 3 == number for card in cards)
+    assert sum(map(len, held)) == len(set().union(*held))
+
+
+def test_a_partition_taken_over_brings_its_cards_history_and_the_one_given_up_is_forgotten(
+        stream, model, redis_url, tmp_path):
+    history, labels = stream
+    history = history[history["time"] < history["time"].min() + 20 * DAY]
+    store_url = f"sqlite:///{tmp_path / 'handover.db'}"
+    _, (a, b) = run(history, labels.iloc[:0], 2, store_url, redis_url, model)
+    cards_of_b = set(b.state.cards)
+    config = a.config
+    later = history["time"].max() + HOUR
+    moved = [next(t for t in transactions_of(history) if t.card_id == card) for card in sorted(cards_of_b)]
+    probes = [tx.__class__(f"PROBE-{tx.card_id}", tx.card_id, tx.terminal_id, later, tx.amount_cents) for tx in moved]
+    messages = [Message(config.transactions_topic, partition_of(tx.card_id), i, 0,
+                        orjson.dumps(transaction_record(tx))) for i, tx in enumerate(probes)]
+    # B leaves: A is assigned every partition, takes B's cards' history from the store, then scores.
+    result = a.process(messages, model, now=later + DAY, partitions=range(PARTITIONS))
+    whole = FeatureState()
+    for tx in transactions_of(history):
+        whole.transform(tx)
+    assert len(result.rows) == len(probes)
+    for row in result.rows:  # each card's history was known, as to one instance that held every card
+        expected = whole.transform(row.tx)
+        assert [row.features[j] for j in CARD_FEATURES] == pytest.approx([expected[j] for j in CARD_FEATURES],
+                                                                          nan_ok=True)
+    assert set(a.state.cards) >= cards_of_b
+    # Then A gives B's partitions back: their cards are forgotten.
+    mine = [p for p in range(PARTITIONS) if p % 2 == 0]
+    a.process([], model, now=later + DAY, partitions=mine)
+    assert a.state.cards and all(partition_of(card) % 2 == 0 for card in a.state.cards)
+    assert not any(seen[2] % 2 for seen in a.state.seen.values())
