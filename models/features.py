@@ -19,6 +19,7 @@ process, or in a shared store that every instance updates (streaming/terminal_st
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from bisect import bisect_left, bisect_right
@@ -131,6 +132,8 @@ class FeatureState:
         self.terminals = Terminals() if terminals is None else terminals
         self.seen: dict[str, tuple[str, float, int]] = {}  # transaction id -> (terminal id, time, partition)
         self.pending_frauds: dict[str, float] = {}  # fraud labels that arrived before their transaction
+        # Fraud labels known after the newest transaction seen, by known_at: (known_at, transaction id, where)
+        self.held: list[tuple[float, str, tuple[str, float] | None]] = []
         self.watermark = -math.inf  # newest transaction time seen
         # Nothing newer than this is forgotten (the scorer holds it at its slowest partition's time while a
         # backlog is read one partition after another); offline, the watermark alone decides.
@@ -146,15 +149,25 @@ class FeatureState:
 
     def add_label(self, label: Label, where: tuple[str, float] | None = None) -> None:
         """Record a known outcome. Only frauds change features; repeats are ignored. `where`: the transaction's
-        terminal and time, when another instance recorded it (the scorer finds them in the store)."""
+        terminal and time, when another instance recorded it (the scorer finds them in the store).
+
+        A label known after every transaction seen so far (one read ahead of the transactions, as in a backlog) is
+        held until the stream reaches its time, so it changes the features of the transactions after it only, as
+        in the offline build."""
         if not label.is_fraud:
             return
-        where = where or self.where(label.transaction_id)
+        if label.known_at > self.watermark:
+            heapq.heappush(self.held, (label.known_at, label.transaction_id, where))
+        else:
+            self._apply_fraud(label.transaction_id, label.known_at, where)
+
+    def _apply_fraud(self, transaction_id: str, known_at: float, where: tuple[str, float] | None) -> None:
+        where = where or self.where(transaction_id)
         if where is None:
-            self.pending_frauds[label.transaction_id] = label.known_at
+            self.pending_frauds[transaction_id] = known_at
             return
-        self.pending_frauds.pop(label.transaction_id, None)
-        self.terminals.add_fraud(where[0], label.transaction_id, where[1], self._cutoffs()[1])
+        self.pending_frauds.pop(transaction_id, None)
+        self.terminals.add_fraud(where[0], transaction_id, where[1], self._cutoffs()[1])
 
     # -- transactions ----------------------------------------------------------------------------
     def _record(self, tx: Transaction, partition: int, count: bool) -> None:
@@ -169,9 +182,13 @@ class FeatureState:
         card_cutoff, terminal_cutoff = self._cutoffs()
         if count:
             self.terminals.count(tx.terminal_id, tx.time, terminal_cutoff)
+            held = self.held
+            while held and held[0][0] <= self.watermark:  # the stream has reached their time
+                known_at, held_id, where = heapq.heappop(held)
+                self._apply_fraud(held_id, known_at, where)
             known_at = self.pending_frauds.get(tx.transaction_id)
             if known_at is not None:
-                self.add_label(Label(tx.transaction_id, True, known_at))
+                self._apply_fraud(tx.transaction_id, known_at, None)
         # Forget, a little at a time, what no window can reach any more (given the lateness).
         card.drop_before(card_cutoff)
         arrivals = self._arrivals
@@ -289,7 +306,8 @@ class FeatureState:
     def footprint(self) -> int:
         """Bytes this process holds for the state (the Python objects themselves, measured): what partitioning
         divides among instances."""
-        return _deep_size((self.cards, self.seen, self.pending_frauds, self._arrivals, self.terminals.entries))
+        return _deep_size((self.cards, self.seen, self.pending_frauds, self.held, self._arrivals,
+                           self.terminals.entries))
 
 
 def _drop_before(cutoff: float, times: list[float], *parallel: list) -> int:

@@ -351,6 +351,24 @@ def cmd_score(args: argparse.Namespace) -> None:
     ScorerService(config, RegistryConfig.from_env()).run(stop)
 
 
+def cmd_seed_terminals(args: argparse.Namespace) -> None:
+    from fraudloop.models.store import Store
+    from fraudloop.streaming.config import ScorerConfig
+    from fraudloop.streaming.rebuild import seed_shared_terminals
+    from fraudloop.streaming.terminal_store import RedisTerminals
+
+    config = ScorerConfig.load(args.config, group_id=args.group_id)
+    if not config.shared_state_url:
+        raise ValueError("no shared_state_url set (redis://...): there is no shared store to seed")
+    store, terminals = Store(config.store_url), RedisTerminals.of(config)
+    try:
+        count = seed_shared_terminals(store, terminals, config.event_time_policy())
+    finally:
+        store.close()
+        terminals.close()
+    print(f"seeded the aggregates of {count:,} terminals into {terminals.prefix}:*")
+
+
 def cmd_group(args: argparse.Namespace) -> None:
     from fraudloop.streaming import operate
     from fraudloop.streaming.config import ScorerConfig
@@ -416,6 +434,22 @@ def cmd_benchmark_overload(args: argparse.Namespace) -> None:
     command = "fraudloop benchmark overload" + "".join(
         f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag, default in
         (("repetitions", 3), ("slo_rate", None), ("burst_seconds", 30.0)) if getattr(args, flag) != default)
+    print(benchmark.to_markdown(outcome, command))
+    if args.record:
+        benchmark.record(outcome, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_benchmark_scale_out(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.benchmarks import scale_out as benchmark
+
+    if args.transactions <= 0 or args.repetitions < 2:
+        raise ValueError("--transactions must be positive and --repetitions at least 2 (two single-instance runs "
+                         "give the parity baseline)")
+    outcome = benchmark.run(n=args.transactions, repetitions=args.repetitions)
+    command = "fraudloop benchmark scale-out" + "".join(
+        f" --{flag} {getattr(args, flag)}" for flag, default in (("transactions", 30_000), ("repetitions", 2))
+        if getattr(args, flag) != default)
     print(benchmark.to_markdown(outcome, command))
     if args.record:
         benchmark.record(outcome, args.record, command)
@@ -695,6 +729,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--burst-seconds", type=float, default=30.0, help="seconds of the burst (default: 30)")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_overload)
+    b = bench.add_parser("scale-out", help="1, 2 and 3 scorer instances on the real broker and Redis: CPU and state "
+                                           "per instance, Redis commands per transaction, feature parity")
+    b.add_argument("--transactions", type=int, default=30_000, help="transactions in the stream (default: 30000)")
+    b.add_argument("--repetitions", type=int, default=2, help="interleaved runs of each instance count (default: 2)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.set_defaults(func=cmd_benchmark_scale_out)
 
     p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")
     p.add_argument("--port", type=int, default=9092)
@@ -709,6 +749,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics on metrics_host:PORT (default host 127.0.0.1)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("seed-terminals", help="the terminal aggregates of the store's history into the shared store "
+                                              "(Redis): before the first start with shared_state_url, or after Redis "
+                                              "lost them; scorers of the group stopped")
+    p.add_argument("--config", type=Path, help="TOML file; FRAUDLOOP_* environment variables override it")
+    p.add_argument("--group-id")
+    p.set_defaults(func=cmd_seed_terminals)
 
     p = sub.add_parser("group", help="the scorer group: lag per partition, or (scorer stopped) skip a partition "
                                      "past an offset, the skipped messages copied to the dead-letter topic first")

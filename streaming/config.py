@@ -64,7 +64,10 @@ class ScorerConfig(BaseSettings):
     model_check_seconds: float = 5.0
     model_grace_seconds: float = 120.0  # the alias may name a version not served this long before it is reported
     store_url: str = ""  # empty: SQLite under FRAUDLOOP_HOME
-    shared_state_url: str = ""  # redis://...: feature state shared by several instances of one group
+    # redis://...: the terminal aggregates shared by several instances of one group (streaming/terminal_store.py);
+    # each instance then holds the cards of its own partitions only. Empty: one instance holds everything.
+    shared_state_url: str = ""
+    state_footprint_seconds: float = Field(60.0, gt=0)  # how often the feature state's memory is measured (metrics)
     # Graceful overload (streaming/overload.py): shed optional work (shadow scoring, reviews' reasons; never a
     # transaction) once, for 0.5 s on end, a batch's oldest transaction waited longer than overload_wait_ms or more
     # than overload_lag transactions were behind the partitions just read (not fraud_consumer_lag: that one is every

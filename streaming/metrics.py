@@ -72,6 +72,8 @@ class ScorerMetrics:
         self.mode = Gauge("fraud_scorer_mode", "The service mode (1 for the one in force): full; lean (no shadow "
                           "scoring, reasons for declines only)", ["mode"], registry=r)
         self.set_mode(FULL)
+        self.partitions = Gauge("fraud_partitions_assigned", "Transactions partitions assigned to this instance",
+                                registry=r)
         self.state_cards = Gauge("fraud_feature_state_cards", "Cards whose history this instance holds (those of "
                                  "its partitions)", registry=r)
         self.state_bytes = Gauge("fraud_feature_state_bytes", "Memory the feature state's objects take in the worker, "

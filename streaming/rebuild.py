@@ -18,6 +18,8 @@ from fraudloop.models.schema import Transaction
 from fraudloop.models.store import Store
 from fraudloop.models.terminals import Terminals
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
+from fraudloop.streaming.terminal_store import RedisTerminals
+from kafka.partitioner.default import murmur2
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +27,16 @@ log = logging.getLogger(__name__)
 def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = None,
                   terminals: Terminals | None = None) -> FeatureState:
     """The feature state as of the last stored decision. With terminal aggregates in this process, every stored
-    transaction of the state's reach and their labels are replayed; with shared ones (Redis has them), nothing:
-    the cards come with the partitions assigned (`rebuild_cards`)."""
+    transaction of the state's reach and their labels are replayed. With shared ones (Redis has them) the cards
+    come with the partitions assigned (`rebuild_cards`); here only the stream time is taken, and the fraud labels
+    known after it, held until the stream reaches them."""
     state = FeatureState(policy.allowed_lateness, terminals)
     if state.terminals.shared:
+        newest = _trusted_newest(store, policy, time.time() if now is None else now)
+        if newest is not None:
+            state.watermark = newest
+            for label in store.all_labels(since=newest):
+                state.add_label(label)
         return state
     stored = _stored(store, policy, max(state.card_retention, state.terminal_retention), None, now)
     if stored:
@@ -38,14 +46,34 @@ def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = Non
     return state
 
 
-def rebuild_cards(state: FeatureState, store: Store, policy: EventTimePolicy, partitions: set[int],
+def rebuild_cards(state: FeatureState, store: Store, policy: EventTimePolicy, partitions: set[int], count: int = 0,
                   now: float | None = None) -> int:
-    """Partitions this instance takes over: their cards' stored history into the state, before their first
-    transaction is scored (their terminal aggregates are shared, counted when they were scored). How many."""
+    """Partitions this instance takes over (of `count`): their cards' stored history into the state, before their
+    first transaction is scored (their terminal aggregates are shared, counted when they were scored). How many.
+
+    A row stored with no partition (imported history, or written before partitions were stored) belongs to the
+    partition the default partitioner (murmur2, as Kafka's Java and Python clients) gives its card; with `count`
+    unknown (0), to every instance."""
     stored = _stored(store, policy, state.card_retention, partitions, now)
+    if count:
+        stored = [(tx, p if p >= 0 else key_partition(tx.card_id, count)) for tx, p in stored]
+        stored = [(tx, p) for tx, p in stored if p < 0 or p in partitions]
     for tx, partition in stored:
         state.add_card_history(tx, partition)
     return len(stored)
+
+
+def seed_shared_terminals(store: Store, terminals: RedisTerminals, policy: EventTimePolicy) -> int:
+    """The terminal aggregates of the store's history into the shared store, replacing what it holds for those
+    terminals: before the first start with shared aggregates, or after Redis lost them. How many terminals."""
+    entries = rebuild_state(store, policy).terminals.entries
+    terminals.seed(entries)
+    return len(entries)
+
+
+def key_partition(key: str, count: int) -> int:
+    """The partition Kafka's default partitioner gives a message keyed `key`."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % count
 
 
 def _stored(store: Store, policy: EventTimePolicy, horizon: float, partitions: set[int] | None,

@@ -117,9 +117,11 @@ class Scorer:
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
                 costs: dict[str, tuple[int, float]] | None = None,
-                partitions: Collection[int] | None = None, rules: RuleSet = NO_RULES, mode: str = FULL) -> BatchResult:
+                partitions: Collection[int] | None = None, rules: RuleSet = NO_RULES, mode: str = FULL,
+                partition_count: int = 0) -> BatchResult:
         """Score a batch and store its new decisions and labels (with `costs`, see Store.write). `partitions`:
-        the transactions partitions assigned to this scorer now (None: those it has read). `rules`: the decision
+        the transactions partitions assigned to this scorer now (None: those it has read), of `partition_count`
+        (0: not known). `rules`: the decision
         policy in force for this batch. `mode`: the service mode (streaming/overload.py) the batch is scored in.
 
         Each message is judged in the order it was read (the event-time policy, as a partition's stream time
@@ -129,7 +131,7 @@ class Scorer:
         clock = self.clock
         clock.start()
         if partitions is not None:
-            self._follow(set(partitions), now)
+            self._follow(set(partitions), now, partition_count)
         result = BatchResult()
         judged = self._judge(messages, result, now, partitions)
         clock.lap("decode")
@@ -197,7 +199,7 @@ class Scorer:
             if tx_id in wheres:
                 state.add_label(Label(tx_id, True, known_at), wheres[tx_id])
 
-    def _follow(self, assigned: set[int], now: float) -> None:
+    def _follow(self, assigned: set[int], now: float, count: int) -> None:
         """Hold the cards of the partitions assigned now and no others: a partition taken over gets its cards'
         stored history before its first transaction is scored; one gone is forgotten."""
         state = self.state
@@ -207,7 +209,7 @@ class Scorer:
         if gone:
             log.info("partitions %s moved away: %d cards forgotten", sorted(gone), state.drop_partitions(gone))
         if added:
-            rebuild_cards(state, self.store, self.policy, added, now)
+            rebuild_cards(state, self.store, self.policy, added, count, now)
         self.owned = assigned
 
     # -- per message -----------------------------------------------------------------------------

@@ -167,8 +167,9 @@ class ScorerService:
             if records:
                 assigned = tuple(tp.partition for tp in self.consumer.assignment()
                                  if tp.topic == self.config.transactions_topic)
+                count = len(self.consumer.partitions_for_topic(self.config.transactions_topic) or ())
                 self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
-                                   self._kafka_cpu, assigned, self._behind(polled))
+                                   self._kafka_cpu, assigned, self._behind(polled), count)
                 self._kafka_cpu = 0.0
             elif not self.in_flight:
                 self.worker.request_status()  # model events while idle
@@ -293,6 +294,7 @@ class ScorerService:
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._to_verify |= assigned
+        self.metrics.partitions.set(sum(tp.topic == self.config.transactions_topic for tp in assigned))
 
     def _renew_producer(self, retry: RetryCallState) -> None:
         error = retry.outcome.exception() if retry.outcome else None

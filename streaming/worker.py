@@ -6,9 +6,9 @@ GIL. So the Kafka loop (service.py) hands each polled batch to this process and,
 produces the previous batch's decisions and waits for their acks. A batch comes back with its decisions
 already serialized; the Kafka side commits its offsets only after the decisions are acknowledged.
 
-Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds, partitions, lag) -> Scored,
-("status",) -> Scored without decisions (model events while idle), ("stop",). If the Kafka side dies,
-the pipe closes and this process exits after the batch in hand.
+Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds, partitions, lag,
+partition_count) -> Scored, ("status",) -> Scored without decisions (model events while idle), ("stop",). If the
+Kafka side dies, the pipe closes and this process exits after the batch in hand.
 """
 
 from __future__ import annotations
@@ -100,8 +100,7 @@ class ScoringCore:
         self._shadow_work = Scored()  # shadow scoring not reported yet
         # Several instances in one group share the terminal aggregates in Redis (see terminal_store.py); each
         # holds the cards of its own partitions.
-        terminals = (RedisTerminals(config.shared_state_url, f"fraudloop:{config.group_id}:terminal")
-                     if config.shared_state_url else None)
+        terminals = RedisTerminals.of(config) if config.shared_state_url else None
         self.scorer = Scorer(config, rebuild_state(self.store, config.event_time_policy(), terminals=terminals),
                              self.store)
         self._measured = -math.inf  # when the state's footprint was last measured
@@ -122,6 +121,7 @@ class ScoringCore:
         self.rules.refresh()
         scored = self._report()
         scored.mode = self._observe(0.0, 0)
+        self._measure(scored, footprint=True)
         return scored
 
     def _observe(self, waited_ms: float, lag: int) -> str:
@@ -171,7 +171,7 @@ class ScoringCore:
             self._shadow_work.shadow_cpu_seconds += time.process_time() - cpu
 
     def score(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
-              lag: int = 0) -> Scored:
+              lag: int = 0, partition_count: int = 0) -> Scored:
         """`lag`: transactions behind the end of the partitions this batch was read from, when it was polled."""
         started, cpu = time.monotonic(), time.process_time()
         self.model.refresh()  # between batches: a swap never splits one
@@ -179,8 +179,8 @@ class ScoringCore:
         rules = self.rules.refresh()  # so is a new rules version
         messages = [Message(*fields) for fields in batch]
         mode = self._observe(_waited_ms(messages, self.config.transactions_topic), lag)
-        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions, rules=rules,
-                                     mode=mode)
+        result = self.scorer.process(messages, model, costs=self._take_costs(), partitions=partitions,
+                                     partition_count=partition_count, rules=rules, mode=mode)
         self._pending = result.rows
         scored = self._report()  # the model was refreshed before this batch
         self._measure(scored)
@@ -206,12 +206,13 @@ class ScoringCore:
         scored.started, scored.finished = started, time.monotonic()
         return scored
 
-    def _measure(self, scored: Scored, every_seconds: float = 60.0) -> None:
-        """The state's size and the shared store's traffic, for the metrics. The footprint walks the whole
-        state, so it is measured once a minute (tens of milliseconds per 100k transactions held)."""
+    def _measure(self, scored: Scored, footprint: bool = False) -> None:
+        """The state's size and the shared store's traffic, for the metrics. The footprint walks the whole state
+        (tens of milliseconds per 100k transactions held), so it is measured while idle, at most every
+        `state_footprint_seconds`: never on a batch's time."""
         state = self.scorer.state
         scored.state_cards = len(state.cards)
-        if time.monotonic() - self._measured >= every_seconds:
+        if footprint and time.monotonic() - self._measured >= self.config.state_footprint_seconds:
             self._measured = time.monotonic()
             scored.state_bytes = state.footprint()
         terminals = state.terminals
@@ -311,10 +312,10 @@ class ScoringProcess:
         self.ready = self._reply()
 
     def submit(self, batch: list[tuple], kafka_cpu_seconds: float, partitions: tuple[int, ...] | None = None,
-               lag: int = 0) -> None:
-        """`partitions`: the transactions partitions assigned now (see Scorer.process); `lag`: transactions behind
-        the end of the partitions the batch was read from (see ScoringCore.score)."""
-        self._connection.send(("score", batch, kafka_cpu_seconds, partitions, lag))
+               lag: int = 0, partition_count: int = 0) -> None:
+        """`partitions`: the transactions partitions assigned now, of `partition_count` (see Scorer.process); `lag`:
+        transactions behind the end of the partitions the batch was read from (see ScoringCore.score)."""
+        self._connection.send(("score", batch, kafka_cpu_seconds, partitions, lag, partition_count))
         self._sent += 1
 
     def request_status(self) -> None:

