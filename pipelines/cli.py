@@ -443,12 +443,13 @@ def cmd_benchmark_overload(args: argparse.Namespace) -> None:
 def cmd_benchmark_scale_out(args: argparse.Namespace) -> None:
     from fraudloop.pipelines.benchmarks import scale_out as benchmark
 
-    if args.transactions <= 0 or args.repetitions < 2:
-        raise ValueError("--transactions must be positive and --repetitions at least 2 (two single-instance runs "
-                         "give the parity baseline)")
-    outcome = benchmark.run(n=args.transactions, repetitions=args.repetitions)
+    if min(args.transactions, args.paced, args.rate) <= 0 or args.repetitions < 2:
+        raise ValueError("--transactions, --paced and --rate must be positive and --repetitions at least 2 (two "
+                         "single-instance runs give the parity baseline)")
+    outcome = benchmark.run(n=args.transactions, paced=args.paced, rate=args.rate, repetitions=args.repetitions)
     command = "fraudloop benchmark scale-out" + "".join(
-        f" --{flag} {getattr(args, flag)}" for flag, default in (("transactions", 30_000), ("repetitions", 2))
+        f" --{flag} {getattr(args, flag):g}" for flag, default in
+        (("transactions", 30_000), ("paced", 12_000), ("rate", 1_000.0), ("repetitions", 2))
         if getattr(args, flag) != default)
     print(benchmark.to_markdown(outcome, command))
     if args.record:
@@ -731,7 +732,11 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_benchmark_overload)
     b = bench.add_parser("scale-out", help="1, 2 and 3 scorer instances on the real broker and Redis: CPU and state "
                                            "per instance, Redis commands per transaction, feature parity")
-    b.add_argument("--transactions", type=int, default=30_000, help="transactions in the stream (default: 30000)")
+    b.add_argument("--transactions", type=int, default=30_000, help="transactions of the backlog, where costs are "
+                                                                    "measured (default: 30000)")
+    b.add_argument("--paced", type=int, default=12_000, help="transactions paced first, where parity is measured "
+                                                             "(default: 12000)")
+    b.add_argument("--rate", type=float, default=1_000.0, help="their rate a second (default: 1000)")
     b.add_argument("--repetitions", type=int, default=2, help="interleaved runs of each instance count (default: 2)")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_scale_out)

@@ -131,7 +131,7 @@ class Scorer:
         clock = self.clock
         clock.start()
         if partitions is not None:
-            self._follow(set(partitions), now, partition_count)
+            self.follow(set(partitions), partition_count, now)
         result = BatchResult()
         judged = self._judge(messages, result, now, partitions)
         clock.lap("decode")
@@ -199,7 +199,7 @@ class Scorer:
             if tx_id in wheres:
                 state.add_label(Label(tx_id, True, known_at), wheres[tx_id])
 
-    def _follow(self, assigned: set[int], now: float, count: int) -> None:
+    def follow(self, assigned: set[int], count: int = 0, now: float | None = None) -> None:
         """Hold the cards of the partitions assigned now and no others: a partition taken over gets its cards'
         stored history before its first transaction is scored; one gone is forgotten."""
         state = self.state
@@ -209,7 +209,7 @@ class Scorer:
         if gone:
             log.info("partitions %s moved away: %d cards forgotten", sorted(gone), state.drop_partitions(gone))
         if added:
-            rebuild_cards(state, self.store, self.policy, added, count, now)
+            rebuild_cards(state, self.store, self.policy, added, count, time.time() if now is None else now)
         self.owned = assigned
 
     # -- per message -----------------------------------------------------------------------------

@@ -164,16 +164,16 @@ class ScorerService:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [r for rs in polled.values() for r in rs]
             polled_at = time.monotonic()
-            if records:
-                assigned = tuple(tp.partition for tp in self.consumer.assignment()
-                                 if tp.topic == self.config.transactions_topic)
-                count = len(self.consumer.partitions_for_topic(self.config.transactions_topic) or ())
-                self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
-                                   self._kafka_cpu, assigned, self._behind(polled), count)
-                self._kafka_cpu = 0.0
-            elif not self.in_flight:
-                self.worker.request_status()  # model events while idle
             if records or not self.in_flight:
+                topic = self.config.transactions_topic
+                assigned = tuple(tp.partition for tp in self.consumer.assignment() if tp.topic == topic)
+                count = len(self.consumer.partitions_for_topic(topic) or ())
+                if records:
+                    self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
+                                       self._kafka_cpu, assigned, self._behind(polled), count)
+                    self._kafka_cpu = 0.0
+                else:  # idle: model events, and the cards of partitions just assigned
+                    self.worker.request_status(assigned, count)
                 self._seq += 1
                 self._to_ack.put(Batch(records, self._seq, dict(self._topic_ids), polled_at=polled_at))
                 self.in_flight += 1

