@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 
 import redis
-from fraudloop.models.terminals import EMPTY, TerminalHistory, Terminals, bucket, first_kept
+from fraudloop.models.terminals import BUCKETS_PER_DAY, EMPTY, TerminalHistory, Terminals, bucket, first_kept
 from fraudloop.streaming.config import ScorerConfig
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -48,11 +49,13 @@ class RedisTerminals(Terminals):
         super().__init__()
         # RESP2: with hiredis its replies parse faster than RESP3 (measured; see docs/scaling.md)
         self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, protocol=2)
+        self.redis.set_response_callback("HGETALL", lambda reply, **_: reply)  # the flat list: no dict to build
         self.prefix = prefix
         self.retry_seconds = retry_seconds
         self.counts: dict[tuple[str, int], int] = {}  # increments not yet in Redis
         self.frauds: dict[tuple[str, str], float] = {}  # (terminal, transaction id) -> time, not yet in Redis
-        self.stale: dict[str, list[bytes]] = {}  # fields read this batch that no window reaches any more
+        self.stale: dict[str, list] = {}  # fields read this batch that no window reaches any more
+        self.newest_day: dict[str, int] = {}  # per terminal read this batch: the day of its newest hour counted
         self.ops = 0  # commands sent, for the metrics
         self.round_trips: list[float] = []  # seconds per pipelined round trip, until taken
         self.failures = 0  # round trips given up on
@@ -68,8 +71,7 @@ class RedisTerminals(Terminals):
 
     def load(self, terminal_ids: Iterable[str], cutoff: float) -> None:
         ids = list(dict.fromkeys(terminal_ids))
-        self.entries = {}
-        self.stale = {}
+        self.entries, self.stale, self.newest_day = {}, {}, {}
         try:
             answers = self._send([("hgetall", self.key(t)) for t in ids])
         except redis.RedisError as error:
@@ -78,28 +80,26 @@ class RedisTerminals(Terminals):
             return
         self.degraded = False
         oldest = first_kept(cutoff)
-        for terminal_id, fields in zip(ids, answers, strict=True):
-            if not fields:
+        for terminal_id, flat in zip(ids, answers, strict=True):
+            if not flat:
                 continue
-            entry, hours, stale = TerminalHistory(), [], []
-            for name, value in fields.items():
-                if name.startswith(FRAUD):
-                    when = float(value)
-                    if when > cutoff:
-                        entry.frauds[name[2:].decode()] = when
-                    else:
-                        stale.append(name)
+            # Hour fields are digits, so they sort before the fraud fields (f:...): C-level sorting and splitting.
+            fields = sorted(zip(flat[0::2], flat[1::2], strict=True))
+            split = bisect_left(fields, (FRAUD,))
+            hours = sorted((int(name), int(value)) for name, value in fields[:split])
+            kept = bisect_left(hours, (oldest,))
+            entry = TerminalHistory([h for h, _ in hours[kept:]], [n for _, n in hours[kept:]])
+            stale = [str(h) for h, _ in hours[:kept]]
+            for name, value in fields[split:]:
+                when = float(value)
+                if when > cutoff:
+                    entry.frauds[name[2:].decode()] = when
                 else:
-                    hour = int(name)
-                    if hour >= oldest:
-                        hours.append((hour, int(value)))
-                    else:
-                        stale.append(name)
-            hours.sort()
-            entry.buckets = [h for h, _ in hours]
-            entry.counts = [n for _, n in hours]
+                    stale.append(name)
             entry.fraud_times = sorted(entry.frauds.values())
             self.entries[terminal_id] = entry
+            if hours:
+                self.newest_day[terminal_id] = hours[-1][0] // BUCKETS_PER_DAY
             if stale:
                 self.stale[terminal_id] = stale
 
@@ -127,8 +127,11 @@ class RedisTerminals(Terminals):
         commands: list[tuple] = [("hincrby", self.key(t), str(hour), n) for (t, hour), n in self.counts.items()]
         commands += [("hsetnx", self.key(t), f"f:{tx_id}", repr(when)) for (t, tx_id), when in self.frauds.items()]
         commands += [("hdel", self.key(t), *fields) for t, fields in self.stale.items()]
-        touched = {t for t, _ in self.counts} | {t for t, _ in self.frauds}
-        commands += [("expire", self.key(t), EXPIRE_SECONDS) for t in touched]
+        # A key's expiry is renewed with its first count of a day (and with a fraud): an active terminal's key never
+        # expires, and a batch does not pay a command per terminal for it.
+        renew = {t for t, hour in self.counts if hour // BUCKETS_PER_DAY > self.newest_day.get(t, -1)}
+        renew.update(t for t, _ in self.frauds)
+        commands += [("expire", self.key(t), EXPIRE_SECONDS) for t in renew]
         self.stale = {}
         if not commands:
             return
