@@ -76,6 +76,11 @@ class ScorerMetrics:
                                 registry=r)
         self.state_cards = Gauge("fraud_feature_state_cards", "Cards whose history this instance holds (those of "
                                  "its partitions)", registry=r)
+        self.state_transactions = Gauge("fraud_feature_state_transactions", "Transactions the feature state "
+                                        "remembers (the cards' windows; ids for the labels' reach)", registry=r)
+        self.rebuilt = Counter("fraud_state_rebuilt_transactions", "Stored transactions read into the state for "
+                               "partitions taken over (a rebalance)", registry=r)
+        self.rebuild_seconds = Counter("fraud_state_rebuild_seconds", "Time spent reading them", registry=r)
         self.state_bytes = Gauge("fraud_feature_state_bytes", "Memory the feature state's objects take in the worker, "
                                  "measured once a minute", registry=r)
         self.shared_commands = Counter("fraud_shared_state_commands", "Commands sent to the shared terminal store "

@@ -113,6 +113,7 @@ class Scorer:
         self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
         # The transactions partitions whose cards the state holds (None: every stored one, as rebuilt on start).
         self.owned: set[int] | None = set() if state.terminals.shared else None
+        self.rebuilt, self.rebuild_seconds = 0, 0.0  # stored transactions read for partitions taken over, and how long
         self.clock = StageClock()
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
@@ -209,7 +210,10 @@ class Scorer:
         if gone:
             log.info("partitions %s moved away: %d cards forgotten", sorted(gone), state.drop_partitions(gone))
         if added:
-            rebuild_cards(state, self.store, self.policy, added, count, time.time() if now is None else now)
+            started = time.perf_counter()
+            self.rebuilt += rebuild_cards(state, self.store, self.policy, added, count,
+                                          time.time() if now is None else now)
+            self.rebuild_seconds += time.perf_counter() - started
         self.owned = assigned
 
     # -- per message -----------------------------------------------------------------------------

@@ -379,6 +379,9 @@ class ScorerService:
         self.metrics.model_behind_alias.set(scored.model_behind_seconds)
         self.metrics.set_mode(scored.mode)
         self.metrics.state_cards.set(scored.state_cards)
+        self.metrics.state_transactions.set(scored.state_transactions)
+        self.metrics.rebuilt.inc(scored.rebuilt)
+        self.metrics.rebuild_seconds.inc(scored.rebuild_seconds)
         if scored.state_bytes:
             self.metrics.state_bytes.set(scored.state_bytes)
         self.metrics.shared_commands.inc(scored.shared_ops)

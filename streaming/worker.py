@@ -75,6 +75,9 @@ class Scored:
     shadow_version: str = ""
     mode: str = FULL  # the service mode the batch was scored in (streaming/overload.py)
     state_cards: int = 0  # cards held in the feature state
+    state_transactions: int = 0  # transactions it remembers (the cards' windows; ids for the labels' reach)
+    rebuilt: int = 0  # stored transactions read for partitions taken over since the last reply
+    rebuild_seconds: float = 0.0  # and the time that took
     state_bytes: int = 0  # the state's footprint (FeatureState.footprint), when measured with this batch
     shared_ops: int = 0  # commands sent to the shared terminal store for this batch
     shared_seconds: list[float] = field(default_factory=list)  # its round trips
@@ -215,7 +218,9 @@ class ScoringCore:
         (tens of milliseconds per 100k transactions held), so it is measured while idle, at most every
         `state_footprint_seconds`: never on a batch's time."""
         state = self.scorer.state
-        scored.state_cards = len(state.cards)
+        scored.state_cards, scored.state_transactions = len(state.cards), len(state.seen)
+        scored.rebuilt, scored.rebuild_seconds = self.scorer.rebuilt, self.scorer.rebuild_seconds
+        self.scorer.rebuilt, self.scorer.rebuild_seconds = 0, 0.0
         if footprint and time.monotonic() - self._measured >= self.config.state_footprint_seconds:
             self._measured = time.monotonic()
             scored.state_bytes = state.footprint()

@@ -202,3 +202,15 @@ def test_pruning_changes_no_value_and_bounds_memory(small_history, small_labels,
 def test_batch_needs_a_time_ordered_history(small_history, small_labels):
     with pytest.raises(ValueError, match="sorted by time"):
         compute_features(small_history.iloc[::-1], small_labels)
+
+
+def test_terminal_windows_are_whole_hours_ending_with_the_hour_of_t_minus_7_days():
+    state = FeatureState()
+    state.transform(tx(1, "A", "T", 30 * 60, 100))  # 00:30 on day 0
+    state.transform(tx(2, "B", "T", -30 * 60, 100))  # 23:30 the day before
+    # At 7 days and 00:10, the 1-day window is the 24 hours ending with the hour of 00:10 (00:00-01:00) on day 0:
+    # it counts 00:30 (20 minutes after t - 7 days) and 23:30 the day before, not the exact (t - 8d, t - 7d].
+    f = named(state.transform(tx(3, "C", "T", 7 * DAY + 10 * 60, 100)))
+    assert f["terminal_tx_count_1d_delayed"] == 2
+    g = named(state.transform(tx(4, "D", "T", 8 * DAY - 45 * 60, 100)))  # ends with 23:00-24:00 on day 0
+    assert g["terminal_tx_count_1d_delayed"] == 1  # 23:30 the day before is out: its hour is 24 hours back

@@ -171,6 +171,9 @@ class RunResult:
     cpu_us_per_tx: list[float] = field(default_factory=list)  # per instance
     state_mb: list[float] = field(default_factory=list)  # per instance
     cards: list[int] = field(default_factory=list)  # per instance
+    held: list[int] = field(default_factory=list)  # transactions its state remembers, per instance
+    rebuilt: int = 0  # stored transactions read for partitions taken over, all instances, since they started
+    rebuild_seconds: float = 0.0
     seconds: float = 0.0
     redis_ops_per_tx: float = 0.0
     redis_us_per_op: float = 0.0  # inside Redis (commandstats)
@@ -207,9 +210,10 @@ class Bench:
                    "state_footprint_seconds": str(FOOTPRINT_SECONDS)}.items()}}
         create_topics(self.boot, [f"{name}-{t}" for t in ("in", "labels", "out", "dlq", "labels-dlq")],
                       partitions=PARTITIONS)
+        server = redis.Redis.from_url(self.redis_url)
+        server.flushall()  # Redis's memory is this run's
         if shared:
             seed_terminals(store, self.redis_url, f"fraudloop:{name}:terminal")
-        server = redis.Redis.from_url(self.redis_url)
         running = []
         try:
             for number in range(instances):
@@ -257,6 +261,9 @@ class Bench:
                 result.cpu_us_per_tx.append(cpu / max(scored, 1) * 1e6)
                 result.state_mb.append(m["fraud_feature_state_bytes"] / 1e6)
                 result.cards.append(int(m["fraud_feature_state_cards"]))
+                result.held.append(int(m["fraud_feature_state_transactions"]))
+                result.rebuilt += int(m["fraud_state_rebuilt_transactions_total"])
+                result.rebuild_seconds += m["fraud_state_rebuild_seconds_total"]
                 trips += m["fraud_shared_state_round_trip_seconds_count"] - then[
                     "fraud_shared_state_round_trip_seconds_count"]
                 seconds += m["fraud_shared_state_round_trip_seconds_sum"] - then[
@@ -403,6 +410,10 @@ def summary(outcome: dict) -> dict:
             **spread([r.broker_cpu_us_per_tx for r in runs], "broker_cpu_us_per_tx"),
             **spread([r.redis_mb for r in runs], "redis_mb"),
             **spread([r.seconds for r in runs], "seconds"),
+            **spread([mb * 1e6 / max(n, 1) for r in runs for mb, n in zip(r.state_mb, r.held, strict=True)],
+                     "bytes_per_transaction_held"),
+            **spread([r.rebuilt / max(r.rebuild_seconds, 1e-9) for r in runs], "rebuild_transactions_per_second"),
+            "transactions_held_per_instance": [n for r in runs for n in r.held],
             "cards_per_instance": [c for r in runs for c in r.cards],
             "transactions_per_instance": [t for r in runs for t in r.transactions],
         }
@@ -434,6 +445,7 @@ def to_markdown(outcome: dict, command: str) -> str:
 
     rows = [
         ("state per instance, MB", "state_mb_per_instance", ".1f"),
+        ("… per transaction it remembers, bytes", "bytes_per_transaction_held", ".0f"),
         ("CPU per transaction per instance, µs", "cpu_us_per_tx", ".0f"),
         ("features identical to the first 1-instance run", "parity_share", ".3%"),
         ("… apart from the label-driven ones", "parity_share_without_label_features", ".3%"),
@@ -445,6 +457,7 @@ def to_markdown(outcome: dict, command: str) -> str:
         ("broker CPU per transaction, µs", "broker_cpu_us_per_tx", ".0f"),
         ("Redis memory, MB", "redis_mb", ".1f"),
         ("backlog drained in, s", "seconds", ".1f"),
+        ("a partition's cards read from the store, transactions/s", "rebuild_transactions_per_second", ",.0f"),
     ]
     titles = [f"{c} instance{'s' if c != '1' else ''}" if c != IN_PROCESS else "1, aggregates in process"
               for c in columns]
