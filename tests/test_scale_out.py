@@ -27,6 +27,7 @@ from fraudloop.models.features import (
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
 from fraudloop.models.store import Store
 from fraudloop.models.units import DAY, HOUR
+from fraudloop.pipelines.cli import main
 from fraudloop.pipelines.data.backfill import backfill
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import EventTimePolicy
@@ -202,3 +203,21 @@ def test_redis_down_scores_on_without_terminal_aggregates_and_keeps_the_incremen
     assert not terminals.counts
     terminals.load(["T"], state.terminal_cutoff())
     assert sum(terminals.get("T").counts) == 2  # both transactions counted, once each
+
+
+def test_seed_terminals_writes_the_store_s_aggregates_for_the_group(stream, tmp_path, redis_url, monkeypatch, capsys):
+    history, labels = stream
+    history = history[history["time"] < history["time"].min() + 10 * DAY]
+    store_url = f"sqlite:///{tmp_path / 'seed.db'}"
+    store = Store(store_url)
+    backfill(store, history, compute_features(history, labels.iloc[:0]), labels.iloc[:0])
+    store.close()
+    monkeypatch.setenv("FRAUDLOOP_STORE_URL", store_url)
+    assert main(["seed-terminals", "--group-id", "seeded"]) == 2  # no Redis configured: one line says so
+    assert "no shared_state_url" in capsys.readouterr().err
+    monkeypatch.setenv("FRAUDLOOP_SHARED_STATE_URL", redis_url)
+    assert main(["seed-terminals", "--group-id", "seeded"]) == 0
+    terminals = RedisTerminals(redis_url, "fraudloop:seeded:terminal")
+    some = history["terminal_id"].iloc[0]
+    terminals.load([some], float("-inf"))
+    assert sum(terminals.get(some).counts) == (history["terminal_id"] == some).sum()
