@@ -80,7 +80,7 @@ IDEAS: tuple[Idea, ...] = (
     Idea("smaller: 200 rounds at 0.06", {"num_boost_round": 200, "learning_rate": 0.06}),
     Idea("min 20 rows a leaf", {"min_data_in_leaf": 20}),
     Idea("bagging 0.8 of rows and of features each tree", BAGGED),
-    Idea("L2 10", {"lambda_l2": 10.0}),
+    Idea("L2 1 (the default before L2 10 was chosen)", {"lambda_l2": 1.0}),
     Idea("frauds weighted 3x", {"scale_pos_weight": 3.0}),
     Idea("monotone in the terminal risks and the amount ratios", {"increasing": (
         "terminal_risk_1d_delayed", "terminal_risk_7d_delayed", "terminal_risk_30d_delayed",
