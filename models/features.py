@@ -132,8 +132,9 @@ class FeatureState:
         self.terminals = Terminals() if terminals is None else terminals
         self.seen: dict[str, tuple[str, float, int]] = {}  # transaction id -> (terminal id, time, partition)
         self.pending_frauds: dict[str, float] = {}  # fraud labels that arrived before their transaction
-        # Fraud labels known after the newest transaction seen, by known_at: (known_at, transaction id, where)
-        self.held: list[tuple[float, str, tuple[str, float] | None]] = []
+        # Fraud labels known after the newest transaction seen, by known_at: (known_at, arrival, transaction id, where)
+        self.held: list[tuple[float, int, str, tuple[str, float] | None]] = []
+        self._held_count = 0
         self.watermark = -math.inf  # newest transaction time seen
         # Nothing newer than this is forgotten (the scorer holds it at its slowest partition's time while a
         # backlog is read one partition after another); offline, the watermark alone decides.
@@ -157,9 +158,17 @@ class FeatureState:
         if not label.is_fraud:
             return
         if label.known_at > self.watermark:
-            heapq.heappush(self.held, (label.known_at, label.transaction_id, where))
+            self._held_count += 1
+            heapq.heappush(self.held, (label.known_at, self._held_count, label.transaction_id, where))
         else:
             self._apply_fraud(label.transaction_id, label.known_at, where)
+
+    def release_held(self, until: float = math.inf) -> None:
+        """Apply the held labels known by `until` (all of them: an instance with no transactions to wait for)."""
+        held = self.held
+        while held and held[0][0] <= until:
+            known_at, _, transaction_id, where = heapq.heappop(held)
+            self._apply_fraud(transaction_id, known_at, where)
 
     def _apply_fraud(self, transaction_id: str, known_at: float, where: tuple[str, float] | None) -> None:
         where = where or self.where(transaction_id)
@@ -170,22 +179,21 @@ class FeatureState:
         self.terminals.add_fraud(where[0], transaction_id, where[1], self._cutoffs()[1])
 
     # -- transactions ----------------------------------------------------------------------------
-    def _record(self, tx: Transaction, partition: int, count: bool) -> None:
+    def _record(self, tx: Transaction, partition: int, with_terminal: bool) -> None:
         card = self.cards.get(tx.card_id)
         if card is None:
             card = self.cards[tx.card_id] = _CardHistory(partition=partition)
+        elif card.partition < 0:  # history of no known partition, then a transaction read from one
+            card.partition = partition
         card.add(tx.time, tx.amount_cents, tx.terminal_id)
         self.seen[tx.transaction_id] = (tx.terminal_id, tx.time, partition)
         self._arrivals.append((tx.time, tx.transaction_id))
         if tx.time > self.watermark:
             self.watermark = tx.time
         card_cutoff, terminal_cutoff = self._cutoffs()
-        if count:
+        if with_terminal:
             self.terminals.count(tx.terminal_id, tx.time, terminal_cutoff)
-            held = self.held
-            while held and held[0][0] <= self.watermark:  # the stream has reached their time
-                known_at, held_id, where = heapq.heappop(held)
-                self._apply_fraud(held_id, known_at, where)
+            self.release_held(self.watermark)  # the stream has reached their time
             known_at = self.pending_frauds.get(tx.transaction_id)
             if known_at is not None:
                 self._apply_fraud(tx.transaction_id, known_at, None)
@@ -201,13 +209,13 @@ class FeatureState:
         """Take a stored transaction of a partition this instance takes over into its card's history (the
         terminal aggregates counted it when it was scored)."""
         if tx.transaction_id not in self.seen:
-            self._record(tx, partition, count=False)
+            self._record(tx, partition, with_terminal=False)
 
     def transform(self, tx: Transaction, partition: int = -1) -> list[float]:
         """Features of `tx` given everything seen so far (itself included); records it once. `partition`: the
         partition it was read from, which its card's state belongs to."""
         if tx.transaction_id not in self.seen:
-            self._record(tx, partition, count=True)
+            self._record(tx, partition, with_terminal=True)
         t, cents = tx.time, tx.amount_cents
         card = self.cards[tx.card_id]
         times = card.times

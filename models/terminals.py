@@ -150,7 +150,11 @@ class Terminals:
             entry.drop_before(cutoff)
 
     def withdraw(self, terminal_id: str, time: float) -> None:
-        """A transaction counted in this batch was decided before, by another writer that counted it."""
+        """A transaction counted in this batch was decided before (by another writer, or longer ago than the state
+        remembers): its count comes off again."""
+        entry = self.entries.get(terminal_id)
+        if entry is not None:
+            entry.count(bucket(time), -1)
 
     def add_fraud(self, terminal_id: str, transaction_id: str, time: float, cutoff: float) -> None:
         if time > cutoff:  # an older one is out of every window already

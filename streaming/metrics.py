@@ -82,7 +82,7 @@ class ScorerMetrics:
                                "partitions taken over (a rebalance)", registry=r)
         self.rebuild_seconds = Counter("fraud_state_rebuild_seconds", "Time spent reading them", registry=r)
         self.state_bytes = Gauge("fraud_feature_state_bytes", "Memory the feature state's objects take in the worker, "
-                                 "measured once a minute", registry=r)
+                                 "measured when idle, at most every state_footprint_seconds", registry=r)
         self.shared_commands = Counter("fraud_shared_state_commands", "Commands sent to the shared terminal store "
                                        "(Redis)", registry=r)
         self.shared_round_trip = Histogram("fraud_shared_state_round_trip_seconds", "Pipelined round trips to the "

@@ -28,15 +28,18 @@ def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = Non
                   terminals: Terminals | None = None) -> FeatureState:
     """The feature state as of the last stored decision. With terminal aggregates in this process, every stored
     transaction of the state's reach and their labels are replayed. With shared ones (Redis has them) the cards
-    come with the partitions assigned (`rebuild_cards`); here only the stream time is taken, and the fraud labels
-    known after it, held until the stream reaches them."""
+    come with the partitions assigned (`rebuild_cards`); here the stream time is taken, and the fraud labels of the
+    allowed lateness before it and after are applied again: one held or pending when the instance stopped would
+    otherwise be lost (a fraud applied twice changes nothing)."""
     state = FeatureState(policy.allowed_lateness, terminals)
     if state.terminals.shared:
         newest = _trusted_newest(store, policy, time.time() if now is None else now)
         if newest is not None:
             state.watermark = newest
-            for label in store.all_labels(since=newest):
-                state.add_label(label)
+            frauds = [label for label in store.all_labels(since=newest - policy.allowed_lateness) if label.is_fraud]
+            where = store.where_decided([label.transaction_id for label in frauds])
+            for label in frauds:
+                state.add_label(label, where.get(label.transaction_id))
         return state
     stored = _stored(store, policy, max(state.card_retention, state.terminal_retention), None, now)
     if stored:
@@ -46,18 +49,19 @@ def rebuild_state(store: Store, policy: EventTimePolicy, now: float | None = Non
     return state
 
 
-def rebuild_cards(state: FeatureState, store: Store, policy: EventTimePolicy, partitions: set[int], count: int = 0,
-                  now: float | None = None) -> int:
-    """Partitions this instance takes over (of `count`): their cards' stored history into the state, before their
-    first transaction is scored (their terminal aggregates are shared, counted when they were scored). How many.
+def rebuild_cards(state: FeatureState, store: Store, policy: EventTimePolicy, partitions: set[int],
+                  partition_count: int = 0, now: float | None = None) -> int:
+    """Partitions this instance takes over (of `partition_count`): their cards' stored history into the state,
+    before their first transaction is scored (their terminal aggregates are shared, counted when they were
+    scored). How many.
 
     A row stored with no partition (imported history, or written before partitions were stored) belongs to the
-    partition the default partitioner (murmur2, as Kafka's Java and Python clients) gives its card; with `count`
-    unknown (0), to every instance."""
+    partition the default partitioner (murmur2, as Kafka's Java and Python clients) gives its card; with the
+    count unknown (0), to every instance (and its cards are then never dropped)."""
     stored = _stored(store, policy, state.card_retention, partitions, now)
-    if count:
-        stored = [(tx, p if p >= 0 else key_partition(tx.card_id, count)) for tx, p in stored]
-        stored = [(tx, p) for tx, p in stored if p < 0 or p in partitions]
+    if partition_count:
+        stored = [(tx, p if p >= 0 else key_partition(tx.card_id, partition_count)) for tx, p in stored]
+        stored = [(tx, p) for tx, p in stored if p in partitions]
     for tx, partition in stored:
         state.add_card_history(tx, partition)
     return len(stored)

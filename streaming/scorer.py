@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # Dead-letter reasons start with one of these, then ": " and the detail; metrics count by the kind.
 INVALID, CONFLICT, INTERNAL = "invalid", "conflicting duplicate", "internal"
 DEAD_LETTER_KINDS = (INVALID, LATE, FUTURE, CONFLICT, INTERNAL)
+# Labels waiting for their transaction's decision (scored by another instance) are looked for this often.
+PENDING_CHECK_SECONDS = 5.0
 # Where the worker's CPU goes, in the order a batch goes through them (StageClock).
 STAGES = ("decode", "lookup", "shared", "features", "model", "policy", "reasons", "messages", "store", "serialize")
 
@@ -113,7 +115,8 @@ class Scorer:
         self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
         # The transactions partitions whose cards the state holds (None: every stored one, as rebuilt on start).
         self.owned: set[int] | None = set() if state.terminals.shared else None
-        self.rebuilt, self.rebuild_seconds = 0, 0.0  # stored transactions read for partitions taken over, and how long
+        self.rebuilt, self.rebuild_seconds = 0, 0.0  # stored transactions read for partitions taken over, how long
+        self._pending_checked = -math.inf  # when the pending labels were last looked for in the store
         self.clock = StageClock()
 
     def process(self, messages: list[Message], model: ServingModel, now: float | None = None,
@@ -165,6 +168,8 @@ class Scorer:
                     batch.scored.append((message, item, self.state.transform(item, message.partition)))
             except Exception as error:  # noqa: BLE001 - one message never fails its batch
                 _failed(result, message, error, item.transaction_id)
+        if self.owned is not None and not self.owned:  # no transactions here to wait for: labels apply as read
+            self.state.release_held()
         clock.lap("features")
         if batch.scored:
             self._score(result, batch, model, now, rules)
@@ -186,7 +191,9 @@ class Scorer:
             return {}
         wanted = [item.transaction_id for _, _, _, item in accepted
                   if isinstance(item, Label) and item.is_fraud and item.transaction_id not in state.seen]
-        wanted += state.pending_frauds
+        if state.pending_frauds and time.monotonic() - self._pending_checked >= PENDING_CHECK_SECONDS:
+            self._pending_checked = time.monotonic()
+            wanted += state.pending_frauds
         return self.store.where_decided(wanted) if wanted else {}
 
     def _load_terminals(self, accepted: list[tuple], wheres: dict[str, tuple[str, float]]) -> None:
@@ -200,7 +207,7 @@ class Scorer:
             if tx_id in wheres:
                 state.add_label(Label(tx_id, True, known_at), wheres[tx_id])
 
-    def follow(self, assigned: set[int], count: int = 0, now: float | None = None) -> None:
+    def follow(self, assigned: set[int], partition_count: int = 0, now: float | None = None) -> None:
         """Hold the cards of the partitions assigned now and no others: a partition taken over gets its cards'
         stored history before its first transaction is scored; one gone is forgotten."""
         state = self.state
@@ -211,7 +218,7 @@ class Scorer:
             log.info("partitions %s moved away: %d cards forgotten", sorted(gone), state.drop_partitions(gone))
         if added:
             started = time.perf_counter()
-            self.rebuilt += rebuild_cards(state, self.store, self.policy, added, count,
+            self.rebuilt += rebuild_cards(state, self.store, self.policy, added, partition_count,
                                           time.time() if now is None else now)
             self.rebuild_seconds += time.perf_counter() - started
         self.owned = assigned

@@ -15,12 +15,14 @@ the batch's increments in one pipelined round trip, trims fields no window reach
 touched key's expiry, so a terminal gone quiet disappears. Pipelines are not MULTI/EXEC transactions, so a
 Redis Cluster can shard the terminals (one key each) across nodes.
 
-Exactly once: a transaction is counted by the batch that stored its decision, after it stored it; a
-redelivered one finds its decision in the store and is neither scored nor counted again. A process killed
-between the store's commit and the increments loses that batch's counts (its frauds come back with the
-redelivered labels). Redis down does not stop scoring: after a short retry the batch is scored without terminal
-aggregates (missing values, as for a new terminal) and its increments wait in memory for the next commit that
-gets through.
+At most once, never twice: a transaction is counted by the batch that stored its decision, after it stored it; a
+redelivered one finds its decision in the store and is neither scored nor counted again. A write is never
+repeated: one that timed out may have been applied. What can lose a batch's counts: a process killed between the
+store's commit and the write, or a write that timed out (its frauds come back with the redelivered labels, or
+with the next start's). Redis down does not stop scoring: a read that fails (after a short retry) leaves the
+batch without terminal aggregates (zero counts and risks, no episode: what a new terminal gets), and for 5 s
+Redis is not tried again, so a batch waits for no timeout; increments whose write was refused wait in memory
+for the next write that gets through.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 
 import redis
-from fraudloop.models.terminals import BUCKETS_PER_DAY, EMPTY, TerminalHistory, Terminals, bucket, first_kept
+from fraudloop.models.terminals import BUCKETS_PER_DAY, TerminalHistory, Terminals, bucket, first_kept
 from fraudloop.streaming.config import ScorerConfig
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 FRAUD = b"f:"
 # Keys expire this long (wall clock) after their last update: longer than any window reaches back.
 EXPIRE_SECONDS = 45 * 86_400
+DOWN_SECONDS = 5.0  # after a failed round trip, Redis is not tried again for this long
+TRIM_MARGIN = 7 * 86_400  # fields are deleted this long after this instance's windows stop reaching them
 MAX_WAITING = 1_000_000  # increments held while Redis is down; past this the oldest are given up (logged)
 
 
@@ -60,6 +64,7 @@ class RedisTerminals(Terminals):
         self.round_trips: list[float] = []  # seconds per pipelined round trip, until taken
         self.failures = 0  # round trips given up on
         self.degraded = False  # the last load failed: this batch has no terminal aggregates
+        self._down_until = 0.0  # after a failure Redis is left alone until then (time.monotonic())
 
     @classmethod
     def of(cls, config: ScorerConfig) -> RedisTerminals:
@@ -72,14 +77,17 @@ class RedisTerminals(Terminals):
     def load(self, terminal_ids: Iterable[str], cutoff: float) -> None:
         ids = list(dict.fromkeys(terminal_ids))
         self.entries, self.stale, self.newest_day = {}, {}, {}
+        self.degraded = True
+        if time.monotonic() < self._down_until:
+            return
         try:
-            answers = self._send([("hgetall", self.key(t)) for t in ids])
+            answers = self._send([("hgetall", self.key(t)) for t in ids], retry=True)
         except redis.RedisError as error:
             self._failed("read", len(ids), error)
-            self.degraded = True
             return
         self.degraded = False
-        oldest = first_kept(cutoff)
+        # Fields are deleted only well past what this instance's windows reach: another instance may be behind.
+        oldest, trimmed = first_kept(cutoff), first_kept(cutoff - TRIM_MARGIN)
         for terminal_id, flat in zip(ids, answers, strict=True):
             if not flat:
                 continue
@@ -89,12 +97,12 @@ class RedisTerminals(Terminals):
             hours = sorted((int(name), int(value)) for name, value in fields[:split])
             kept = bisect_left(hours, (oldest,))
             entry = TerminalHistory([h for h, _ in hours[kept:]], [n for _, n in hours[kept:]])
-            stale = [str(h) for h, _ in hours[:kept]]
+            stale = [str(h) for h, _ in hours[:bisect_left(hours, (trimmed,))]]
             for name, value in fields[split:]:
                 when = float(value)
                 if when > cutoff:
                     entry.frauds[name[2:].decode()] = when
-                else:
+                elif when <= cutoff - TRIM_MARGIN:
                     stale.append(name)
             entry.fraud_times = sorted(entry.frauds.values())
             self.entries[terminal_id] = entry
@@ -102,9 +110,6 @@ class RedisTerminals(Terminals):
                 self.newest_day[terminal_id] = hours[-1][0] // BUCKETS_PER_DAY
             if stale:
                 self.stale[terminal_id] = stale
-
-    def get(self, terminal_id: str) -> TerminalHistory:
-        return self.entries.get(terminal_id, EMPTY)
 
     def count(self, terminal_id: str, time: float, cutoff: float) -> None:
         hour = bucket(time)
@@ -133,15 +138,20 @@ class RedisTerminals(Terminals):
         renew.update(t for t, _ in self.frauds)
         commands += [("expire", self.key(t), EXPIRE_SECONDS) for t in renew]
         self.stale = {}
-        if not commands:
+        if not commands or time.monotonic() < self._down_until:
             return
         try:
-            self._send(commands)
-        except redis.RedisError as error:
+            self._send(commands, retry=False)
+        except redis.TimeoutError as error:  # maybe applied: sent again it might count twice
+            self._failed("write", len(commands), error)
+            log.error("%d terminal counts and %d frauds given up (the write timed out)", len(self.counts),
+                      len(self.frauds))
+        except redis.RedisError as error:  # refused: kept for the next write
             self._failed("write", len(commands), error)
             if len(self.counts) + len(self.frauds) > MAX_WAITING:
-                log.error("%d terminal increments given up after Redis failed to take them", len(self.counts))
-                self.counts = {}
+                log.error("%d terminal counts and %d frauds given up after Redis failed to take them",
+                          len(self.counts), len(self.frauds))
+                self.counts, self.frauds = {}, {}
             return
         self.counts, self.frauds = {}, {}
 
@@ -164,11 +174,12 @@ class RedisTerminals(Terminals):
     def prune(self, cutoff: float) -> None:
         """Nothing to sweep here: the entries last one batch, and Redis expires quiet terminals."""
 
-    def _send(self, commands: list[tuple]) -> list:
-        """One pipelined round trip (retried briefly: a failover or a restart is seconds)."""
+    def _send(self, commands: list[tuple], retry: bool = True) -> list:
+        """One pipelined round trip; a read is retried briefly (a failover or a restart is seconds), a write is not
+        (see the module's docstring)."""
         for attempt in Retrying(retry=retry_if_exception_type(redis.ConnectionError | redis.TimeoutError),
-                                stop=stop_after_delay(self.retry_seconds), wait=wait_exponential(0.05, max=0.5),
-                                reraise=True):
+                                stop=stop_after_delay(self.retry_seconds if retry else 0),
+                                wait=wait_exponential(0.05, max=0.5), reraise=True):
             with attempt:
                 started = time.perf_counter()
                 pipe = self.redis.pipeline(transaction=False)
@@ -182,6 +193,7 @@ class RedisTerminals(Terminals):
 
     def _failed(self, what: str, commands: int, error: Exception) -> None:
         self.failures += 1
+        self._down_until = time.monotonic() + DOWN_SECONDS
         log.error("Redis %s of %d commands failed (%r): scoring goes on without it", what, commands, error)
 
     def take_round_trips(self) -> list[float]:

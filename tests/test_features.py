@@ -214,3 +214,28 @@ def test_terminal_windows_are_whole_hours_ending_with_the_hour_of_t_minus_7_days
     assert f["terminal_tx_count_1d_delayed"] == 2
     g = named(state.transform(tx(4, "D", "T", 8 * DAY - 45 * 60, 100)))  # ends with 23:00-24:00 on day 0
     assert g["terminal_tx_count_1d_delayed"] == 1  # 23:30 the day before is out: its hour is 24 hours back
+
+
+def test_the_same_label_held_twice_is_applied_once():
+    state = FeatureState()
+    state.transform(tx(1, "A", "T", 0, 100))
+    state.add_label(Label("TX1", True, T0 + DAY), ("T", float(T0)))  # read from the store's row
+    state.add_label(Label("TX1", True, T0 + DAY))  # and again (a redelivery): both held, no comparison of the two
+    state.transform(tx(2, "B", "T", DAY, 100))
+    assert state.terminals.get("T").fraud_times == [T0] and not state.held
+
+
+def test_a_card_of_no_known_partition_takes_the_partition_it_is_read_from():
+    state = FeatureState()
+    state.add_card_history(tx(1, "C", "T", 0, 100), -1)  # stored before partitions were
+    state.transform(tx(2, "C", "T", 60, 100), 2)
+    assert state.cards["C"].partition == 2
+    assert state.drop_partitions({2}) == 1 and "C" not in state.cards
+
+
+def test_a_count_withdrawn_comes_off_its_hour():
+    state = FeatureState()
+    state.transform(tx(1, "A", "T", 0, 100))
+    state.transform(tx(2, "B", "T", 60, 100))
+    state.terminals.withdraw("T", T0 + 60)  # decided before by another writer
+    assert state.terminals.get("T").counts == [1]

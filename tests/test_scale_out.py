@@ -168,7 +168,7 @@ def test_history_stored_without_partitions_goes_to_the_partition_its_card_key_ha
     terminals = RedisTerminals(redis_url, "test:seeded")
     terminals.seed(rebuild_state(store, EventTimePolicy()).terminals.entries)
     state = FeatureState(terminals=terminals)
-    rebuild_cards(state, store, EventTimePolicy(), {1}, count=3)
+    rebuild_cards(state, store, EventTimePolicy(), {1}, partition_count=3)
     expected = {card for card in history["card_id"] if key_partition(card, 3) == 1}
     assert set(state.cards) == expected and {card.partition for card in state.cards.values()} == {1}
     # The next transaction of one of them: the same features as one state that saw the whole history.
@@ -195,9 +195,9 @@ def test_redis_down_scores_on_without_terminal_aggregates_and_keeps_the_incremen
     assert terminals.degraded and terminals.failures == 1
     features = state.transform(Transaction("B", "C", "T", t0 + 8 * DAY, 100))  # still scored
     assert features[FEATURE_NAMES.index("terminal_tx_count_7d_delayed")] == 0  # without the aggregates
-    terminals.commit(state.terminal_cutoff())
-    assert terminals.failures == 2 and terminals.counts  # the increment waits
-    terminals.redis = working  # back
+    terminals.commit(state.terminal_cutoff())  # Redis is left alone for a while: no batch waits for a timeout
+    assert terminals.failures == 1 and terminals.counts  # the increment waits
+    terminals.redis, terminals._down_until = working, 0.0  # back, and the while is over
     terminals.load(["T"], state.terminal_cutoff())
     terminals.commit(state.terminal_cutoff())
     assert not terminals.counts
