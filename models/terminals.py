@@ -129,7 +129,6 @@ class Terminals:
     (the store this stands for is this process's memory). A shared store's adapter overrides them."""
 
     shared = False
-    degraded = False  # a shared store could not be read for this batch
 
     def __init__(self) -> None:
         self.entries: dict[str, TerminalHistory] = {}
