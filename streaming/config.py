@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.overload import Budget, Governor
@@ -20,10 +20,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-# Consumer settings: group joins in seconds rather than kafka-python's ~45 s session default, and a short
-# fetch wait so an idle partition does not hold a poll for the default 500 ms (latency).
+# Consumer settings: group joins in seconds rather than kafka-python's ~45 s session default, a short fetch wait
+# so an idle partition does not hold a poll for the default 500 ms (latency), and only committed transactions of a
+# transactional producer (an aborted one is never scored; a producer without transactions is read as before).
 CONSUMER_DEFAULTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000,
-                     "fetch_max_wait_ms": 10}
+                     "fetch_max_wait_ms": 10, "isolation_level": "read_committed"}
 PREFIX, KAFKA_PREFIX = "FRAUDLOOP_", "FRAUDLOOP_KAFKA_"
 _FILE: ContextVar[Path | None] = ContextVar("scorer_config_file", default=None)  # the file `load` reads
 
@@ -76,6 +77,14 @@ class ScorerConfig(BaseSettings):
     overload_wait_ms: float = Field(100.0, gt=0)
     overload_lag: int = Field(2_000, gt=0)
     overload_recover_seconds: float = Field(2.0, ge=0)
+    # A record batch the Kafka client cannot read (a codec it lacks, a corrupt batch, a CRC mismatch:
+    # streaming/unreadable.py) stops its partition only. `wait`: the partition is retried every
+    # unreadable_retry_seconds until it reads (a fix deployed, or `fraudloop group skip`); `skip`: the batch goes to
+    # the dead-letter topic as it is stored, with the reason, and the partition reads on after it.
+    unreadable_batches: Literal["wait", "skip"] = "wait"
+    unreadable_retry_seconds: float = Field(30.0, gt=0)
+    # The codec of what the scorer produces (decisions, dead letters): chosen by benchmarks/codecs.md
+    producer_codec: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW
 from fraudloop.streaming.overload import FULL, MODES
 from fraudloop.streaming.scorer import DEAD_LETTER_KINDS, STAGES
+from fraudloop.streaming.unreadable import UNREADABLE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Fine around the 50 ms SLO, so that a p99 read from the buckets says which side of it the scorer is.
@@ -92,6 +93,12 @@ class ScorerMetrics:
                                        "up on: a batch scored without terminal aggregates, or its increments held "
                                        "for the next write", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
+        self.unreadable = Gauge("fraud_partition_unreadable_offset", "A partition whose next record batch the Kafka "
+                                "client cannot read (codec, corruption, CRC), at the offset where it waits; present "
+                                "only while it waits (unreadable_batches = wait)", ["topic", "partition"], registry=r)
+        self.unreadable_batches = Counter("fraud_unreadable_batches", "Record batches the Kafka client could not "
+                                          "read, by what was done: waited (until readable) or skipped (copied whole "
+                                          "to the dead-letter topic)", ["action"], registry=r)
         for outcome in (APPROVE, REVIEW, DECLINE):
             self.decisions.labels(outcome)
         for event in MODEL_EVENTS:
@@ -101,10 +108,12 @@ class ScorerMetrics:
         for stage in BATCH_STAGES:
             self.batch_stages.labels(stage)
         self.rule_hits.labels("model")
+        for action in ("waited", "skipped"):
+            self.unreadable_batches.labels(action)
         for event in ("loaded", "refused", "error"):
             self.rules_events.labels(event)
         for source in sources:
-            for kind in DEAD_LETTER_KINDS:
+            for kind in (*DEAD_LETTER_KINDS, UNREADABLE):
                 self.dead_letters.labels(dead_letter_topic_for(source), kind)
 
     def set_mode(self, mode: str) -> None:

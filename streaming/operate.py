@@ -1,5 +1,6 @@
 """What an operator does to a stuck scorer group, through Kafka: see its lag, and, as a last resort, skip a
-partition past an offset, the skipped messages copied to the dead-letter topic first (nothing is thrown away).
+partition past an offset, the skipped messages copied to the dead-letter topic first (nothing is thrown away; a
+record batch the client cannot read is copied whole, as stored: streaming/unreadable.py).
 
 Skipping commits the group's offset from outside the group: stop the scorer first (Kafka refuses a commit
 for a group that has live members).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fraudloop.streaming import unreadable
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.service import dead_letter, new_producer
 from kafka import KafkaConsumer, TopicPartition
@@ -66,7 +68,20 @@ def skip(config: ScorerConfig, topic: str, partition: int, to_offset: int) -> in
         producer = new_producer(config)
         copied, pending = 0, []
         while consumer.position(tp) < to_offset:
-            for record in consumer.poll(timeout_ms=1_000).get(tp, []):
+            try:
+                polled = consumer.poll(timeout_ms=1_000)
+            except Exception as error:
+                stuck = unreadable.stuck_partition(consumer, error)
+                batch = stuck and unreadable.raw_batch(consumer, tp, stuck.offset)
+                if not batch:
+                    raise
+                key, value, headers = unreadable.dead_letter(stuck, batch)
+                pending.append(producer.send(config.dead_letter_topic_for(topic), key=key, value=value,
+                                             headers=headers))
+                copied += min(batch.next_offset, to_offset) - stuck.offset
+                consumer.seek(tp, batch.next_offset)
+                continue
+            for record in polled.get(tp, []):
                 if record.offset < to_offset:
                     key, value, headers = dead_letter(record, SKIPPED)
                     pending.append(producer.send(config.dead_letter_topic_for(topic), key=key, value=value,

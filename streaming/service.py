@@ -11,7 +11,9 @@ gets the decision already made (from the store), produced again.
 
 Broker faults (a restart, a leader change, a producer the broker no longer knows) do not stop it: the
 batches on their way are produced again through a new producer, with backoff, until acknowledged; their
-offsets wait for that. The consumer reconnects and rejoins the group by itself.
+offsets wait for that. The consumer reconnects and rejoins the group by itself. A record batch the client
+cannot read stops its own partition only: it waits there, retried, or is skipped whole into the dead-letter
+topic (`unreadable_batches`; streaming/unreadable.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fraudloop.models.registry import RegistryConfig
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.metrics import BATCH_STAGES, ScorerMetrics
+from fraudloop.streaming.unreadable import RawBatch, Stuck, raw_batch, stuck_partition
+from fraudloop.streaming.unreadable import dead_letter as unreadable_dead_letter
 from fraudloop.streaming.worker import Scored, ScoringProcess
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError
@@ -83,7 +87,8 @@ def stage_waits(batch: Batch, transactions_topic: str) -> tuple[float, list[floa
 
 def new_producer(config: ScorerConfig) -> KafkaProducer:
     client = {k: v for k, v in config.client_settings().items() if k not in CONSUMER_ONLY}
-    return KafkaProducer(**{**PRODUCER_DEFAULTS, **client})
+    codec = None if config.producer_codec == "none" else config.producer_codec
+    return KafkaProducer(**{**PRODUCER_DEFAULTS, "compression_type": codec, **client})
 
 
 def dead_letter(record, reason: str) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -129,6 +134,11 @@ class ScorerService:
         self._lag_checked = 0.0
         self._decision_partitions = 0  # known at the first send
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
+        self._stuck: dict[TopicPartition, Stuck] = {}  # partitions paused on a batch the client cannot read
+        self._retried: dict[TopicPartition, float] = {}  # when each was last resumed to try again
+        # skipped unreadable batches: (batches polled by then, partition, offset after the batch), committed once
+        # every batch polled before the skip is (the offset must not pass a batch still on its way)
+        self._skips: list[tuple[int, TopicPartition, int]] = []
         self._uncommitted = False  # whether `_processed` moved since the last commit
         self._committed_at = 0.0
         self._kafka_cpu = 0.0  # this process's CPU seconds not yet reported to the worker's cost account
@@ -161,7 +171,7 @@ class ScorerService:
         if self._to_verify:
             self._verify_offsets()
         if self.in_flight < MAX_IN_FLIGHT:
-            polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
+            polled = self._poll()
             records = [r for rs in polled.values() for r in rs]
             polled_at = time.monotonic()
             if records or not self.in_flight:
@@ -188,6 +198,83 @@ class ScorerService:
         self._kafka_cpu += spent
         self.metrics.scoring_cpu.inc(spent)
         return [batch for batch in finished if batch.records]
+
+    def _poll(self) -> dict:
+        """consumer.poll(); a batch the client cannot read stops its partition only (waited on or skipped)."""
+        self._retry_stuck()
+        try:
+            polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
+        except Exception as error:
+            stuck = stuck_partition(self.consumer, error)
+            if stuck is None:  # not a batch's: a fault of the client or the group, as before
+                raise
+            self._unreadable(stuck)
+            return {}
+        for tp in self._stuck.keys() & polled.keys():  # read again: fixed, or skipped by an operator
+            log.warning("%s-%d reads again from offset %d", tp.topic, tp.partition, polled[tp][0].offset)
+            self._unstick(tp)
+        return polled
+
+    def _unreadable(self, stuck: Stuck) -> None:
+        """Pause the partition; skip the batch into the dead-letter topic if so configured, else wait, retried."""
+        tp, known = stuck.tp, self._stuck.get(stuck.tp)
+        self.consumer.pause(tp)
+        batch = None
+        try:
+            batch = raw_batch(self.consumer, tp, stuck.offset)
+        except Exception as error:  # noqa: BLE001 - without its extent the batch is waited on, not skipped
+            log.warning("the unreadable batch of %s at %d was not fetched raw: %r", stuck.name, stuck.offset, error)
+        if self.config.unreadable_batches == "skip" and batch is not None and self._skip(stuck, batch):
+            return
+        if known is not None and known.offset == stuck.offset:
+            self._stuck[tp] = replace(stuck, since=known.since)
+            return
+        self._stuck[tp] = stuck
+        self.metrics.unreadable.labels(tp.topic, str(tp.partition)).set(stuck.offset)
+        self.metrics.unreadable_batches.labels("waited").inc()
+        end = batch.next_offset if batch else stuck.offset + 1
+        log.error(
+            "%s cannot be read at offset %d (%s, codec %s): that partition waits, the others are scored. Fix the "
+            "producer or the scorer's environment and it is read again within %.0f s; or skip the batch (offsets %d "
+            "to %d) into %s: set unreadable_batches = \"skip\", or stop the scorers and run `fraudloop group skip "
+            "--topic %s --partition %d --to-offset %d`", stuck.name, stuck.offset, stuck.error,
+            batch.codec if batch else "unknown", self.config.unreadable_retry_seconds, stuck.offset, end - 1,
+            self.config.dead_letter_topic_for(tp.topic), tp.topic, tp.partition, end)
+
+    def _skip(self, stuck: Stuck, batch: RawBatch) -> bool:
+        """The batch, as stored, to the dead-letter topic (acknowledged), then the partition read on after it."""
+        tp, topic = stuck.tp, self.config.dead_letter_topic_for(stuck.tp.topic)
+        key, value, headers = unreadable_dead_letter(stuck, batch)
+        try:
+            self.producer.send(topic, key=key, value=value, headers=headers).get(timeout=10)
+        except KafkaError as error:
+            log.error("%s: the unreadable batch at %d was not copied to %s (%r); the partition waits", stuck.name,
+                      stuck.offset, topic, error)
+            return False
+        log.error("%s: the batch at offsets %d to %d could not be read (%s) and was copied whole to %s; the partition "
+                  "reads on from %d (unreadable_batches = skip)", stuck.name, batch.base_offset, batch.next_offset - 1,
+                  stuck.error, topic, batch.next_offset)
+        self.metrics.unreadable_batches.labels("skipped").inc()
+        self.metrics.dead_letters.labels(topic, "unreadable").inc()
+        self._skips.append((self._seq, tp, batch.next_offset))
+        if not self.in_flight:
+            self._commit_skips(self._seq)
+        self.consumer.seek(tp, batch.next_offset)
+        self._unstick(tp)
+        return True
+
+    def _retry_stuck(self) -> None:
+        now = time.monotonic()
+        for tp in list(self._stuck):  # (a rebalance on the client's thread may drop one meanwhile)
+            if now - self._retried.get(tp, self._stuck[tp].since) >= self.config.unreadable_retry_seconds:
+                self._retried[tp] = now
+                self.consumer.resume(tp)  # fails again: paused again, quietly
+
+    def _unstick(self, tp: TopicPartition) -> None:
+        self.consumer.resume(tp)
+        if self._stuck.pop(tp, None) is not None:
+            self.metrics.unreadable.remove(tp.topic, str(tp.partition))
+        self._retried.pop(tp, None)
 
     def _behind(self, polled: dict) -> int:
         """Transactions behind the end of the partitions just read, by the high watermarks the fetches brought (no
@@ -340,18 +427,28 @@ class ScorerService:
         if batch.error is not None:
             raise RuntimeError(f"a batch could not be scored or acknowledged: {batch.error}") from batch.error
         self._take(batch.scored)
-        if not batch.records:
-            return batch
-        assigned = self.consumer.assignment()  # a partition revoked meanwhile is the new owner's to commit
-        for r in batch.records:  # in offset order per partition
-            tp = TopicPartition(r.topic, r.partition)
-            log_id = batch.log_ids.get(r.topic, "")
-            if tp in assigned and batch.seq >= self._void_before.get(tp, 0) and log_id == self._topic_ids.get(
-                    r.topic, ""):  # read from the log the partition is read from now
-                self._processed[tp] = OffsetAndMetadata(r.offset + 1, log_id, -1)
-                self._uncommitted = True
-        self._observe(batch)
+        if batch.records:
+            assigned = self.consumer.assignment()  # a partition revoked meanwhile is the new owner's to commit
+            for r in batch.records:  # in offset order per partition
+                tp = TopicPartition(r.topic, r.partition)
+                log_id = batch.log_ids.get(r.topic, "")
+                if tp in assigned and batch.seq >= self._void_before.get(tp, 0) and log_id == self._topic_ids.get(
+                        r.topic, ""):  # read from the log the partition is read from now
+                    self._processed[tp] = OffsetAndMetadata(r.offset + 1, log_id, -1)
+                    self._uncommitted = True
+            self._observe(batch)
+        self._commit_skips(batch.seq)
         return batch
+
+    def _commit_skips(self, acknowledged: int) -> None:
+        """Skipped batches become committable once every batch polled before the skip is acknowledged (up to the
+        batch numbered `acknowledged`): a committed offset never passes a batch still on its way."""
+        assigned = self.consumer.assignment()
+        while self._skips and self._skips[0][0] <= acknowledged:
+            _, tp, offset = self._skips.pop(0)
+            if tp in assigned and (tp not in self._processed or self._processed[tp].offset < offset):
+                self._processed[tp] = OffsetAndMetadata(offset, self._topic_ids.get(tp.topic, ""), -1)
+                self._uncommitted = True
 
     def _commit_offsets(self) -> None:
         """Commit what was acknowledged, at most every `commit_interval_ms`: a commit per small batch would
@@ -409,6 +506,9 @@ class ScorerService:
             self.consumer.commit_async(offsets, callback=self._committed)
         for tp in revoked:
             self._processed.pop(tp, None)
+            if self._stuck.pop(tp, None) is not None:
+                self.metrics.unreadable.remove(tp.topic, str(tp.partition))
+        self._skips = [skip for skip in self._skips if skip[1] not in revoked]
 
     def _committed(self, offsets: dict, response: object) -> None:
         if isinstance(response, Exception):
