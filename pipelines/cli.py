@@ -348,7 +348,31 @@ def cmd_score(args: argparse.Namespace) -> None:
     stop = stop_on_signals()
     from fraudloop.models.registry import RegistryConfig
 
-    ScorerService(config, RegistryConfig.from_env()).run(stop)
+    repartitioner = None
+    if config.repartition_from:  # re-keyed by card in a process of its own, as long as the scorer runs
+        import multiprocessing
+
+        from fraudloop.streaming import repartition
+
+        repartitioner = multiprocessing.get_context("spawn").Process(target=repartition.run, args=(config,),
+                                                                     name="fraudloop-repartition", daemon=True)
+        repartitioner.start()
+    try:
+        ScorerService(config, RegistryConfig.from_env()).run(stop)
+    finally:
+        if repartitioner is not None:
+            repartitioner.terminate()
+            repartitioner.join(10)
+
+
+def cmd_repartition(args: argparse.Namespace) -> None:
+    from fraudloop.streaming import repartition
+    from fraudloop.streaming.config import ScorerConfig
+
+    config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap)
+    if not config.repartition_from:
+        raise ValueError("repartition_from is not set (the topic a producer writes without keying by card)")
+    repartition.run(config)
 
 
 def cmd_seed_terminals(args: argparse.Namespace) -> None:
@@ -450,6 +474,21 @@ def cmd_benchmark_scale_out(args: argparse.Namespace) -> None:
     command = "fraudloop benchmark scale-out" + "".join(
         f" --{flag} {getattr(args, flag):g}" for flag, default in
         (("transactions", 30_000), ("paced", 12_000), ("rate", 1_000.0), ("repetitions", 2))
+        if getattr(args, flag) != default)
+    print(benchmark.to_markdown(outcome, command))
+    if args.record:
+        benchmark.record(outcome, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_benchmark_codecs(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.benchmarks import codecs as benchmark
+
+    if args.decisions <= 0 or args.repetitions <= 0:
+        raise ValueError("--decisions and --repetitions must be positive")
+    outcome = benchmark.run(n=args.decisions, repetitions=args.repetitions)
+    command = "fraudloop benchmark codecs" + "".join(
+        f" --{flag} {getattr(args, flag)}" for flag, default in (("decisions", 20_000), ("repetitions", 5))
         if getattr(args, flag) != default)
     print(benchmark.to_markdown(outcome, command))
     if args.record:
@@ -741,6 +780,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_scale_out)
 
+    b = bench.add_parser("codecs", help="bytes a decision on the decisions topic and the producer's CPU a decision, "
+                                        "for each Kafka codec; the scorer's default producer_codec")
+    b.add_argument("--decisions", type=int, default=20_000, help="decisions a real scorer makes, then produced "
+                                                                 "again with each codec (default: 20000)")
+    b.add_argument("--repetitions", type=int, default=5, help="interleaved repetitions (default: 5)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.set_defaults(func=cmd_benchmark_codecs)
+
     p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--partitions", type=int, default=3)
@@ -754,6 +801,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics on metrics_host:PORT (default host 127.0.0.1)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("repartition", help="re-key a topic not keyed by card (repartition_from) by card into the "
+                                           "transactions topic, until SIGTERM/Ctrl-C (fraudloop score does it too "
+                                           "when repartition_from is set)")
+    p.add_argument("--config", type=Path, help="TOML file; FRAUDLOOP_* environment variables override it")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
+    p.set_defaults(func=cmd_repartition)
 
     p = sub.add_parser("seed-terminals", help="the terminal aggregates of the store's history into the shared store "
                                               "(Redis): before the first start with shared_state_url, or after Redis "

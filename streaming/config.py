@@ -83,8 +83,12 @@ class ScorerConfig(BaseSettings):
     # the dead-letter topic as it is stored, with the reason, and the partition reads on after it.
     unreadable_batches: Literal["wait", "skip"] = "wait"
     unreadable_retry_seconds: float = Field(30.0, gt=0)
+    # A producer that does not key transactions by card (by account, terminal, or round-robin): the topic it writes.
+    # Its messages are re-keyed by card into transactions_topic (streaming/repartition.py), by `fraudloop score` in a
+    # process of its own, or by `fraudloop repartition`. Empty: transactions_topic is keyed by card.
+    repartition_from: str = ""
     # The codec of what the scorer produces (decisions, dead letters): chosen by benchmarks/codecs.md
-    producer_codec: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    producer_codec: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import queue
 import signal
 import sys
@@ -132,6 +133,7 @@ class ScorerService:
         self._acker = threading.Thread(target=self._ack_batches, name="scorer-acks", daemon=True)
         self._acker.start()
         self._lag_checked = 0.0
+        self._misplaced_logged = -math.inf  # when transactions off their card's partition were last reported
         self._decision_partitions = 0  # known at the first send
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
         self._stuck: dict[TopicPartition, Stuck] = {}  # partitions paused on a batch the client cannot read
@@ -522,6 +524,16 @@ class ScorerService:
         m.labels.inc(scored.labels)
         m.unknown_labels.inc(scored.unknown_labels)
         m.replayed.inc(scored.replayed)
+        if scored.misplaced:
+            m.misplaced.inc(scored.misplaced)
+            if time.monotonic() - self._misplaced_logged >= 60:
+                self._misplaced_logged = time.monotonic()
+                log.error("%d of %d transactions of a batch were read from a partition other than their card's (%s): "
+                          "the producer of %s does not key it by card_id (it keys by account or terminal, or not at "
+                          "all), so a card's history is split across instances and its features are wrong. Key the "
+                          "producer by card_id, or set repartition_from (docs/scorer.md). Counted in "
+                          "fraud_transactions_off_card_partition; said at most once a minute", scored.misplaced,
+                          len(transactions), scored.misplaced_example, self.config.transactions_topic)
         for outcome, count in scored.outcomes.items():
             m.decisions.labels(outcome).inc(count)
         for rule, count in scored.rule_hits.items():

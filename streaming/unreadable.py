@@ -74,13 +74,14 @@ def stuck_partition(consumer: KafkaConsumer, error: BaseException) -> Stuck | No
     return Stuck(tp, offset, " ".join(f"{type(error).__name__}: {error}".split())[:500], time.monotonic())
 
 
-def raw_batch(consumer: KafkaConsumer, tp: TopicPartition, offset: int, timeout_ms: int = 10_000) -> RawBatch | None:
-    """The raw batch holding `offset`, fetched from the partition's leader through `consumer`'s own connections
-    (its network thread owns them), or None if the broker returned no batch holding it."""
+def raw_batches(consumer: KafkaConsumer, tp: TopicPartition, offset: int,
+                timeout_ms: int = 10_000) -> list[RawBatch]:
+    """The record batches the partition's leader returns for a fetch from `offset` (the one holding it first), read
+    through `consumer`'s own connections (its network thread owns them), undecoded."""
     manager = consumer._client._manager
     leader = manager.cluster.leader_for_partition(tp)
     if leader is None or leader < 0:
-        return None
+        return []
     topic = FetchRequest.FetchTopic
     request = FetchRequest(
         # max_wait_ms > 0: the development broker answers a Fetch with max_wait_ms=0 with no data at all
@@ -96,17 +97,23 @@ def raw_batch(consumer: KafkaConsumer, tp: TopicPartition, offset: int, timeout_
     response = manager.run(fetch)
     data = next((p.records for t in response.responses for p in t.partitions
                  if t.topic == tp.topic and p.partition_index == tp.partition), None)
+    batches: list[RawBatch] = []
     if not data:
-        return None
+        return batches
     data = bytes(data)
     records, start = MemoryRecords(data), 0
     while (batch := records.next_batch()) is not None:
         end = start + batch.size_in_bytes
-        if batch.base_offset <= offset < batch.next_offset:
-            return RawBatch(batch.base_offset, batch.next_offset, CODECS.get(batch.compression_type, "unknown"),
-                            data[start:end])
+        if batch.next_offset > offset:
+            batches.append(RawBatch(batch.base_offset, batch.next_offset,
+                                    CODECS.get(batch.compression_type, "unknown"), data[start:end]))
         start = end
-    return None
+    return batches
+
+
+def raw_batch(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> RawBatch | None:
+    """The raw batch holding `offset`, or None if the broker returned none holding it."""
+    return next((b for b in raw_batches(consumer, tp, offset) if b.base_offset <= offset < b.next_offset), None)
 
 
 def dead_letter(stuck: Stuck, batch: RawBatch) -> tuple[None, bytes, list[tuple[str, bytes]]]:

@@ -6,25 +6,29 @@ measured, when the two differ."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import kafka.codec
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition, libversion
-from fraudloop.models.features import transactions_of
+from fraudloop.models.features import compute_features, transactions_of
 from fraudloop.models.schema import transaction_record
 from fraudloop.streaming import operate
-from fraudloop.streaming.broker import start_broker
+from fraudloop.streaming.broker import create_topics, start_broker
+from fraudloop.streaming.repartition import Repartitioner
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.record import default_records
 from kafka.record.memory_records import MemoryRecords
 
 from tests.streaming_helpers import RunningScorer, read_topic, scorer_config
-from tests.test_streaming import served  # noqa: F401 - the module's champion fixture
+from tests.test_streaming import served, stored_rows  # noqa: F401 - the module's champion fixture
 
 pytestmark = pytest.mark.integration
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "scorer.md"
@@ -149,20 +153,21 @@ def test_any_producer(broker, served, small_history, tmp_path):  # noqa: F811
 
 
 @pytest.fixture
-def no_zstd(monkeypatch):
-    """This process's Kafka client without zstd, as a scorer without the codec library would be."""
-    monkeypatch.setattr(kafka.codec, "has_zstd", lambda: False)
+def no_snappy(monkeypatch):
+    """This process's Kafka client without snappy, as a scorer without the codec library would be (the first one a
+    bank's producer used here stopped all scoring)."""
+    monkeypatch.setattr(kafka.codec, "has_snappy", lambda: False)
     return monkeypatch
 
 
 def unreadable_stream(bootstrap: str, topic: str, history) -> tuple[list, list, list, list]:
-    """Partition 0: 50 plain, 30 zstd (one batch), 50 plain; partition 1: 50 plain, then 10 in a batch whose CRC is
+    """Partition 0: 50 plain, 30 snappy (one batch), 50 plain; partition 1: 50 plain, then 10 in a batch whose CRC is
     wrong (a corruption the development broker stores as it came); partition 2: 50 plain. Returns the (before,
     unreadable, after) transactions of partition 0 and the corrupt ones of partition 1."""
     before, bad, after, corrupt = (messages(history, start, n) for start, n in ((0, 50), (50, 30), (80, 50),
                                                                                  (230, 10)))
     produce(bootstrap, topic, before, partition=0)
-    produce(bootstrap, topic, bad, partition=0, **{"compression.type": "zstd", "linger.ms": "200"})
+    produce(bootstrap, topic, bad, partition=0, **{"compression.type": "snappy", "linger.ms": "200"})
     produce(bootstrap, topic, after, partition=0)
     produce(bootstrap, topic, messages(history, 130, 50), partition=1)
     produce(bootstrap, topic, messages(history, 180, 50), partition=2)
@@ -189,7 +194,7 @@ def decided_ids(bootstrap: str, topic: str, until, timeout: float = 60.0) -> set
                                                                       for r in rs}), timeout)}
 
 
-def test_unreadable_batch_waits_alone_then_reads_when_fixed(broker, served, small_history, tmp_path, no_zstd):  # noqa: F811
+def test_unreadable_batch_waits_alone_then_reads_when_fixed(broker, served, small_history, tmp_path, no_snappy):  # noqa: F811
     registry, _, _ = served
     config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", unreadable_retry_seconds=1.0)
     before, bad, after, corrupt = unreadable_stream(broker.bootstrap, config.transactions_topic, small_history)
@@ -204,7 +209,7 @@ def test_unreadable_batch_waits_alone_then_reads_when_fixed(broker, served, smal
         assert sample("fraud_partition_unreadable_offset", labels) == 50
         assert sample("fraud_partition_unreadable_offset", {**labels, "partition": "1"}) == 50  # the CRC mismatch
         assert sample("fraud_unreadable_batches_total", {"action": "waited"}) == 2  # once each, not per retry
-        no_zstd.undo()  # the fix deployed: the codec is there
+        no_snappy.undo()  # the fix deployed: the codec is there
         decided = decided_ids(broker.bootstrap, config.decisions_topic,
                               lambda d: (ids(bad) | ids(after)) <= d)
         deadline = time.monotonic() + 5
@@ -217,7 +222,7 @@ def test_unreadable_batch_waits_alone_then_reads_when_fixed(broker, served, smal
 
 
 def test_unreadable_batch_skipped_whole_into_the_dead_letter_topic(broker, served, small_history, tmp_path,  # noqa: F811
-                                                                   no_zstd):
+                                                                   no_snappy):
     registry, _, _ = served
     config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", unreadable_batches="skip")
     before, bad, after, corrupt = unreadable_stream(broker.bootstrap, config.transactions_topic, small_history)
@@ -233,9 +238,10 @@ def test_unreadable_batch_skipped_whole_into_the_dead_letter_topic(broker, serve
     assert b"CorruptRecordError" in dict(crc_letter.headers)["error.reason"]
     assert dict(crc_letter.headers)["source.next_offset"] == b"60"
     headers = dict(letter.headers)
-    assert headers["error.kind"] == b"unreadable" and b"zstd" in headers["error.reason"]
-    assert (headers["source.offset"], headers["source.next_offset"], headers["source.codec"]) == (b"50", b"80", b"zstd")
-    no_zstd.undo()  # the dead letter is the batch as stored: a client with the codec reads the transactions back
+    assert headers["error.kind"] == b"unreadable" and b"snappy" in headers["error.reason"]
+    assert (headers["source.offset"], headers["source.next_offset"], headers["source.codec"]) == (b"50", b"80",
+                                                                                                  b"snappy")
+    no_snappy.undo()  # the dead letter is the batch as stored: a client with the codec reads the transactions back
     batch = MemoryRecords(letter.value).next_batch()
     assert {orjson.loads(record.value)["transaction_id"] for record in batch} == ids(bad)
     # the skip is committed: the group's offset of partition 0 is past every record
@@ -247,10 +253,67 @@ def test_unreadable_batch_skipped_whole_into_the_dead_letter_topic(broker, serve
         reader.close(autocommit=False)
 
 
-def test_group_skip_copies_an_unreadable_batch_whole(broker, small_history, tmp_path, no_zstd):
+def test_group_skip_copies_an_unreadable_batch_whole(broker, small_history, tmp_path, no_snappy):
     config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}")
     unreadable_stream(broker.bootstrap, config.transactions_topic, small_history)
     assert operate.skip(config, config.transactions_topic, 0, 80) == 80
     letters = read_topic(broker.bootstrap, config.dead_letter_topic, lambda r: len(r) >= 51)
     kinds = [dict(r.headers)["error.kind"] for r in letters]
     assert kinds.count(b"unreadable") == 1 and len(kinds) == 51
+
+
+def produce_unkeyed(bootstrap: str, topic: str, batch: list[tuple[bytes, bytes]], chunk: int = 50) -> None:
+    """As a bank's producer that keys by nothing: librdkafka picks the partitions; sent as live traffic would be,
+    a chunk every 50 ms."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    for start in range(0, len(batch), chunk):
+        for _, value in batch[start:start + chunk]:
+            producer.produce(topic, value=value)
+        producer.poll(0)
+        time.sleep(0.05)
+    assert producer.flush(30) == 0
+
+
+def test_an_unkeyed_producer_is_detected_then_repartitioned_by_card_for_three_instances(
+        broker, served, small_history, tmp_path, redis_url):  # noqa: F811
+    registry, _, _ = served
+    stream = small_history.head(3_000)
+    batch = messages(small_history, 0, len(stream))
+    # Read as it comes: the scorer says the topic is not keyed by card
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'unkeyed.db'}")
+    with RunningScorer(config, registry) as service:
+        produce_unkeyed(broker.bootstrap, config.transactions_topic, batch)
+        read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(batch))
+        misplaced = service.metrics.registry.get_sample_value("fraud_transactions_off_card_partition_total")
+    assert misplaced > len(batch) / 3
+
+    # Re-keyed by card first: three instances compute the features of one state
+    config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'rekeyed.db'}", shared_state_url=redis_url,
+                           repartition_from=f"bank-{time.monotonic_ns()}")
+    create_topics(broker.bootstrap, [config.repartition_from], partitions=3)
+    stop = threading.Event()
+    repartitioner = Repartitioner(config)
+    thread = threading.Thread(target=repartitioner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        with contextlib.ExitStack() as scorers:
+            services = [scorers.enter_context(RunningScorer(config, registry)) for _ in range(3)]
+            deadline = time.monotonic() + 60
+            while not all(s.consumer.assignment() for s in services):
+                assert time.monotonic() < deadline, "the three instances did not share the partitions"
+                time.sleep(0.2)
+            produce_unkeyed(broker.bootstrap, config.repartition_from, batch)
+            records = read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(batch), 90)
+            sample = [s.metrics.registry.get_sample_value for s in services]
+            assert all(get("fraud_transactions_total") > 0 for get in sample)
+            assert sum(get("fraud_transactions_off_card_partition_total") for get in sample) == 0
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len({orjson.loads(r.value)["transaction_id"] for r in records}) == len(batch)
+    offline = compute_features(stream, small_history.iloc[:0][["transaction_id"]].assign(is_fraud=True, known_at=0.0))
+    stored = stored_rows(config.store_url)
+    online = np.array([orjson.loads(stored[t].features) for t in stream["transaction_id"]], dtype=float)
+    same = ((online == offline.to_numpy()) | (np.isnan(online) & np.isnan(offline.to_numpy()))).all(axis=1)
+    print(f"\nrepartitioned, 3 instances: {same.mean():.3%} of {len(same)} transactions with one state's features")
+    assert same.mean() >= 0.999

@@ -3,9 +3,10 @@
 Everything real on loopback: the development broker (restarted on the same port), the scorer as its own
 process (`fraudloop score`, killed with SIGKILL and started again), an MLflow store with a trained
 champion, the SQLite scorer store. A producer replays a simulated stream (transactions and labels) at a
-fixed rate and keeps every transaction the broker acknowledged; a collector reads the decisions and
-dead-letter topics as they come. At random moments (seeded) one of: kill the scorer, restart the broker,
-send the hostile messages that once stopped the scorer. At the end it counts:
+fixed rate and keeps every transaction the broker acknowledged, switching its compression codec every
+SWITCH_EVERY messages through every codec Kafka defines (as producers of several teams would); a collector
+reads the decisions and dead-letter topics as they come. At random moments (seeded) one of: kill the scorer,
+restart the broker, send the hostile messages that once stopped the scorer. At the end it counts:
 
 - transactions in (acknowledged by the broker), decisions out, and **missing**: acknowledged transactions
   with no decision, which must be 0. The development broker keeps everything in memory, so a restart loses
@@ -41,6 +42,8 @@ from fraudloop.streaming.config import ScorerConfig
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 KINDS = ("kill", "broker", "poison")
+CODECS = (None, "gzip", "snappy", "lz4", "zstd")  # the producer's compression, in turn
+SWITCH_EVERY = 1_000  # messages produced with one codec before the next
 
 
 @dataclass
@@ -59,6 +62,7 @@ class SoakResult:
     scorer_kills: int = 0
     broker_restarts: int = 0
     poison_bursts: int = 0
+    codec_switches: int = 0  # the producer's codec changed mid-run
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     seconds: float = 0.0
@@ -123,6 +127,7 @@ class Stream(threading.Thread):
         self.acked: dict[str, int] = {}  # transaction id -> epoch acknowledged in
         self.sent: list[Transaction] = []  # acknowledged transactions, for the poison to refer to
         self.stop = threading.Event()
+        self.codec_switches = 0
 
     def run(self) -> None:
         producer, group = None, []
@@ -139,6 +144,9 @@ class Stream(threading.Thread):
                 self.stop.wait(wait)
             producer = self._deliver(producer, group)
             group = []
+            if n % SWITCH_EVERY == 0 and producer is not None:  # the next codec: a new producer
+                producer.close(timeout=5)
+                producer, self.codec_switches = None, self.codec_switches + 1
         if group and not self.stop.is_set():
             self._deliver(producer, group)
 
@@ -147,9 +155,10 @@ class Stream(threading.Thread):
         while not self.stop.is_set():
             epoch = self.epoch
             try:
-                producer = producer or KafkaProducer(bootstrap_servers=[self.broker[0].bootstrap], acks="all",
-                                                     linger_ms=5, max_block_ms=2_000, request_timeout_ms=2_000,
-                                                     delivery_timeout_ms=4_000)
+                producer = producer or KafkaProducer(
+                    bootstrap_servers=[self.broker[0].bootstrap], acks="all", linger_ms=5, max_block_ms=2_000,
+                    request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                    compression_type=CODECS[self.codec_switches % len(CODECS)])
                 futures = [self._send(producer, kind, item) for kind, item in group]
                 producer.flush(timeout=5)
                 for future in futures:
@@ -335,6 +344,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
                 raise RuntimeError(f"the scorer exited (code {scorer.returncode}); see {work / 'scorer.log'}")
         producer.stop.set()
         producer.join(30)
+        result.codec_switches = producer.codec_switches
         final_epoch = producer.epoch
         due = {t for t, e in producer.acked.items() if e == final_epoch}  # produced since the last restart
         deadline = time.monotonic() + 120
@@ -405,6 +415,8 @@ def to_markdown(result: SoakResult, command: str) -> str:
         f"| dead letters by kind | {dead} |",
         f"| scorer kills / broker restarts / poison bursts | {r.scorer_kills} / {r.broker_restarts} / "
         f"{r.poison_bursts} |",
+        f"| the producer's codec switched (none, gzip, snappy, lz4, zstd in turn, every {SWITCH_EVERY:,} messages) | "
+        f"{r.codec_switches} |",
         f"| scorer memory (Kafka process + worker) at start / end | {r.rss_start_mb:.0f} MB / {r.rss_end_mb:.0f} MB |",
         "",
         "The development broker keeps everything in memory, so a restart loses what it held: transactions "
