@@ -496,6 +496,21 @@ def cmd_benchmark_codecs(args: argparse.Namespace) -> None:
         print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 
+def cmd_benchmark_repartition(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.benchmarks import repartition as benchmark
+
+    if args.messages <= 0 or args.repetitions <= 0:
+        raise ValueError("--messages and --repetitions must be positive")
+    outcome = benchmark.run(n=args.messages, repetitions=args.repetitions)
+    command = "fraudloop benchmark repartition" + "".join(
+        f" --{flag} {getattr(args, flag)}" for flag, default in (("messages", 30_000), ("repetitions", 5))
+        if getattr(args, flag) != default)
+    print(benchmark.to_markdown(outcome, command))
+    if args.record:
+        benchmark.record(outcome, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
 def cmd_soak(args: argparse.Namespace) -> None:
     import logging
 
@@ -787,6 +802,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--repetitions", type=int, default=5, help="interleaved repetitions (default: 5)")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_codecs)
+
+    b = bench.add_parser("repartition", help="the repartition step (an unkeyed topic re-keyed by card): CPU a message "
+                                             "and messages a second, against the same hop without re-keying")
+    b.add_argument("--messages", type=int, default=30_000, help="messages in each backlog (default: 30000)")
+    b.add_argument("--repetitions", type=int, default=5, help="interleaved repetitions (default: 5)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.set_defaults(func=cmd_benchmark_repartition)
 
     p = sub.add_parser("broker", help="run the development Kafka broker (Tansu) on loopback with the topics")
     p.add_argument("--port", type=int, default=9092)

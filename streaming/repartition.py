@@ -70,6 +70,8 @@ class Repartitioner:
     """consume `repartition_from` -> produce to `transactions_topic` keyed by card -> commit, as one consumer group
     (`<group_id>-repartition`) however many run."""
 
+    rekey = staticmethod(rekeyed)
+
     def __init__(self, config: ScorerConfig) -> None:
         if not config.repartition_from:
             raise ValueError("repartition_from is not set: the transactions topic is read as keyed by card")
@@ -103,7 +105,7 @@ class Repartitioner:
             return 0
         topic = self.config.transactions_topic
         pending = [self.producer.send(topic, key=key, value=value, headers=headers, timestamp_ms=timestamp)
-                   for key, value, headers, timestamp in rekeyed([r for rs in polled.values() for r in rs])]
+                   for key, value, headers, timestamp in self.rekey([r for rs in polled.values() for r in rs])]
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in polled.items()}
         for tp in polled:
             self._stuck.pop(tp, None)
