@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -351,18 +352,30 @@ def cmd_score(args: argparse.Namespace) -> None:
     repartitioner = None
     if config.repartition_from:  # re-keyed by card in a process of its own, as long as the scorer runs
         import multiprocessing
+        import threading
 
         from fraudloop.streaming import repartition
 
         repartitioner = multiprocessing.get_context("spawn").Process(target=repartition.run, args=(config,),
                                                                      name="fraudloop-repartition", daemon=True)
         repartitioner.start()
+
+        def watch() -> None:  # a scorer whose input is no longer re-keyed stops, so that its supervisor sees it
+            while not stop.wait(2.0):
+                if not repartitioner.is_alive():
+                    logging.getLogger("fraudloop.repartition").error(
+                        "the repartition process exited (code %s): stopping the scorer", repartitioner.exitcode)
+                    stop.set()
+
+        threading.Thread(target=watch, name="repartition-watch", daemon=True).start()
     try:
         ScorerService(config, RegistryConfig.from_env()).run(stop)
     finally:
         if repartitioner is not None:
             repartitioner.terminate()
             repartitioner.join(10)
+    if repartitioner is not None and repartitioner.exitcode not in (0, -signal.SIGTERM):
+        raise SystemExit(1)
 
 
 def cmd_repartition(args: argparse.Namespace) -> None:

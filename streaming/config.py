@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.overload import Budget, Governor
@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 CONSUMER_DEFAULTS = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 60_000,
                      "fetch_max_wait_ms": 10, "isolation_level": "read_committed"}
 PREFIX, KAFKA_PREFIX = "FRAUDLOOP_", "FRAUDLOOP_KAFKA_"
+Codec = Literal["none", "gzip", "snappy", "lz4", "zstd"]  # what a Kafka producer may compress with
+CODECS: tuple[str, ...] = get_args(Codec)
 _FILE: ContextVar[Path | None] = ContextVar("scorer_config_file", default=None)  # the file `load` reads
 
 
@@ -88,7 +90,7 @@ class ScorerConfig(BaseSettings):
     # process of its own, or by `fraudloop repartition`. Empty: transactions_topic is keyed by card.
     repartition_from: str = ""
     # The codec of what the scorer produces (decisions, dead letters): chosen by benchmarks/codecs.md
-    producer_codec: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
+    producer_codec: Codec = "zstd"
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the
@@ -108,6 +110,9 @@ class ScorerConfig(BaseSettings):
         if not 0 <= self.review_threshold <= self.decline_threshold <= 1:
             raise ValueError("thresholds must satisfy 0 <= review_threshold <= decline_threshold <= 1")
         self.event_time_policy()  # refuses a bad policy at load
+        if self.repartition_from and self.repartition_from in self.topics:
+            raise ValueError(f"repartition_from = {self.repartition_from!r} is a topic the scorer reads or writes: "
+                             "it must be the producer's own topic (the scorer reads transactions_topic)")
         return self
 
     @classmethod
@@ -148,6 +153,10 @@ class ScorerConfig(BaseSettings):
             raise ValueError(f"config file {path}: {error}") from None
         finally:
             _FILE.reset(token)
+
+    def compression_type(self) -> str | None:
+        """kafka-python's `compression_type` for `producer_codec`."""
+        return None if self.producer_codec == "none" else self.producer_codec
 
     def client_settings(self) -> dict[str, Any]:
         """What kafka-python is given (secrets revealed only here)."""

@@ -93,9 +93,9 @@ class ScorerMetrics:
                                        "up on: a batch scored without terminal aggregates, or its increments held "
                                        "for the next write", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
-        self.misplaced = Counter("fraud_transactions_off_card_partition", "Transactions read from a partition other "
-                                 "than their card's: the producer does not key the transactions topic by card_id "
-                                 "(by account, terminal, or round-robin), which splits a card's history across "
+        self.misplaced = Counter("fraud_transactions_not_keyed_by_card", "Transactions whose Kafka key is not their "
+                                 "card id, or read from another partition than their card's history: the producer "
+                                 "keys by account or terminal, or not at all, which splits a card's history across "
                                  "instances; key it by card, or set repartition_from (docs/scorer.md)", registry=r)
         self.unreadable = Gauge("fraud_partition_unreadable_offset", "A partition whose next record batch the Kafka "
                                 "client cannot read (codec, corruption, CRC), at the offset where it waits; present "

@@ -48,7 +48,8 @@ def group_lag(config: ScorerConfig) -> list[PartitionLag]:
 
 def skip(config: ScorerConfig, topic: str, partition: int, to_offset: int) -> int:
     """Move the group's offset of `topic`-`partition` forward to `to_offset`, after copying the messages
-    skipped to the dead-letter topic (acknowledged). Returns how many were copied."""
+    skipped to the dead-letter topic (acknowledged). Returns how many were copied. A batch the client cannot read is
+    copied whole, and the offset moved past it even if `to_offset` falls inside it."""
     if topic not in (config.transactions_topic, config.labels_topic):
         raise ValueError(f"{topic!r} is not a topic the scorer reads ({config.transactions_topic}, "
                          f"{config.labels_topic})")
@@ -78,7 +79,8 @@ def skip(config: ScorerConfig, topic: str, partition: int, to_offset: int) -> in
                 key, value, headers = unreadable.dead_letter(stuck, batch)
                 pending.append(producer.send(config.dead_letter_topic_for(topic), key=key, value=value,
                                              headers=headers))
-                copied += min(batch.next_offset, to_offset) - stuck.offset
+                copied += batch.next_offset - stuck.offset
+                to_offset = max(to_offset, batch.next_offset)  # never into a batch copied whole: past it
                 consumer.seek(tp, batch.next_offset)
                 continue
             for record in polled.get(tp, []):

@@ -2,7 +2,7 @@
 
 State is held by partition (docs/scaling.md) on the promise that the transactions topic is keyed by card. A bank's
 producer may key by account or terminal, or not at all (round-robin): a card's history would then be split across
-instances without any error (the scorer counts such transactions: fraud_transactions_off_card_partition). As Kafka
+instances without any error (the scorer counts such transactions: fraud_transactions_not_keyed_by_card). As Kafka
 Streams does before a stateful step, this loop reads the producer's topic (`repartition_from`) and produces each
 message again to the topic the scorer reads (`transactions_topic`), keyed by its card id: Kafka's default
 partitioner then puts every transaction of a card on one partition. Value, headers and timestamp are kept; the
@@ -26,6 +26,7 @@ from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.service import new_producer, stop_on_signals
 from fraudloop.streaming.unreadable import stuck_partition
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ class Repartitioner:
             if stuck is None:
                 raise
             if stuck.tp not in self._stuck:
-                log.error("%s cannot be read at offset %d (%s): that partition waits, retried every %.0f s; skip it "
-                          "with `fraudloop group skip` on the group %s-repartition", stuck.name, stuck.offset,
-                          stuck.error, self.config.unreadable_retry_seconds, self.config.group_id)
+                log.error("%s cannot be read at offset %d (%s): that partition waits, retried every %.0f s, the "
+                          "others are re-keyed; fix the producer or this process's environment", stuck.name,
+                          stuck.offset, stuck.error, self.config.unreadable_retry_seconds)
             self._stuck[stuck.tp] = time.monotonic() + self.config.unreadable_retry_seconds
             self.consumer.pause(stuck.tp)
             return 0
@@ -138,7 +139,7 @@ def run(config: ScorerConfig) -> None:
         try:
             Repartitioner(config).run(stop)
             return
-        except Exception as error:  # a broker fault: a new client after a pause, as the scorer's producer
+        except KafkaError as error:  # a broker fault: new clients after a pause (anything else ends the process)
             if stop.is_set():
                 return
             log.warning("repartitioning failed (%r); starting again in 5 s", error)

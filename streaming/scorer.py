@@ -36,7 +36,7 @@ from fraudloop.streaming.decide import DECLINE, REVIEW, top_reasons
 from fraudloop.streaming.event_time import FUTURE, LATE
 from fraudloop.streaming.model import ServingModel
 from fraudloop.streaming.overload import FULL
-from fraudloop.streaming.rebuild import key_partition, rebuild_cards
+from fraudloop.streaming.rebuild import rebuild_cards
 from fraudloop.streaming.rules import NO_RULES, RuleSet
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Message:
     offset: int
     timestamp_ms: int
     value: bytes | None
+    key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,8 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     replayed: int = 0  # decisions given again to a redelivered transaction
     unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
-    # transactions read from a partition other than their card's (see Scorer._off_card_partition), and one of them
+    # transactions not keyed by their card, or read from another partition than their card's history (see
+    # Scorer._not_keyed_by_card), and one of them
     misplaced: int = 0
     misplaced_example: str = ""
     model_seconds: float = 0.0
@@ -141,8 +143,7 @@ class Scorer:
             self.follow(set(partitions), partition_count, now)
         result = BatchResult()
         judged = self._judge(messages, result, now, partitions)
-        if partition_count:
-            self._off_card_partition(judged, result, partition_count)
+        self._not_keyed_by_card(judged, result)
         clock.lap("decode")
         seen = self.state.seen
         stored = self.store.decisions_for([item.transaction_id for _, item, verdict in judged
@@ -228,22 +229,23 @@ class Scorer:
             self.rebuild_seconds += time.perf_counter() - started
         self.owned = assigned
 
-    def _off_card_partition(self, judged: list[tuple], result: BatchResult, partition_count: int) -> None:
-        """Count the transactions read from a partition other than their card's. State is held by partition on the
-        promise that the topic is keyed by card: a producer keying by account or terminal, or not at all, splits a
-        card's history across instances without any error. A card the state holds is checked against the partition
-        its history came from (a dict look-up); a card it does not hold yet, against Kafka's default partitioner."""
+    def _not_keyed_by_card(self, judged: list[tuple], result: BatchResult) -> None:
+        """Count the transactions whose Kafka key is not their card id, or that come from another partition than
+        their card's history. State is held by partition on the promise that the topic is keyed by card: a producer
+        keying by account or terminal, or not at all, splits a card's history across instances without any error.
+        The key is what can be checked whatever partitioner the producer uses (librdkafka's default hashes keys
+        with CRC32, Java's and kafka-python's with murmur2)."""
         cards = self.state.cards
         for message, item, verdict in judged:
             if verdict is not None or not isinstance(item, Transaction):
                 continue
             card = cards.get(item.card_id)
-            expected = card.partition if card is not None and card.partition >= 0 else key_partition(
-                item.card_id, partition_count)
-            if expected != message.partition:
+            moved = card is not None and 0 <= card.partition != message.partition
+            if moved or message.key != item.card_id.encode():
                 result.misplaced += 1
                 result.misplaced_example = result.misplaced_example or (
-                    f"card {item.card_id} read from partition {message.partition}, its card's is {expected}")
+                    f"card {item.card_id} keyed {message.key!r}, read from partition {message.partition}"
+                    + (f", its history from partition {card.partition}" if moved else ""))
 
     # -- per message -----------------------------------------------------------------------------
     def _judge(self, messages: list[Message], result: BatchResult, now: float,

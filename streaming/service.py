@@ -27,12 +27,12 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from fraudloop.models.registry import RegistryConfig
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.metrics import BATCH_STAGES, ScorerMetrics
-from fraudloop.streaming.unreadable import RawBatch, Stuck, raw_batch, stuck_partition
+from fraudloop.streaming.unreadable import RawBatch, Stuck, raw_batch, readable, stuck_partition
 from fraudloop.streaming.unreadable import dead_letter as unreadable_dead_letter
 from fraudloop.streaming.worker import Scored, ScoringProcess
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -88,8 +88,7 @@ def stage_waits(batch: Batch, transactions_topic: str) -> tuple[float, list[floa
 
 def new_producer(config: ScorerConfig) -> KafkaProducer:
     client = {k: v for k, v in config.client_settings().items() if k not in CONSUMER_ONLY}
-    codec = None if config.producer_codec == "none" else config.producer_codec
-    return KafkaProducer(**{**PRODUCER_DEFAULTS, "compression_type": codec, **client})
+    return KafkaProducer(**{**PRODUCER_DEFAULTS, "compression_type": config.compression_type(), **client})
 
 
 def dead_letter(record, reason: str) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -133,14 +132,14 @@ class ScorerService:
         self._acker = threading.Thread(target=self._ack_batches, name="scorer-acks", daemon=True)
         self._acker.start()
         self._lag_checked = 0.0
-        self._misplaced_logged = -math.inf  # when transactions off their card's partition were last reported
+        self._misplaced_logged = -math.inf  # when transactions not keyed by card were last reported
         self._decision_partitions = 0  # known at the first send
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
         self._stuck: dict[TopicPartition, Stuck] = {}  # partitions paused on a batch the client cannot read
         self._retried: dict[TopicPartition, float] = {}  # when each was last resumed to try again
-        # skipped unreadable batches: (batches polled by then, partition, offset after the batch), committed once
-        # every batch polled before the skip is (the offset must not pass a batch still on its way)
-        self._skips: list[tuple[int, TopicPartition, int]] = []
+        # skipped unreadable batches: (batches polled by then, partition, offset after the batch, id of the log),
+        # committed once every batch polled before the skip is (the offset must not pass a batch still on its way)
+        self._skips: list[tuple[int, TopicPartition, int, str]] = []
         self._uncommitted = False  # whether `_processed` moved since the last commit
         self._committed_at = 0.0
         self._kafka_cpu = 0.0  # this process's CPU seconds not yet reported to the worker's cost account
@@ -181,7 +180,7 @@ class ScorerService:
                 assigned = tuple(tp.partition for tp in self.consumer.assignment() if tp.topic == topic)
                 count = len(self.consumer.partitions_for_topic(topic) or ())
                 if records:
-                    self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records],
+                    self.worker.submit([(r.topic, r.partition, r.offset, r.timestamp, r.value, r.key) for r in records],
                                        self._kafka_cpu, assigned, self._behind(polled), count)
                     self._kafka_cpu = 0.0
                 else:  # idle: model events, and the cards of partitions just assigned
@@ -203,34 +202,38 @@ class ScorerService:
 
     def _poll(self) -> dict:
         """consumer.poll(); a batch the client cannot read stops its partition only (waited on or skipped)."""
+        self._forget_unassigned()
         self._retry_stuck()
         try:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
         except Exception as error:
             stuck = stuck_partition(self.consumer, error)
-            if stuck is None:  # not a batch's: a fault of the client or the group, as before
+            if stuck is None or not self._unreadable(stuck):  # not a batch's: the client's or the group's fault
                 raise
-            self._unreadable(stuck)
             return {}
         for tp in self._stuck.keys() & polled.keys():  # read again: fixed, or skipped by an operator
             log.warning("%s-%d reads again from offset %d", tp.topic, tp.partition, polled[tp][0].offset)
             self._unstick(tp)
         return polled
 
-    def _unreadable(self, stuck: Stuck) -> None:
-        """Pause the partition; skip the batch into the dead-letter topic if so configured, else wait, retried."""
+    def _unreadable(self, stuck: Stuck) -> bool:
+        """Pause the partition; skip the batch into the dead-letter topic if so configured, else wait, retried.
+        False if the batch reads after all (the poll failed for another reason)."""
         tp, known = stuck.tp, self._stuck.get(stuck.tp)
-        self.consumer.pause(tp)
+        if known is not None and known.offset == stuck.offset and self.config.unreadable_batches == "wait":
+            self._pause(tp, True)  # a retry that failed again: quietly
+            return True
         batch = None
-        try:
+        try:  # its extent and bytes, once (a read of up to the broker's largest batch, on this loop)
             batch = raw_batch(self.consumer, tp, stuck.offset)
         except Exception as error:  # noqa: BLE001 - without its extent the batch is waited on, not skipped
             log.warning("the unreadable batch of %s at %d was not fetched raw: %r", stuck.name, stuck.offset, error)
+        if batch is not None and readable(batch):
+            return False
+        if not self._pause(tp, True):  # revoked meanwhile: the new owner meets the batch
+            return True
         if self.config.unreadable_batches == "skip" and batch is not None and self._skip(stuck, batch):
-            return
-        if known is not None and known.offset == stuck.offset:
-            self._stuck[tp] = replace(stuck, since=known.since)
-            return
+            return True
         self._stuck[tp] = stuck
         self.metrics.unreadable.labels(tp.topic, str(tp.partition)).set(stuck.offset)
         self.metrics.unreadable_batches.labels("waited").inc()
@@ -242,6 +245,7 @@ class ScorerService:
             "--topic %s --partition %d --to-offset %d`", stuck.name, stuck.offset, stuck.error,
             batch.codec if batch else "unknown", self.config.unreadable_retry_seconds, stuck.offset, end - 1,
             self.config.dead_letter_topic_for(tp.topic), tp.topic, tp.partition, end)
+        return True
 
     def _skip(self, stuck: Stuck, batch: RawBatch) -> bool:
         """The batch, as stored, to the dead-letter topic (acknowledged), then the partition read on after it."""
@@ -249,34 +253,55 @@ class ScorerService:
         key, value, headers = unreadable_dead_letter(stuck, batch)
         try:
             self.producer.send(topic, key=key, value=value, headers=headers).get(timeout=10)
-        except KafkaError as error:
+        except KafkaError as error:  # the broker away, or a batch too large to produce again (max_request_size)
             log.error("%s: the unreadable batch at %d was not copied to %s (%r); the partition waits", stuck.name,
                       stuck.offset, topic, error)
             return False
+        if tp not in self.consumer.assignment():  # revoked meanwhile: the new owner skips it (a second copy)
+            return True
         log.error("%s: the batch at offsets %d to %d could not be read (%s) and was copied whole to %s; the partition "
                   "reads on from %d (unreadable_batches = skip)", stuck.name, batch.base_offset, batch.next_offset - 1,
                   stuck.error, topic, batch.next_offset)
         self.metrics.unreadable_batches.labels("skipped").inc()
         self.metrics.dead_letters.labels(topic, "unreadable").inc()
-        self._skips.append((self._seq, tp, batch.next_offset))
+        self._skips.append((self._seq, tp, batch.next_offset, self._topic_ids.get(tp.topic, "")))
         if not self.in_flight:
             self._commit_skips(self._seq)
-        self.consumer.seek(tp, batch.next_offset)
+        with contextlib.suppress(KeyError, ValueError):  # revoked since: the new owner reads from the committed offset
+            self.consumer.seek(tp, batch.next_offset)
         self._unstick(tp)
         return True
 
     def _retry_stuck(self) -> None:
         now = time.monotonic()
-        for tp in list(self._stuck):  # (a rebalance on the client's thread may drop one meanwhile)
-            if now - self._retried.get(tp, self._stuck[tp].since) >= self.config.unreadable_retry_seconds:
+        for tp, stuck in self._stuck.items():
+            if now - self._retried.get(tp, stuck.since) >= self.config.unreadable_retry_seconds:
                 self._retried[tp] = now
-                self.consumer.resume(tp)  # fails again: paused again, quietly
+                self._pause(tp, False)  # fails again: paused again, quietly
+
+    def _pause(self, tp: TopicPartition, pause: bool) -> bool:
+        """Pause or resume a partition if it is still assigned (a rebalance may have taken it since the poll)."""
+        with contextlib.suppress(KeyError, ValueError):
+            if tp in self.consumer.assignment():
+                (self.consumer.pause if pause else self.consumer.resume)(tp)
+                return True
+        return False
 
     def _unstick(self, tp: TopicPartition) -> None:
-        self.consumer.resume(tp)
+        self._pause(tp, False)
         if self._stuck.pop(tp, None) is not None:
             self.metrics.unreadable.remove(tp.topic, str(tp.partition))
         self._retried.pop(tp, None)
+
+    def _forget_unassigned(self) -> None:
+        """Stuck partitions and skips of partitions revoked since (the rebalance listener runs on the client's thread,
+        and leaves them to this one)."""
+        assigned = self.consumer.assignment()
+        for tp in [tp for tp in self._stuck if tp not in assigned]:
+            self._stuck.pop(tp)
+            self._retried.pop(tp, None)
+            self.metrics.unreadable.remove(tp.topic, str(tp.partition))
+        self._skips = [skip for skip in self._skips if skip[1] in assigned]
 
     def _behind(self, polled: dict) -> int:
         """Transactions behind the end of the partitions just read, by the high watermarks the fetches brought (no
@@ -447,9 +472,10 @@ class ScorerService:
         batch numbered `acknowledged`): a committed offset never passes a batch still on its way."""
         assigned = self.consumer.assignment()
         while self._skips and self._skips[0][0] <= acknowledged:
-            _, tp, offset = self._skips.pop(0)
-            if tp in assigned and (tp not in self._processed or self._processed[tp].offset < offset):
-                self._processed[tp] = OffsetAndMetadata(offset, self._topic_ids.get(tp.topic, ""), -1)
+            seq, tp, offset, log_id = self._skips.pop(0)
+            if (tp in assigned and seq >= self._void_before.get(tp, 0) and log_id == self._topic_ids.get(tp.topic, "")
+                    and (tp not in self._processed or self._processed[tp].offset < offset)):
+                self._processed[tp] = OffsetAndMetadata(offset, log_id, -1)
                 self._uncommitted = True
 
     def _commit_offsets(self) -> None:
@@ -508,9 +534,6 @@ class ScorerService:
             self.consumer.commit_async(offsets, callback=self._committed)
         for tp in revoked:
             self._processed.pop(tp, None)
-            if self._stuck.pop(tp, None) is not None:
-                self.metrics.unreadable.remove(tp.topic, str(tp.partition))
-        self._skips = [skip for skip in self._skips if skip[1] not in revoked]
 
     def _committed(self, offsets: dict, response: object) -> None:
         if isinstance(response, Exception):
@@ -528,12 +551,12 @@ class ScorerService:
             m.misplaced.inc(scored.misplaced)
             if time.monotonic() - self._misplaced_logged >= 60:
                 self._misplaced_logged = time.monotonic()
-                log.error("%d of %d transactions of a batch were read from a partition other than their card's (%s): "
-                          "the producer of %s does not key it by card_id (it keys by account or terminal, or not at "
-                          "all), so a card's history is split across instances and its features are wrong. Key the "
-                          "producer by card_id, or set repartition_from (docs/scorer.md). Counted in "
-                          "fraud_transactions_off_card_partition; said at most once a minute", scored.misplaced,
-                          len(transactions), scored.misplaced_example, self.config.transactions_topic)
+                log.error("%d of %d transactions of a batch were not keyed by their card (%s): the producer of %s "
+                          "keys by account or terminal, or not at all, so a card's history is split across "
+                          "partitions and instances and its features are wrong. Key the producer by card_id, or set "
+                          "repartition_from (docs/scorer.md). Counted in fraud_transactions_not_keyed_by_card; said "
+                          "at most once a minute", scored.misplaced, len(transactions), scored.misplaced_example,
+                          self.config.transactions_topic)
         for outcome, count in scored.outcomes.items():
             m.decisions.labels(outcome).inc(count)
         for rule, count in scored.rule_hits.items():

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
 from kafka.protocol.consumer import FetchRequest
 from kafka.record.memory_records import MemoryRecords
 
@@ -54,11 +55,15 @@ class RawBatch:
 
 
 def stuck_partition(consumer: KafkaConsumer, error: BaseException) -> Stuck | None:
-    """The partition whose batch raised `error` from `consumer.poll()`, or None if the error was not a batch's.
+    """The partition whose batch may have raised `error` from `consumer.poll()`, or None if the error cannot be a
+    batch's (a Kafka error other than a corrupt record or a missing codec: the coordinator's, a fetch response's).
 
     The fetcher keeps the partition records it was reading when decoding failed as its next in line, not drained
     (whether the error surfaced at once or, after other records were returned, at the next poll). It is dropped
-    here: polled again as it is, kafka-python would loop on it."""
+    here: polled again as it is, kafka-python would loop on it. That slot may also hold a healthy partition whose
+    last poll stopped part way: `readable` on its raw batch tells the two apart."""
+    if isinstance(error, KafkaError) and not isinstance(error, CorruptRecordError | UnsupportedCodecError):
+        return None
     fetcher = getattr(consumer, "_fetcher", None)
     records = getattr(fetcher, "_next_partition_records", None)
     if not records:  # none, or drained: the error came from elsewhere (a fetch response, the coordinator)
@@ -114,6 +119,18 @@ def raw_batches(consumer: KafkaConsumer, tp: TopicPartition, offset: int,
 def raw_batch(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> RawBatch | None:
     """The raw batch holding `offset`, or None if the broker returned none holding it."""
     return next((b for b in raw_batches(consumer, tp, offset) if b.base_offset <= offset < b.next_offset), None)
+
+
+def readable(batch: RawBatch) -> bool:
+    """Whether this process's client decodes the batch (CRCs, codec, every record): a batch that does is not what
+    made the poll fail."""
+    try:
+        decoded = MemoryRecords(batch.data).next_batch()
+        if decoded is None or not decoded.validate_crc():
+            return False
+        return all(record.validate_crc() for record in decoded)
+    except Exception:  # noqa: BLE001 - whatever the client raises decoding it
+        return False
 
 
 def dead_letter(stuck: Stuck, batch: RawBatch) -> tuple[None, bytes, list[tuple[str, bytes]]]:

@@ -57,7 +57,7 @@ class Scored:
     labels: int = 0
     unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
     replayed: int = 0  # decisions given again to redelivered transactions
-    misplaced: int = 0  # transactions read from a partition other than their card's (Scorer._off_card_partition)
+    misplaced: int = 0  # transactions not keyed by their card (Scorer._not_keyed_by_card)
     misplaced_example: str = ""
     model_seconds: float = 0.0
     cpu_seconds: float = 0.0  # the worker's, for this batch

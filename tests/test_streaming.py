@@ -120,7 +120,8 @@ def test_a_backlog_is_scored_lean_and_in_full_once_it_is_cleared(broker, served,
     """A scorer started behind a backlog sheds optional work (streaming/overload.py) while it catches up, decides
     every transaction once all the same, and returns to full service once nothing waits."""
     registry, _, _ = served
-    stream = small_history.head(10_000)  # a backlog that takes well over the governor's 0.5 s to drain
+    stream = small_history.head(20_000)  # a backlog that takes well over the governor's 0.5 s to drain (10,000 once
+    # drained within it in a full run)
     config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'scoring.db'}", batch_size=100,
                            overload_lag=300, overload_recover_seconds=0.5)
     send_transactions(broker.bootstrap, config.transactions_topic, stream)

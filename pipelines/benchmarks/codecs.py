@@ -20,12 +20,11 @@ import numpy as np
 from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.benchmarks.streaming import SCORER, Bench, prepare
 from fraudloop.streaming.broker import create_topics, start_broker
-from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.config import CODECS, ScorerConfig
 from fraudloop.streaming.service import new_producer
 from fraudloop.streaming.unreadable import raw_batches
 from kafka import KafkaConsumer, TopicPartition
 
-CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 GROUPS = {"backlog": 500, "live": 5}  # decisions flushed together: a polled batch on a backlog; a few, paced
 CPU_BUDGET = 0.05  # a codec may add this share of the scoring worker's CPU a message (measured in the same run)
 

@@ -38,11 +38,10 @@ from fraudloop.models.schema import Label, Transaction, label_record, transactio
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.streaming.broker import Broker, create_topics, free_port, start_broker
-from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.config import CODECS, ScorerConfig
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 KINDS = ("kill", "broker", "poison")
-CODECS = (None, "gzip", "snappy", "lz4", "zstd")  # the producer's compression, in turn
 SWITCH_EVERY = 1_000  # messages produced with one codec before the next
 
 
@@ -127,7 +126,7 @@ class Stream(threading.Thread):
         self.acked: dict[str, int] = {}  # transaction id -> epoch acknowledged in
         self.sent: list[Transaction] = []  # acknowledged transactions, for the poison to refer to
         self.stop = threading.Event()
-        self.codec_switches = 0
+        self.codec_switches, self.codec = 0, CODECS[0]
 
     def run(self) -> None:
         producer, group = None, []
@@ -147,6 +146,7 @@ class Stream(threading.Thread):
             if n % SWITCH_EVERY == 0 and producer is not None:  # the next codec: a new producer
                 producer.close(timeout=5)
                 producer, self.codec_switches = None, self.codec_switches + 1
+                self.codec = CODECS[self.codec_switches % len(CODECS)]
         if group and not self.stop.is_set():
             self._deliver(producer, group)
 
@@ -158,7 +158,7 @@ class Stream(threading.Thread):
                 producer = producer or KafkaProducer(
                     bootstrap_servers=[self.broker[0].bootstrap], acks="all", linger_ms=5, max_block_ms=2_000,
                     request_timeout_ms=2_000, delivery_timeout_ms=4_000,
-                    compression_type=CODECS[self.codec_switches % len(CODECS)])
+                    compression_type=self.codec if self.codec != "none" else None)
                 futures = [self._send(producer, kind, item) for kind, item in group]
                 producer.flush(timeout=5)
                 for future in futures:
