@@ -494,34 +494,29 @@ def cmd_benchmark_scale_out(args: argparse.Namespace) -> None:
         print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
 
 
-def cmd_benchmark_codecs(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines.benchmarks import codecs as benchmark
+def _size_benchmark(args: argparse.Namespace, name: str, size: str, default_size: int) -> None:
+    """A benchmark run as `run(n=--<size>, repetitions=--repetitions)`: printed, and recorded with its command."""
+    import importlib
 
-    if args.decisions <= 0 or args.repetitions <= 0:
-        raise ValueError("--decisions and --repetitions must be positive")
-    outcome = benchmark.run(n=args.decisions, repetitions=args.repetitions)
-    command = "fraudloop benchmark codecs" + "".join(
-        f" --{flag} {getattr(args, flag)}" for flag, default in (("decisions", 20_000), ("repetitions", 5))
+    benchmark = importlib.import_module(f"fraudloop.pipelines.benchmarks.{name}")
+    if getattr(args, size) <= 0 or args.repetitions <= 0:
+        raise ValueError(f"--{size} and --repetitions must be positive")
+    outcome = benchmark.run(n=getattr(args, size), repetitions=args.repetitions)
+    command = f"fraudloop benchmark {name}" + "".join(
+        f" --{flag} {getattr(args, flag)}" for flag, default in ((size, default_size), ("repetitions", 5))
         if getattr(args, flag) != default)
     print(benchmark.to_markdown(outcome, command))
     if args.record:
         benchmark.record(outcome, args.record, command)
         print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_benchmark_codecs(args: argparse.Namespace) -> None:
+    _size_benchmark(args, "codecs", "decisions", 20_000)
 
 
 def cmd_benchmark_repartition(args: argparse.Namespace) -> None:
-    from fraudloop.pipelines.benchmarks import repartition as benchmark
-
-    if args.messages <= 0 or args.repetitions <= 0:
-        raise ValueError("--messages and --repetitions must be positive")
-    outcome = benchmark.run(n=args.messages, repetitions=args.repetitions)
-    command = "fraudloop benchmark repartition" + "".join(
-        f" --{flag} {getattr(args, flag)}" for flag, default in (("messages", 30_000), ("repetitions", 5))
-        if getattr(args, flag) != default)
-    print(benchmark.to_markdown(outcome, command))
-    if args.record:
-        benchmark.record(outcome, args.record, command)
-        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+    _size_benchmark(args, "repartition", "messages", 30_000)
 
 
 def cmd_soak(args: argparse.Namespace) -> None:
