@@ -17,6 +17,7 @@ across them (the event-time policy absorbs that disorder up to the allowed laten
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ import time
 import msgspec
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.service import new_producer, stop_on_signals
-from fraudloop.streaming.unreadable import stuck_partition
+from fraudloop.streaming.unreadable import raw_batch, readable, stuck_partition
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -86,14 +87,19 @@ class Repartitioner:
 
     def step(self) -> int:
         """One poll, produced and acknowledged, then committed. How many messages."""
+        assigned = self.consumer.assignment()
         for tp, retry_at in list(self._stuck.items()):
-            if time.monotonic() >= retry_at:
-                self.consumer.resume(tp)  # unreadable still: paused again
+            if tp not in assigned:  # revoked since: the new owner meets the batch
+                del self._stuck[tp]
+            elif time.monotonic() >= retry_at:
+                with contextlib.suppress(KeyError, ValueError):  # revoked this instant
+                    self.consumer.resume(tp)  # unreadable still: paused again
         try:
             polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
         except Exception as error:
             stuck = stuck_partition(self.consumer, error)
-            if stuck is None:
+            batch = stuck and raw_batch(self.consumer, stuck.tp, stuck.offset)
+            if stuck is None or (batch is not None and readable(batch)):  # not a batch's fault
                 raise
             if stuck.tp not in self._stuck:
                 log.error("%s cannot be read at offset %d (%s): that partition waits, retried every %.0f s, the "
