@@ -93,7 +93,7 @@ class ScorerMetrics:
                                        "up on: a batch scored without terminal aggregates, or its increments held "
                                        "for the next write", registry=r)
         self.lag = Gauge("fraud_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
-        self.misplaced = Counter("fraud_transactions_not_keyed_by_card", "Transactions whose Kafka key is not their "
+        self.not_keyed = Counter("fraud_transactions_not_keyed_by_card", "Transactions whose Kafka key is not their "
                                  "card id, or read from another partition than their card's history: the producer "
                                  "keys by account or terminal, or not at all, which splits a card's history across "
                                  "instances; key it by card, or set repartition_from (docs/scorer.md)", registry=r)

@@ -102,8 +102,8 @@ class BatchResult:
     unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
     # transactions not keyed by their card, or read from another partition than their card's history (see
     # Scorer._not_keyed_by_card), and one of them
-    misplaced: int = 0
-    misplaced_example: str = ""
+    not_keyed: int = 0
+    not_keyed_example: str = ""
     model_seconds: float = 0.0
     rules_error: str = ""  # why the rules could not decide this batch (the model's thresholds alone did)
 
@@ -242,8 +242,8 @@ class Scorer:
             card = cards.get(item.card_id)
             moved = card is not None and 0 <= card.partition != message.partition
             if moved or message.key != item.card_id.encode():
-                result.misplaced += 1
-                result.misplaced_example = result.misplaced_example or (
+                result.not_keyed += 1
+                result.not_keyed_example = result.not_keyed_example or (
                     f"card {item.card_id} keyed {message.key!r}, read from partition {message.partition}"
                     + (f", its history from partition {card.partition}" if moved else ""))
 

@@ -132,7 +132,7 @@ class ScorerService:
         self._acker = threading.Thread(target=self._ack_batches, name="scorer-acks", daemon=True)
         self._acker.start()
         self._lag_checked = 0.0
-        self._misplaced_logged = -math.inf  # when transactions not keyed by card were last reported
+        self._not_keyed_logged = -math.inf  # when transactions not keyed by card were last reported
         self._decision_partitions = 0  # known at the first send
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset to read, per partition
         self._stuck: dict[TopicPartition, Stuck] = {}  # partitions paused on a batch the client cannot read
@@ -547,15 +547,15 @@ class ScorerService:
         m.labels.inc(scored.labels)
         m.unknown_labels.inc(scored.unknown_labels)
         m.replayed.inc(scored.replayed)
-        if scored.misplaced:
-            m.misplaced.inc(scored.misplaced)
-            if time.monotonic() - self._misplaced_logged >= 60:
-                self._misplaced_logged = time.monotonic()
+        if scored.not_keyed:
+            m.not_keyed.inc(scored.not_keyed)
+            if time.monotonic() - self._not_keyed_logged >= 60:
+                self._not_keyed_logged = time.monotonic()
                 log.error("%d of %d transactions of a batch were not keyed by their card (%s): the producer of %s "
                           "keys by account or terminal, or not at all, so a card's history is split across "
                           "partitions and instances and its features are wrong. Key the producer by card_id, or set "
                           "repartition_from (docs/scorer.md). Counted in fraud_transactions_not_keyed_by_card; said "
-                          "at most once a minute", scored.misplaced, len(transactions), scored.misplaced_example,
+                          "at most once a minute", scored.not_keyed, len(transactions), scored.not_keyed_example,
                           self.config.transactions_topic)
         for outcome, count in scored.outcomes.items():
             m.decisions.labels(outcome).inc(count)

@@ -57,8 +57,8 @@ class Scored:
     labels: int = 0
     unknown_labels: int = 0  # labels of transactions this scorer has not seen (yet)
     replayed: int = 0  # decisions given again to redelivered transactions
-    misplaced: int = 0  # transactions not keyed by their card (Scorer._not_keyed_by_card)
-    misplaced_example: str = ""
+    not_keyed: int = 0  # transactions not keyed by their card (Scorer._not_keyed_by_card)
+    not_keyed_example: str = ""
     model_seconds: float = 0.0
     cpu_seconds: float = 0.0  # the worker's, for this batch
     stage_seconds: dict[str, float] = field(default_factory=dict)  # the scoring thread's CPU by stage (STAGES)
@@ -203,7 +203,7 @@ class ScoringCore:
         scored.labels = len(result.labels)
         scored.unknown_labels = result.unknown_labels
         scored.replayed = result.replayed
-        scored.misplaced, scored.misplaced_example = result.misplaced, result.misplaced_example
+        scored.not_keyed, scored.not_keyed_example = result.not_keyed, result.not_keyed_example
         scored.model_seconds = result.model_seconds
         if result.rules_error:
             scored.rules_events.append(("error", rules.version, result.rules_error))

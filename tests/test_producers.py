@@ -286,8 +286,8 @@ def test_an_unkeyed_producer_is_detected_then_repartitioned_by_card_for_three_in
     with RunningScorer(config, registry) as service:
         produce_unkeyed(broker.bootstrap, config.transactions_topic, batch)
         read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(batch))
-        misplaced = service.metrics.registry.get_sample_value("fraud_transactions_not_keyed_by_card_total")
-    assert misplaced == len(batch)
+        not_keyed = service.metrics.registry.get_sample_value("fraud_transactions_not_keyed_by_card_total")
+    assert not_keyed == len(batch)
 
     # Re-keyed by card first: three instances compute the features of one state
     config = scorer_config(broker.bootstrap, f"sqlite:///{tmp_path / 'rekeyed.db'}", shared_state_url=redis_url,
