@@ -356,10 +356,14 @@ def transactions_of(history: pd.DataFrame) -> Iterable[Transaction]:
 
 
 def labels_in_order(labels: pd.DataFrame) -> list[Label]:
+    """Labels by known_at; their `source` and `analyst` columns when the frame has them."""
     ordered = labels.sort_values(["known_at", "transaction_id"], kind="stable")
+    sources = ordered["source"] if "source" in ordered else ["chargeback"] * len(ordered)
+    analysts = ordered["analyst"] if "analyst" in ordered else [None] * len(ordered)
     return [
-        Label(tx, bool(fraud), float(known))
-        for tx, fraud, known in zip(ordered["transaction_id"], ordered["is_fraud"], ordered["known_at"], strict=True)
+        Label(tx, bool(fraud), float(known), source, analyst if isinstance(analyst, str) else None)
+        for tx, fraud, known, source, analyst in zip(ordered["transaction_id"], ordered["is_fraud"],
+                                                      ordered["known_at"], sources, analysts, strict=True)
     ]
 
 

@@ -55,11 +55,19 @@ class Transaction:
             object.__setattr__(self, "original_cents", self.amount_cents)
 
 
+# Where an outcome came from, as an issuer receives it (the schema's `source`): a chargeback on an approved
+# transaction; an analyst's verdict on a reviewed one; the cardholder's answer on a declined one (fraud, or "it was
+# me"). `simulation`: the open-loop oracle, every fraud whatever was decided (for measuring only).
+SOURCES = ("chargeback", "review", "cardholder", "simulation")
+
+
 @dataclass(frozen=True, slots=True)
 class Label:
     transaction_id: str
     is_fraud: bool
     known_at: float  # epoch seconds, UTC
+    source: str = "chargeback"  # one of SOURCES (older messages' confirmed_* map to cardholder)
+    analyst: str | None = None  # who gave a `review` verdict
 
 
 @cache
@@ -173,7 +181,10 @@ def _transaction(tx_id: str, card: str, terminal: str, timestamp: str, amount: f
 
 def parse_label(record: Any) -> Label:
     _check(LABEL_SCHEMA, record)
-    return Label(record["transaction_id"], record["is_fraud"], parse_time(record["known_at"], "known_at"))
+    source = record.get("source", "chargeback")
+    source = "cardholder" if source in ("confirmed_fraud", "confirmed_genuine") else source  # version 1's names
+    return Label(record["transaction_id"], record["is_fraud"], parse_time(record["known_at"], "known_at"), source,
+                 record.get("analyst"))
 
 
 def transaction_record(tx: Transaction) -> dict[str, Any]:
@@ -189,11 +200,14 @@ def transaction_record(tx: Transaction) -> dict[str, Any]:
     }
 
 
-def label_record(label: Label, source: str = "chargeback") -> dict[str, Any]:
-    return {
+def label_record(label: Label) -> dict[str, Any]:
+    record = {
         "schema_version": 1,
         "transaction_id": label.transaction_id,
         "is_fraud": label.is_fraud,
         "known_at": format_time(label.known_at),
-        "source": source,
+        "source": label.source,
     }
+    if label.analyst is not None:
+        record["analyst"] = label.analyst
+    return record

@@ -49,6 +49,9 @@ labels = sa.Table(
     sa.Column("transaction_id", sa.String(64), primary_key=True),
     sa.Column("known_at", sa.Float, primary_key=True, index=True),
     sa.Column("is_fraud", sa.Boolean, nullable=False),
+    # Where it came from (models/schema.py SOURCES; null: stored before sources were) and who, for a review verdict
+    sa.Column("source", sa.String(16), nullable=True),
+    sa.Column("analyst", sa.String(128), nullable=True),
 )
 # What serving each model version cost: the scorer adds each batch's transactions and CPU seconds.
 serving_costs = sa.Table(
@@ -146,7 +149,8 @@ class Store:
                      r.tx.original_cents, r.mode, r.partition)
                     for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
-                                  "known_at": lb.known_at} for lb in new_labels])
+                                  "known_at": lb.known_at, "source": lb.source, "analyst": lb.analyst}
+                                 for lb in new_labels])
             for version, (count, cpu) in (costs or {}).items():
                 upsert = self._upsert(serving_costs).values(model_version=version, transactions=count, cpu_seconds=cpu)
                 db.execute(upsert.on_conflict_do_update(index_elements=["model_version"], set_={
@@ -164,10 +168,10 @@ class Store:
 
     def shadow_pairs(self, version: str, until: float) -> pd.DataFrame:
         """The shadow scores of `version` beside the served decisions of the same transactions (event_time <=
-        `until`): transaction_id, card_id, event_time, shadow_score, score (served), model_version (served)."""
+        `until`): transaction_id, card_id, event_time, shadow_score, score (served), model_version and decision (served)."""
         d, sh = decisions.c, shadow_scores.c
         query = (sa.select(d.transaction_id, d.card_id, d.event_time, sh.score.label("shadow_score"), d.score,
-                           d.model_version)
+                           d.model_version, d.decision)
                  .join(shadow_scores, shadow_scores.c.transaction_id == d.transaction_id)
                  .where(sh.model_version == version, d.event_time <= until, d.score.is_not(None))
                  .order_by(d.event_time))
@@ -268,7 +272,8 @@ class Store:
         with self.engine.connect() as db:
             query = (sa.select(labels).where(labels.c.known_at > since)
                      .order_by(labels.c.known_at, labels.c.transaction_id))
-            return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at)) for r in db.execute(query)]
+            return [Label(r.transaction_id, bool(r.is_fraud), float(r.known_at), r.source or "chargeback", r.analyst)
+                    for r in db.execute(query)]
 
     def frames(self, since: float, until: float, known_by: float | None = None,
                features: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -317,12 +322,14 @@ def _window(since: float, until: float) -> tuple:
 
 def _add_missing_columns(engine: sa.Engine) -> None:
     """A store made by an earlier version gets the columns added since (nullable ones, so no rewrite)."""
-    present = {column["name"] for column in sa.inspect(engine).get_columns("decisions")}
+    inspector = sa.inspect(engine)
     with engine.begin() as db:
-        for column in decisions.columns:
-            if column.name not in present:
-                db.exec_driver_sql(f"ALTER TABLE decisions ADD COLUMN {column.name} "
-                                   f"{column.type.compile(engine.dialect)}")
+        for table in (decisions, labels):
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                       f"{column.type.compile(engine.dialect)}")
     for index in decisions.indexes:  # create_all leaves an existing table's new indexes out
         index.create(engine, checkfirst=True)
 

@@ -53,10 +53,11 @@ def fill(store: Store) -> list[tuple]:
 def test_the_backtest_counts_per_rule_what_the_set_would_decide_with_each_version_at_its_own_thresholds(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     rows = fill(store)
-    labels = {r[0]: r[5] for r in rows}
+    labels = store.labels_of_window(T0 - 1, T0 + 3 * DAY, known_by=T0 + 3 * DAY)
+    assert sorted(labels["transaction_id"]) == sorted(r[0] for r in rows if r[5])
     thresholds = {"1": (0.3, 0.7), "2": (0.4, 0.95)}
-    result = backtest(store.decision_chunks(T0 - 1, T0 + 3 * DAY), __import__("pandas").Series(labels),
-                      parse(RULES), thresholds.__getitem__)
+    result = backtest(store.decision_chunks(T0 - 1, T0 + 3 * DAY), labels, T0 + 3 * DAY, parse(RULES),
+                      thresholds.__getitem__)
     store.close()
     r = result["rules"]
     assert r["block_cards list"] == {"action": "block", "decided": 2, "per_day": 1.0, "precision": 0.5,

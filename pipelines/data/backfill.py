@@ -14,7 +14,7 @@ import lightgbm as lgb
 import numpy as np
 import orjson
 import pandas as pd
-from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.features import FEATURE_NAMES, labels_in_order
 from fraudloop.models.store import Store
 from fraudloop.models.training import predict
 from fraudloop.streaming.decide import outcomes
@@ -42,8 +42,8 @@ def backfill(store: Store, history: pd.DataFrame, rows: pd.DataFrame, labels: pd
         ]
         with store.engine.begin() as db:
             store.insert(db, records, [])
-    label_records = [{"transaction_id": t, "is_fraud": bool(f), "known_at": float(k)}
-                     for t, f, k in zip(labels["transaction_id"], labels["is_fraud"], labels["known_at"], strict=True)]
+    label_records = [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud, "known_at": lb.known_at,
+                      "source": lb.source, "analyst": lb.analyst} for lb in labels_in_order(labels)]
     with store.engine.begin() as db:
         store.insert(db, [], label_records)
     return len(rows)

@@ -188,9 +188,11 @@ def _ids(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
 
 
 def labels_of(history: pd.DataFrame) -> pd.DataFrame:
-    """The fraud labels the history will emit: (transaction_id, is_fraud, known_at), by known_at."""
+    """The open loop's labels: every fraud, whatever was decided, after its delay (the oracle, for measuring; the
+    closed loop's labels depend on the decisions: pipelines/data/outcomes.py). (transaction_id, is_fraud, known_at,
+    source), by known_at."""
     frauds = history.loc[history["is_fraud"], ["transaction_id", "label_known_at"]]
-    labels = frauds.rename(columns={"label_known_at": "known_at"}).assign(is_fraud=True)
+    labels = frauds.rename(columns={"label_known_at": "known_at"}).assign(is_fraud=True, source="simulation")
     return labels.sort_values(["known_at", "transaction_id"], kind="stable").reset_index(drop=True)
 
 

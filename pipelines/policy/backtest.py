@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.units import DAY
-from fraudloop.pipelines.retraining.training_set import decode_decisions
+from fraudloop.pipelines.retraining.training_set import UNKNOWN, decode_decisions, known_outcomes
 from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW, outcomes
 from fraudloop.streaming.rules import MODEL, RulesError, RuleSet, parse
 
@@ -45,8 +45,10 @@ class RuleStats:
                 "genuine_cards_hit": len(self.genuine_cards) if self.action != "allow" else 0}
 
 
-def backtest(chunks, labels: pd.Series, rules: RuleSet, thresholds_of: Callable[[str], tuple[float, float]]) -> dict:
-    """`chunks`: stored decisions (Store.decision_chunks); `labels`: is_fraud by transaction id, known now."""
+def backtest(chunks, labels: pd.DataFrame, as_of: float, rules: RuleSet,
+             thresholds_of: Callable[[str], tuple[float, float]]) -> dict:
+    """`chunks`: stored decisions (Store.decision_chunks); `labels`: their labels, as known at `as_of`. A blocked
+    transaction without a label is unknown (training_set.known_outcomes): neither a fraud nor a genuine card."""
     stats = {name: RuleStats(_action(rules, name)) for name in rules.names}
     served, replayed = Counter(), Counter()
     days: set[int] = set()
@@ -69,7 +71,8 @@ def backtest(chunks, labels: pd.Series, rules: RuleSet, thresholds_of: Callable[
             o, r = rules.decide(sub, [cards[i] for i in rows_of], [terminals[i] for i in rows_of], review, decline)
             outcome[rows_of], rule[rows_of] = o, r
             model[rows_of] = outcomes(sub["score"], review, decline)
-        is_fraud = chunk["transaction_id"].map(labels).fillna(False).astype(bool).to_numpy()
+        known = known_outcomes(chunk["transaction_id"], chunk["decision"], labels, as_of)
+        is_fraud, unknown = known["is_fraud"].to_numpy(), (known["label_source"] == UNKNOWN).to_numpy()
         rows, frauds = rows + len(chunk), frauds + int(is_fraud.sum())
         days.update((chunk["event_time"].to_numpy() // DAY).astype(int).tolist())
         served.update(chunk["decision"].tolist())
@@ -81,7 +84,7 @@ def backtest(chunks, labels: pd.Series, rules: RuleSet, thresholds_of: Callable[
                 s.frauds += 1
                 s.frauds_model_missed += s.action != "allow" and model[j] == APPROVE and name != MODEL
                 s.frauds_let_through += s.action == "allow" and model[j] != APPROVE
-            elif outcome[j] != APPROVE or s.action == "allow":
+            elif not unknown[j] and (outcome[j] != APPROVE or s.action == "allow"):
                 s.genuine_cards.add(cards[j])
     n_days = max(len(days), 1)
     return {"rules_version": rules.version, "transactions": rows, "frauds": frauds, "days": len(days),
@@ -122,7 +125,6 @@ def run(store_url: str, rules_path: str, since: float | None, until: float | Non
     """Backtest `rules_path` on the store's decisions between `since` and `until` (default: the 14 days ending
     `maturity_days` before the newest stored transaction, so their labels have matured)."""
     from fraudloop.models.store import Store
-    from fraudloop.pipelines.retraining.training_set import outcomes_known_by
 
     rules = parse(Path(rules_path).read_text(), rules_path)
     store = Store(store_url)
@@ -135,8 +137,8 @@ def run(store_url: str, rules_path: str, since: float | None, until: float | Non
         if since >= until:
             raise ValueError(f"--from must be before --to (and before the newest stored transaction less "
                              f"{maturity_days:g} days of label maturity)")
-        labels = outcomes_known_by(store.labels_of_window(since, until, newest), newest)
-        result = backtest(store.decision_chunks(since, until), labels, rules, thresholds_of)
+        labels = store.labels_of_window(since, until, newest)
+        result = backtest(store.decision_chunks(since, until), labels, newest, rules, thresholds_of)
     finally:
         store.close()
     return {**result, "from": since, "to": until}

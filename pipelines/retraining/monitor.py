@@ -28,7 +28,7 @@ from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.drift import Calibrator, feature_drift, psi
 from fraudloop.pipelines.retraining.train import REFERENCE_ARTIFACT
-from fraudloop.pipelines.retraining.training_set import decode_decisions, outcomes_known_by
+from fraudloop.pipelines.retraining.training_set import UNKNOWN, decode_decisions, known_outcomes
 from sklearn.metrics import average_precision_score
 
 # Set by the clock, not by the data: a one-day window is all weekend or all weekday.
@@ -191,9 +191,9 @@ def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
     recent = decode_decisions(recent_decisions)
     recent_scores = recent_decisions.loc[recent_decisions["model_version"] == version, "score"].to_numpy(float)
     own = own[own["model_version"] == version]
-    outcome = outcomes_known_by(labels, as_of)
-    labelled = pd.DataFrame({"score": own["score"].to_numpy(float),
-                             "is_fraud": own["transaction_id"].map(outcome).fillna(False).astype(bool).to_numpy()})
+    known = known_outcomes(own["transaction_id"], own["decision"], labels, as_of)  # unknown ones left out (training_set.py)
+    labelled = pd.DataFrame({"score": own["score"].to_numpy(float), "is_fraud": known["is_fraud"].to_numpy()}
+                            )[(known["label_source"] != UNKNOWN).to_numpy()]
     last_signal = info.tags.get(SIGNAL_TAG)
     result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config,
                     float(last_signal) if last_signal else None, calibrated)

@@ -3,6 +3,13 @@
 Rows are scored transactions with the feature values used at scoring time. Only what was known at T
 counts: transactions that happened by T, labels known by T. A transaction younger than the label maturity
 at T may still be charged back, so it is held out rather than counted as genuine.
+
+What an unlabelled transaction means depends on what was decided (`known_outcomes`): an approved one would have been
+charged back by maturity, so it is genuine; a declined one cannot be charged back and a reviewed one gets a verdict
+only if an analyst worked it, so without a label it is unknown, and left out of training, validation and the
+monitor's performance. Counting it genuine would teach the next model that what the last one blocked was fine (most
+of it was fraud) and score the champion against its own blind spot; leaving it out biases the sample towards
+what was approved, which the counterfactual evaluation of the next issue corrects for.
 """
 
 from __future__ import annotations
@@ -15,26 +22,47 @@ import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 
 ROW_COLUMNS = ("transaction_id", "card_id", "event_time")
+# Decisions after which no chargeback can come: without a label, their outcome is unknown.
+BLOCKED = frozenset({"decline", "review"})
+# label_source of a row without a label: approved and past maturity (genuine), or blocked (unknown: left out)
+NO_CHARGEBACK, UNKNOWN = "no_chargeback", "unknown"
 
 
 def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, maturity_seconds: float) -> pd.DataFrame:
-    """`rows` (ROW_COLUMNS + FEATURE_NAMES) labelled as known at `as_of`, in time order.
+    """`rows` (ROW_COLUMNS + FEATURE_NAMES, and `decision` when they were scored) labelled as known at `as_of`, in
+    time order.
 
-    Returns the mature rows with an `is_fraud` column. The latest label known by `as_of` wins (a fraud
-    later confirmed genuine counts as genuine).
+    Returns the mature rows whose outcome is known (`known_outcomes`), with `is_fraud` and `label_source` columns. The
+    latest label known by `as_of` wins (a fraud later confirmed genuine counts as genuine).
     """
-    outcome = outcomes_known_by(labels, as_of)
     mature = rows[rows["event_time"] <= as_of - maturity_seconds]
     mature = mature.sort_values(["event_time", "transaction_id"], kind="stable", ignore_index=True)
     frame = mature[[*ROW_COLUMNS, *FEATURE_NAMES]].copy()
-    frame["is_fraud"] = frame["transaction_id"].map(outcome).fillna(False).astype(bool)
+    known = known_outcomes(frame["transaction_id"], mature["decision"] if "decision" in mature else None, labels, as_of)
+    frame[["is_fraud", "label_source"]] = known
+    unknown = (frame["label_source"] == UNKNOWN).to_numpy()
+    frame = frame[~unknown].reset_index(drop=True)
+    frame.attrs["unknown_rows"] = int(unknown.sum())  # what was left out, for the job's report
     return frame
 
 
-def outcomes_known_by(labels: pd.DataFrame, as_of: float) -> pd.Series:
-    """is_fraud by transaction id: the latest label known by `as_of`."""
+def known_outcomes(transaction_ids: pd.Series, decisions: pd.Series | None, labels: pd.DataFrame,
+             as_of: float) -> pd.DataFrame:
+    """Each transaction's outcome as known at `as_of`, aligned with `transaction_ids`: `is_fraud` (bool) and
+    `label_source` (the latest label's source; NO_CHARGEBACK: no label and not blocked, so genuine; UNKNOWN: no
+    label and declined or reviewed). `decisions` None: none blocked (a history without a scorer)."""
     known = labels[labels["known_at"] <= as_of].sort_values("known_at", kind="stable")
-    return known.drop_duplicates("transaction_id", keep="last").set_index("transaction_id")["is_fraud"]
+    latest = known.drop_duplicates("transaction_id", keep="last").set_index("transaction_id")
+    source = latest["source"].fillna("chargeback") if "source" in latest else pd.Series("chargeback", latest.index)
+    ids = pd.Series(transaction_ids).reset_index(drop=True)
+    is_fraud = ids.map(latest["is_fraud"])
+    unlabelled = is_fraud.isna().to_numpy()
+    label_source = ids.map(source).to_numpy(object)
+    blocked = (np.zeros(len(ids), dtype=bool) if decisions is None
+               else pd.Series(decisions).isin(BLOCKED).to_numpy())
+    label_source[unlabelled] = np.where(blocked[unlabelled], UNKNOWN, NO_CHARGEBACK)
+    return pd.DataFrame({"is_fraud": is_fraud.fillna(False).astype(bool).to_numpy(), "label_source": label_source},
+                        index=pd.Series(transaction_ids).index)
 
 
 def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
@@ -47,7 +75,7 @@ def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
                          "scored since the upgrade (or build training sets from a history)")
     values = np.array(rows, dtype=float)
     frame = pd.DataFrame(values.reshape(len(decisions), len(FEATURE_NAMES)), columns=list(FEATURE_NAMES))
-    for column in ROW_COLUMNS:
+    for column in (*ROW_COLUMNS, "decision"):
         frame[column] = decisions[column].to_numpy()
     return frame
 

@@ -22,7 +22,7 @@ from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.gates import FAILED, PASSED, Gates, Verdict, judge
 from fraudloop.pipelines.retraining.protocol import test_period
 from fraudloop.pipelines.retraining.train import holdout_masks, split_of_version
-from fraudloop.pipelines.retraining.training_set import outcomes_known_by
+from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -91,8 +91,9 @@ def live_verdict(store_url: str, version: str, champion_version: str, maturity_s
         labels = store.labels_for(pairs["transaction_id"].tolist(), known_by=newest)
     finally:
         store.close()
-    is_fraud = pairs["transaction_id"].map(outcomes_known_by(labels, newest)).fillna(False).astype(bool)
-    return judge(pairs["event_time"].to_numpy(), pairs["card_id"].to_numpy(), is_fraud.to_numpy(),
+    known = known_outcomes(pairs["transaction_id"], pairs["decision"], labels, newest)
+    pairs, known = pairs[(known["label_source"] != UNKNOWN).to_numpy()], known[known["label_source"] != UNKNOWN]
+    return judge(pairs["event_time"].to_numpy(), pairs["card_id"].to_numpy(), known["is_fraud"].to_numpy(),
                  pairs["shadow_score"].to_numpy(float), pairs["score"].to_numpy(float), gates)
 
 
