@@ -168,7 +168,8 @@ class Store:
 
     def shadow_pairs(self, version: str, until: float) -> pd.DataFrame:
         """The shadow scores of `version` beside the served decisions of the same transactions (event_time <=
-        `until`): transaction_id, card_id, event_time, shadow_score, score (served), model_version and decision (served)."""
+        `until`): transaction_id, card_id, event_time, shadow_score, and the served score, model_version and
+        decision."""
         d, sh = decisions.c, shadow_scores.c
         query = (sa.select(d.transaction_id, d.card_id, d.event_time, sh.score.label("shadow_score"), d.score,
                            d.model_version, d.decision)
@@ -298,6 +299,53 @@ class Store:
         with self.engine.connect() as db:
             return pd.read_sql(sa.select(labels).where(labels.c.known_at <= known_by, labels.c.transaction_id.in_(ids)),
                                db)
+
+    def review_cases(self, now: float, expiry_seconds: float, limit: int = 100) -> pd.DataFrame:
+        """The open review cases at `now`: transactions sent to review within `expiry_seconds` before it with no
+        `review` verdict yet, highest score first (the oldest first among equals), at most `limit`."""
+        d = decisions.c
+        verdict = sa.select(labels.c.transaction_id).where(labels.c.transaction_id == d.transaction_id,
+                                                           labels.c.source == "review").exists()
+        query = (sa.select(decisions).where(d.decision == "review", d.event_time > now - expiry_seconds,
+                                            d.event_time <= now, ~verdict)
+                 .order_by(d.score.desc(), d.event_time, d.transaction_id).limit(limit))
+        with self.engine.connect() as db:
+            return pd.read_sql(query, db)
+
+    def card_history(self, card_id: str, before: float, count: int = 10) -> pd.DataFrame:
+        """The card's `count` latest decided transactions before `before`, newest first, with their labels."""
+        d = decisions.c
+        query = (sa.select(d.transaction_id, d.event_time, d.terminal_id, d.amount_cents, d.score, d.decision)
+                 .where(d.card_id == card_id, d.event_time < before).order_by(d.event_time.desc()).limit(count))
+        with self.engine.connect() as db:
+            history = pd.read_sql(query, db)
+            known = pd.read_sql(sa.select(labels.c.transaction_id, labels.c.is_fraud, labels.c.source)
+                                .where(labels.c.transaction_id.in_(history["transaction_id"].tolist()))
+                                .order_by(labels.c.known_at), db)
+        latest = known.drop_duplicates("transaction_id", keep="last").set_index("transaction_id")
+        return history.assign(is_fraud=history["transaction_id"].map(latest["is_fraud"]),
+                              source=history["transaction_id"].map(latest["source"]))
+
+    def review_log(self, since: float, until: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """What the review queue saw (streaming/review_queue.py): the transactions sent to review with since <=
+        event_time < until (transaction_id, time), and the review verdicts on them (transaction_id, known_at)."""
+        d = decisions.c
+        with self.engine.connect() as db:
+            reviews = pd.read_sql(sa.select(d.transaction_id, d.event_time.label("time")).where(
+                d.decision == "review", d.event_time >= since, d.event_time < until), db)
+            verdicts = pd.read_sql(sa.select(labels.c.transaction_id, labels.c.known_at).where(
+                labels.c.source == "review", labels.c.transaction_id.in_(
+                    sa.select(d.transaction_id).where(d.decision == "review", d.event_time >= since,
+                                                      d.event_time < until))), db)
+        return reviews, verdicts
+
+    def labels_by_source(self, since: float, until: float = float("inf")) -> dict[str, int]:
+        """Labels known in [since, until), counted by source (`chargeback` for those stored before sources were)."""
+        source = sa.func.coalesce(labels.c.source, "chargeback")
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(source, sa.func.count()).where(labels.c.known_at >= since,
+                                                                       labels.c.known_at < until).group_by(source))
+            return {str(name): int(n) for name, n in rows}
 
     def prune(self, before: float) -> tuple[int, int]:
         """Delete decisions on transactions older than `before` and their labels (retention); (decisions, labels)."""

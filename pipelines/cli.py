@@ -542,6 +542,21 @@ def cmd_soak(args: argparse.Namespace) -> None:
                            "decisions")
 
 
+def cmd_review(args: argparse.Namespace) -> None:
+    from fraudloop.streaming.config import ScorerConfig
+    from fraudloop.streaming.review import create_app
+    from werkzeug.serving import make_server
+
+    config = ScorerConfig.load(args.config, bootstrap_servers=args.bootstrap)
+    server = make_server(args.host, args.port, create_app(config), threaded=True)
+    print(f"review queue on http://{args.host}:{server.port} (store {config.store_url.split('://')[0] or 'sqlite'}, "
+          f"verdicts to {config.labels_topic}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     from fraudloop.models.registry import SERVER_ENV, RegistryConfig, server_command, server_env
 
@@ -876,6 +891,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", type=Path, help="write the Markdown here and the JSON beside it")
     p.set_defaults(func=cmd_soak)
+
+    p = sub.add_parser("review", help="the review queue page: analysts' fraud / genuine verdicts on the cases the "
+                                      "scorer sent to review, published as labels")
+    p.add_argument("--config", type=Path, help="the scorer's TOML file (store, labels topic, clock, expiry)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5050)
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("ui", help="MLflow UI over the project's tracking and registry store")
     p.add_argument("--host", default="127.0.0.1")

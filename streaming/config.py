@@ -91,6 +91,9 @@ class ScorerConfig(BaseSettings):
     repartition_from: str = ""
     # The codec of what the scorer produces (decisions, dead letters): chosen by benchmarks/codecs.md
     producer_codec: Codec = "zstd"
+    # The review queue (`fraudloop review`): a case no analyst worked this long after its transaction expires (its
+    # outcome stays unknown)
+    review_expiry_hours: float = Field(72.0, gt=0)
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the

@@ -191,7 +191,8 @@ def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
     recent = decode_decisions(recent_decisions)
     recent_scores = recent_decisions.loc[recent_decisions["model_version"] == version, "score"].to_numpy(float)
     own = own[own["model_version"] == version]
-    known = known_outcomes(own["transaction_id"], own["decision"], labels, as_of)  # unknown ones left out (training_set.py)
+    # the unknown ones (blocked, no outcome) are left out, as in training sets (training_set.py says why)
+    known = known_outcomes(own["transaction_id"], own["decision"], labels, as_of)
     labelled = pd.DataFrame({"score": own["score"].to_numpy(float), "is_fraud": known["is_fraud"].to_numpy()}
                             )[(known["label_source"] != UNKNOWN).to_numpy()]
     last_signal = info.tags.get(SIGNAL_TAG)

@@ -38,7 +38,7 @@ def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, m
     mature = rows[rows["event_time"] <= as_of - maturity_seconds]
     mature = mature.sort_values(["event_time", "transaction_id"], kind="stable", ignore_index=True)
     frame = mature[[*ROW_COLUMNS, *FEATURE_NAMES]].copy()
-    known = known_outcomes(frame["transaction_id"], mature["decision"] if "decision" in mature else None, labels, as_of)
+    known = known_outcomes(frame["transaction_id"], mature.get("decision"), labels, as_of)
     frame[["is_fraud", "label_source"]] = known
     unknown = (frame["label_source"] == UNKNOWN).to_numpy()
     frame = frame[~unknown].reset_index(drop=True)
