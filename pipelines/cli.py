@@ -217,6 +217,7 @@ def _print_outcome(dag_id: str, states: dict[str, str]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole system on embedded defaults: broker, MLflow UI, scorer, replay with drift, DAGs, hot swap, report."""
+    from fraudloop.pipelines.data.outcomes import IssuerConfig
     from fraudloop.pipelines.demo.run import DemoConfig, run
 
     if args.drift_after_days >= args.stream_days:
@@ -224,7 +225,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     report = run(DemoConfig(customers=args.customers, terminals=args.terminals, history_days=args.history_days,
                             stream_days=args.stream_days, drift_after_days=args.drift_after_days,
                             seconds_per_day=args.seconds_per_day, seed=args.seed, ui_port=args.ui_port,
-                            keep_running=args.keep_running))
+                            keep_running=args.keep_running, issuer=None if args.open_loop else IssuerConfig(
+                                review_capacity_per_day=args.review_capacity,
+                                analyst_error_rate=args.analyst_error_rate,
+                                cardholder_share=args.cardholder_share)))
     if args.record:
         from fraudloop.pipelines.demo.report import record
 
@@ -638,6 +642,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=demo.seed)
     p.add_argument("--ui-port", type=int, default=demo.ui_port, help=f"MLflow server port (default: {demo.ui_port})")
     p.add_argument("--keep-running", action="store_true", help="leave the broker, scorer and MLflow UI up")
+    issuer = demo.issuer
+    p.add_argument("--open-loop", action="store_true",
+                   help="label every fraud whatever was decided (the oracle, for measuring); default: the closed "
+                        "loop, labels from the scorer's decisions as an issuer receives them")
+    p.add_argument("--review-capacity", type=float, default=issuer.review_capacity_per_day,
+                   help=f"cases the simulated analysts work a day (default: {issuer.review_capacity_per_day:g})")
+    p.add_argument("--analyst-error-rate", type=float, default=issuer.analyst_error_rate,
+                   help=f"share of wrong verdicts (default: {issuer.analyst_error_rate:g})")
+    p.add_argument("--cardholder-share", type=float, default=issuer.cardholder_share,
+                   help=f"declines whose cardholder answers within hours (default: {issuer.cardholder_share:g})")
     p.add_argument("--record", type=Path, help="write the report here as Markdown and the JSON beside it")
     p.set_defaults(func=cmd_demo)
 

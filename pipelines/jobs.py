@@ -40,7 +40,7 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
     plus the label maturity and a day). Returns the training set's URI, which tasks pass on.
     """
     from fraudloop.pipelines.retraining import training_set
-    from fraudloop.pipelines.retraining.train import BuildConfig
+    from fraudloop.pipelines.retraining.train import BuildConfig, frauds_by_source
 
     maturity = maturity_days * DAY
     if history:
@@ -52,9 +52,8 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
         frame = training_set.from_store(_store_url(store_url), as_of, maturity, lookback_days * DAY)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     uri = training_set.write(frame, out or f"{training_sets_uri()}/{safe}.parquet")
-    frauds_by_source = frame.loc[frame["is_fraud"], "label_source"].value_counts()
     return {"uri": uri, "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),
-            "frauds_by_source": {str(k): int(v) for k, v in frauds_by_source.items()},
+            "frauds_by_source": frauds_by_source(frame),
             "unknown_rows": int(frame.attrs.get("unknown_rows", 0)),  # blocked, no outcome: left out
             "as_of": as_of, "newest_event": float(frame["event_time"].max())}
 

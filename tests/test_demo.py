@@ -48,7 +48,15 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     before, after, retrained = (p.get("average_precision") for p in recorded["periods"])
     assert before > after + 0.2  # the drift costs the first champion much of its AP (cards tested in bursts)
     assert "drift_monitor / retrain by simulated day: d1:" in out and "model versions: verdict" in out
-    assert re.search(r"v1 \(passed\): training [\d.]+ CPU s, \d+ MB peak RSS; served [\d,]+: \d+ CPU ms", out)
+    assert re.search(r"v1 \(passed\): learnt from frauds by simulation [\d,]+; training [\d.]+ CPU s, \d+ MB peak "
+                     r"RSS; served [\d,]+: \d+ CPU ms", out)
+    # the closed loop (the default): labels come back only as the decisions let them, each with its source
+    assert recorded["loop"] == "closed" and "closed loop: labels as an issuer receives them" in out
+    sources = recorded["labels_by_source"]
+    assert sources.get("review", 0) > 0 and sources.get("chargeback", 0) > 0 and "simulation" not in sources
+    queue = recorded["review_queue"]
+    assert 0 < queue["worked_per_day"] <= queue["queued_per_day"] + 1e-9 and queue["verdict_latency_hours_p50"] > 0
+    assert "days_to_first_promotion_after_drift" in recorded
     assert re.search(r"decisions by what decided them \(rules [\w.-]+\): model [\d,]+", out)
     # each validated version serves its own thresholds, and the model's reviews (all but the rules') stay near the
     # capacity they were derived for on the first champion's calm days

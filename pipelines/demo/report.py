@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -96,10 +97,16 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
     from fraudloop.models import registry
     from fraudloop.models.store import Store
     from fraudloop.pipelines.retraining import promote
+    from fraudloop.streaming.config import ScorerConfig
+    from fraudloop.streaming.review_queue import queue_summary
 
     store = Store("")
     decisions = store.decisions_between(cut - 1, float("inf"))
     costs = {v: store.serving_cost(v) for v in decisions["model_version"].unique()}
+    end = cut + config.stream_days * DAY
+    expiry_hours = ScorerConfig().review_expiry_hours
+    labels_by_source = store.labels_by_source(cut, end)
+    review_queue = queue_summary(*store.review_log(cut - expiry_hours * 3_600, end), cut, end, expiry_hours)
     store.close()
     truth = stream.set_index("transaction_id")["is_fraud"]
     decisions["is_fraud"] = decisions["transaction_id"].map(truth).fillna(False).astype(bool)
@@ -126,6 +133,7 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                          "validated_against": tags.get("validated_against", "none"),
                          "training_cpu_seconds": float(tags.get("training_cpu_seconds", "nan")),
                          "training_peak_rss_mb": float(tags.get("training_peak_rss_mb", "nan")),
+                         "train_frauds_by_source": json.loads(tags.get("train_frauds_by_source", "{}")),
                          "served": served, "serving_cpu_ms_per_1k": cpu / served * 1e6 if served else None})
     from fraudloop.models.store import default_url
     from fraudloop.models.thresholds import Targets
@@ -148,7 +156,12 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
     before, after, retrained = (p.get("average_precision") for p in periods)
     recovered = ((retrained - after) / (before - after) if None not in (before, after, retrained) and before > after
                  else None)
+    # from the drift's start to the end of the day whose retrain promoted (the DAGs run as each day closes)
+    promoted = [e["day"] for e in runs if e.get("retrain") == "promoted" and e["day"] > config.drift_after_days]
     return {
+        "loop": "closed" if config.issuer is not None else "open",
+        "labels_by_source": labels_by_source, "review_queue": review_queue,
+        "days_to_first_promotion_after_drift": promoted[0] - config.drift_after_days if promoted else None,
         "recovered_share": recovered,
         "scored": int(len(decisions)), "dead_letters": int(sum(v for k, v in metrics.items()
                                                                if k.startswith("fraud_dead_letters_total"))),
@@ -209,6 +222,8 @@ def print_report(r: dict) -> None:
     days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
             for e in r["runs"]]
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))
+    first = r["days_to_first_promotion_after_drift"]
+    print("first promotion after the drift's start: " + (f"{first} days after it" if first is not None else "none"))
     from fraudloop.pipelines.retraining.validate import one_line
 
     for e in r["runs"]:
@@ -224,6 +239,14 @@ def print_report(r: dict) -> None:
         when = "after the drift's start" if a["drifted"] else "before the drift"
         print(f"  v{a['version']} {when} ({a['days']:.1f} days, {thresholds}): {a['reviews_per_day']:,.0f} reviews "
               f"a day ({a['rule_reviews_per_day']:,.0f} of them by rules), {a['declines_per_day']:,.0f} declines a day")
+    loop = ("closed loop: labels as an issuer receives them, from the scorer's decisions" if r["loop"] == "closed"
+            else "open loop: the oracle, every fraud labelled whatever was decided")
+    print(f"\noutcomes ({loop}), labels known during the stream by source: "
+          + (", ".join(f"{k} {v:,}" for k, v in sorted(r["labels_by_source"].items())) or "none"))
+    q = r["review_queue"]
+    print(f"review queue: {q['queued_per_day']:,.0f} cases queued a day, {q['worked_per_day']:,.0f} worked, "
+          f"{q['expired_per_day']:,.0f} expired unworked; median {q['verdict_latency_hours_p50']:.1f} h from a "
+          "transaction to its verdict")
     print("\nrules backtest on this run's store (`fraudloop rules backtest --rules examples/rules.toml`):")
     print("  " + r["backtest"].replace("\n", "\n  "))
     print("\nchampion moves:")
@@ -236,8 +259,10 @@ def print_report(r: dict) -> None:
         serving = f"{v['serving_cpu_ms_per_1k']:.0f} CPU ms per 1,000 scored" if v["serving_cpu_ms_per_1k"] else "-"
         against = (f" vs v{v['validated_against']} {v['ap_difference']}" if v["validated_against"] != "none"
                    else "")
-        print(f"  v{v['version']} ({v['validation']}{against}): training {v['training_cpu_seconds']:.1f} CPU s, "
-              f"{v['training_peak_rss_mb']:.0f} MB peak RSS; served {v['served']:,}: {serving}")
+        sources = ", ".join(f"{k} {n:,}" for k, n in sorted(v["train_frauds_by_source"].items())) or "?"
+        print(f"  v{v['version']} ({v['validation']}{against}): learnt from frauds by {sources}; training "
+              f"{v['training_cpu_seconds']:.1f} CPU s, {v['training_peak_rss_mb']:.0f} MB peak RSS; served "
+              f"{v['served']:,}: {serving}")
     print(f"\ndemo took {r['total_seconds']:.0f} s, at most {r['peak_processes']} processes holding "
           f"{r['peak_rss_mb']:,.0f} MB of resident memory at the peak (summed; sampled each second). Everything is "
           f"under {r['home']}.")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fraudloop.models.home import fraudloop_home
 from fraudloop.models.units import DAY
+from fraudloop.pipelines.data.outcomes import IssuerConfig
 from fraudloop.pipelines.demo.report import build_report, histogram_quantile, print_report, scrape
 from fraudloop.streaming.config import ScorerConfig
 
@@ -54,6 +55,9 @@ class DemoConfig:
     drift_after_days: int = 3  # drift starts this many days into the stream
     seconds_per_day: float = 5.0  # wall-clock seconds per simulated day while streaming
     seed: int = 0
+    # Labels as an issuer receives them, from the scorer's decisions (pipelines/demo/issuer.py); None: the open
+    # loop's oracle, every fraud labelled whatever was decided
+    issuer: IssuerConfig | None = field(default_factory=IssuerConfig)
     ui_port: int = 5000
     keep_running: bool = False
     home: Path = field(default_factory=lambda: fraudloop_home() / "demo")
@@ -201,6 +205,7 @@ def run(config: DemoConfig) -> dict:
     from fraudloop.pipelines import airflow_local, jobs
     from fraudloop.pipelines.data.backfill import backfill
     from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
+    from fraudloop.pipelines.demo.issuer import Issuer
     from fraudloop.pipelines.retraining.training_set import history_rows
     from fraudloop.streaming.broker import create_topics, free_port, start_broker
     from fraudloop.streaming.replay import send_history
@@ -259,7 +264,15 @@ def run(config: DemoConfig) -> dict:
             producer.send("transactions", value=value)
         producer.flush()
         wait_until_consumed(metrics_port, len(MALFORMED))  # the scorer has joined its group and is consuming
-        stream_labels = labels[(labels["known_at"] >= cut) & (labels["known_at"] < start + days * DAY)]
+        # Open loop: every fraud's label. Closed loop: of the stream's frauds, only what its decisions bring back;
+        # the history's frauds were approved (no scorer then), so their chargebacks still come.
+        on_the_way = labels[(labels["known_at"] >= cut) & (labels["known_at"] < start + days * DAY)]
+        if config.issuer is not None:
+            on_the_way = on_the_way[on_the_way["transaction_id"].isin(past["transaction_id"])].assign(
+                source="chargeback")
+        issuer = Issuer(stream.set_index("transaction_id")["is_fraud"], on_the_way, config.issuer, config.seed)
+        store = Store("")
+        services.closers.append(store.close)
         status = StatusLine(metrics_port)
         status.start()
         replay_started = time.monotonic()
@@ -271,11 +284,15 @@ def run(config: DemoConfig) -> dict:
         for day in range(1, config.stream_days + 1):
             status.day = f"day {day:>2}/{config.stream_days}"
             lo, hi = cut + (day - 1) * DAY, cut + day * DAY
-            known = stream_labels["known_at"]
-            today = send_history(producer, stream[(stream["time"] >= lo) & (stream["time"] < hi)],
-                                 stream_labels[(known >= lo) & (known < hi)], transactions_topic="transactions",
-                                 labels_topic="labels", speedup=DAY / config.seconds_per_day, progress=False)
-            sent += today["transaction"] + today["label"]
+            today = stream[(stream["time"] >= lo) & (stream["time"] < hi)]
+            sent_now = send_history(producer, today, issuer.due(lo, hi), transactions_topic="transactions",
+                                    labels_topic="labels", speedup=DAY / config.seconds_per_day, progress=False)
+            sent += sent_now["transaction"] + sent_now["label"]
+            wait_until_consumed(metrics_port, sent)
+            # the day's outcomes known by its end (reviews worked, cardholders' calls), from what the scorer decided
+            answers = issuer.decided(store.decisions_between(lo - 0.5, hi - 0.5), lo, hi)
+            sent += send_history(producer, today.iloc[:0], answers, transactions_topic="transactions",
+                                 labels_topic="labels", progress=False)["label"]
             wait_until_consumed(metrics_port, sent)
             if closing is not None:
                 runs.append(closing.result())

@@ -99,6 +99,12 @@ def _describe(metrics: dict[str, float], split: dict[str, str], rows: dict[str, 
     ])
 
 
+def frauds_by_source(frame: pd.DataFrame) -> dict[str, int]:
+    """The frauds of a training set by their label's source (a set built before sources were: `chargeback`)."""
+    sources = frame.get("label_source", pd.Series("chargeback", index=frame.index))
+    return {str(k): int(v) for k, v in sources[frame["is_fraud"].to_numpy(bool)].value_counts().items()}
+
+
 def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: BuildConfig = BuildConfig(),
                      alias: str | None = registry.CHALLENGER, trained_by: str = "fraudloop train",
                      source: str = "") -> BuildResult:
@@ -126,6 +132,8 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
         "test_rows": str(rows["test"]),
         "train_data_fingerprint": fingerprint(frame.loc[train_rows, ["transaction_id", "is_fraud"]]),
         "feature_count": str(len(FEATURE_NAMES)),
+        # where the training period's frauds came from (chargeback, review, cardholder; simulation: the oracle)
+        "train_frauds_by_source": json.dumps(frauds_by_source(frame[train_rows]), sort_keys=True),
         "trained_by": trained_by,
         "training_set": source,
         "validation_status": "pending",
