@@ -182,9 +182,9 @@ class _QueueMetrics:
         open_ = GaugeMetricFamily("fraud_review_queue_open", "Open review cases (no verdict, not expired)")
         open_.add_metric([], float(len(self.store.review_cases(now, self.expiry, limit=1_000_000))))
         yield open_
-        since = now - DAY - self.expiry  # the cases whose fate is decided within the last day
-        reviews, verdicts = self.store.review_log(since, now)
-        day = queue_summary(reviews, verdicts, now - DAY, now, self.expiry / HOUR)
+        end = now + 1  # the last day, this second included (a verdict just given is known at `now`)
+        reviews, verdicts = self.store.review_log(end - DAY - self.expiry, end)  # cases whose fate fell in the day
+        day = queue_summary(reviews, verdicts, end - DAY, end, self.expiry / HOUR)
         for key, help_text in (("queued_per_day", "Transactions sent to review in the last day"),
                                ("worked_per_day", "Review verdicts given in the last day"),
                                ("expired_per_day", "Review cases that expired unworked in the last day"),

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 
 import orjson
+from fraudloop.models.features import transactions_of
+from fraudloop.models.schema import transaction_record
 from fraudloop.streaming.broker import create_topics
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.service import ScorerService
@@ -27,6 +29,14 @@ def scorer_config(bootstrap: str, store_url: str, **overrides) -> ScorerConfig:
 
 def producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=[bootstrap], acks="all", linger_ms=5)
+
+
+def send_transactions(bootstrap: str, topic: str, history) -> None:
+    out = producer(bootstrap)
+    for tx in transactions_of(history):
+        out.send(topic, key=tx.card_id.encode(), value=orjson.dumps(transaction_record(tx)))
+    out.flush()
+    out.close()
 
 
 def read_topic(bootstrap: str, topic: str, until: Callable[[list], bool], timeout: float = 60.0) -> list:

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition, libversion
 from fraudloop.models.features import compute_features, transactions_of
 from fraudloop.models.schema import transaction_record
 from fraudloop.streaming import operate
-from fraudloop.streaming.broker import create_topics, start_broker
+from fraudloop.streaming.broker import create_topics
 from fraudloop.streaming.repartition import Repartitioner
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
@@ -28,17 +28,11 @@ from kafka.record import default_records
 from kafka.record.memory_records import MemoryRecords
 
 from tests.streaming_helpers import RunningScorer, read_topic, scorer_config
-from tests.test_streaming import served, stored_rows  # noqa: F401 - the module's champion fixture
+from tests.test_streaming import stored_rows
 
 pytestmark = pytest.mark.integration
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "scorer.md"
 PER_CASE = 200
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with start_broker() as running:
-        yield running
 
 
 def messages(history, start: int, count: int) -> list[tuple[bytes, bytes]]:

@@ -27,35 +27,16 @@ from fraudloop.streaming.broker import create_topics, free_port, start_broker
 from fraudloop.streaming.metrics import BATCH_STAGES
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.streaming_helpers import RunningScorer, decisions_by_id, producer, read_topic, scorer_config
+from tests.streaming_helpers import (
+    RunningScorer,
+    decisions_by_id,
+    producer,
+    read_topic,
+    scorer_config,
+    send_transactions,
+)
 
 pytestmark = pytest.mark.integration
-FAST = BuildConfig(train_days=21, delay_days=7, test_days=7, params=TrainParams(num_boost_round=60))
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with start_broker() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, small_history, small_labels):
-    """A registry whose champion is version 1, trained on the small history."""
-    home = tmp_path_factory.mktemp("home")
-    registry = RegistryConfig(tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                              artifact_root=(home / "artifacts").as_uri())
-    result = build_model(small_history, small_labels, registry, FAST, progress=False)
-    set_alias(registry, CHAMPION, result.model.version)
-    return registry, result.booster, home
-
-
-def send_transactions(bootstrap: str, topic: str, history) -> None:
-    out = producer(bootstrap)
-    for tx in transactions_of(history):
-        out.send(topic, key=tx.card_id.encode(), value=orjson.dumps(transaction_record(tx)))
-    out.flush()
-    out.close()
 
 
 def stored_rows(store_url: str) -> dict[str, tuple]:
