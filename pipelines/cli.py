@@ -225,6 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     report = run(DemoConfig(customers=args.customers, terminals=args.terminals, history_days=args.history_days,
                             stream_days=args.stream_days, drift_after_days=args.drift_after_days,
                             seconds_per_day=args.seconds_per_day, seed=args.seed, ui_port=args.ui_port,
+                            review_port=args.review_port,
                             keep_running=args.keep_running, issuer=None if args.open_loop else IssuerConfig(
                                 review_capacity_per_day=args.review_capacity,
                                 analyst_error_rate=args.analyst_error_rate,
@@ -291,9 +292,12 @@ def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
 
     if args.seeds < 1 or args.drift_seeds < 0 or args.check_hours <= 0:
         raise ValueError("--seeds must be at least 1, --drift-seeds not negative, --check-hours positive")
-    result = bench.run(args.seeds, args.drift_seeds, args.check_hours, progress=not args.quiet)
+    from fraudloop.pipelines.data.outcomes import IssuerConfig
+
+    result = bench.run(args.seeds, args.drift_seeds, args.check_hours, progress=not args.quiet,
+                       closed_loop=IssuerConfig() if args.closed_loop else None)
     command = (f"fraudloop benchmark retraining --seeds {args.seeds} --drift-seeds {args.drift_seeds} "
-               f"--check-hours {args.check_hours:g}")
+               f"--check-hours {args.check_hours:g}" + (" --closed-loop" if args.closed_loop else ""))
     print(bench.to_markdown(result, command))
     if args.record:
         bench.record(result, args.record, command)
@@ -641,6 +645,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"wall seconds per streamed day (default: {demo.seconds_per_day:g})")
     p.add_argument("--seed", type=int, default=demo.seed)
     p.add_argument("--ui-port", type=int, default=demo.ui_port, help=f"MLflow server port (default: {demo.ui_port})")
+    p.add_argument("--review-port", type=int, default=demo.review_port,
+                   help=f"review queue page port (default: {demo.review_port})")
     p.add_argument("--keep-running", action="store_true", help="leave the broker, scorer and MLflow UI up")
     issuer = demo.issuer
     p.add_argument("--open-loop", action="store_true",
@@ -793,6 +799,9 @@ def parser() -> argparse.ArgumentParser:
                                             "promotions, false alarms, detection delay, AP recovered")
     b.add_argument("--seeds", type=int, default=20, help="worlds for the promotion trials (default: 20)")
     b.add_argument("--drift-seeds", type=int, default=3, help="of those, worlds the monitor watches (default: 3)")
+    b.add_argument("--closed-loop", action="store_true",
+                   help="also each world with the labels an issuer receives (from the champion's decisions), "
+                        "side by side with the open loop's oracle")
     b.add_argument("--check-hours", type=float, default=1.0, help="hours between drift checks (default: 1)")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.add_argument("--quiet", action="store_true")

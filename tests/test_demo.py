@@ -25,11 +25,12 @@ def listening(host_port: str) -> bool:
 def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     env = {**os.environ, "FRAUDLOOP_HOME": str(tmp_path / "home")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    ui_port = free_port()
+    ui_port, review_port = free_port(), free_port()
     done = subprocess.run(
         [sys.executable, "-m", "fraudloop.pipelines.cli", "demo", "--customers", "600", "--terminals", "1200",
          "--history-days", "30", "--stream-days", "5", "--drift-after-days", "2", "--seconds-per-day", "2",
-         "--ui-port", str(ui_port), "--record", str(tmp_path / "demo.md")], env=env, capture_output=True, text=True,
+         "--ui-port", str(ui_port), "--review-port", str(review_port), "--record", str(tmp_path / "demo.md")],
+        env=env, capture_output=True, text=True,
         timeout=900)
     out = done.stdout
     assert done.returncode == 0, done.stderr[-3000:] + out[-3000:]
@@ -69,4 +70,6 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     processes, peak = re.search(r"at most (\d+) processes holding ([\d,]+) MB", out).groups()
     assert int(processes) >= 4 and 500 < float(peak.replace(",", "")) < 12_000  # broker, MLflow, scorer, worker...
     bootstrap = re.search(r"broker on (127\.0\.0\.1:\d+)", out).group(1)
-    assert not listening(bootstrap) and not listening(f"127.0.0.1:{ui_port}")  # nothing left running
+    assert re.search(rf"review queue page on http://127.0.0.1:{review_port}", out)
+    # nothing left running
+    assert not any(listening(f"127.0.0.1:{port}") for port in (bootstrap.rsplit(":")[1], ui_port, review_port))

@@ -8,6 +8,16 @@ move the results):
   challenger trained after the drift against the pre-drift champion must be;
 - drift: a stable stretch checked every `check_hours` with a one-day window (false alarms, counted as
   episodes: the cooldown turns an alarm into one retrain a day at most), then injected drift (delay to flag).
+
+Closed loop (`closed_loop=True`): the same worlds again, labelled as an issuer receives labels
+(pipelines/data/outcomes.py). Until the champion's day no model decides, so every fraud is charged back (the
+worlds agree there, and so do their champions, the same-data and the realistic-margin trials); from it, the
+champion decides every transaction at the thresholds validation derives from its holdout, and only what its
+decisions let back comes back: chargebacks of approved frauds, cardholders' answers on a share of declines, and
+the verdicts of analysts who work the review queue at its capacity. The after-drift challenger and the monitor
+then run on those labels, as today's loop would. One approximation: the decisions are taken on features
+computed with the open loop's labels (the label-delayed terminal risk sees every fraud); the rows everything
+trains and is judged on are recomputed with the closed loop's labels.
 """
 
 from __future__ import annotations
@@ -21,9 +31,17 @@ import pandas as pd
 from fraudloop.models.training import BAGGED, TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.benchmarks import write_record
+from fraudloop.pipelines.data.outcomes import IssuerConfig
 from fraudloop.pipelines.retraining.gates import Gates, judge
 from fraudloop.pipelines.retraining.monitor import MonitorConfig, assess, calibrator, reference_average_precision
-from fraudloop.pipelines.retraining.train import BuildConfig, drift_reference, holdout_masks, latest_split
+from fraudloop.pipelines.retraining.train import (
+    BuildConfig,
+    drift_reference,
+    frauds_by_source,
+    holdout_masks,
+    latest_split,
+)
+from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,7 @@ class Scenario:
 class World:
     history: pd.DataFrame
     labels: pd.DataFrame
-    rows: pd.DataFrame  # features as the scorer computes them (the shared code)
+    rows: pd.DataFrame  # features as the scorer computes them (the shared code); `decision` in a closed loop
     start: float
 
     def at(self, day: float) -> float:
@@ -66,11 +84,41 @@ def make_world(scenario: Scenario, seed: int) -> World:
     return World(history, labels, history_rows(history, labels), float(history["time"].min()) // DAY * DAY)
 
 
+def closed_loop_world(world: World, scenario: Scenario, champion: Model, issuer: IssuerConfig, seed: int) -> World:
+    """`world`'s transactions labelled as an issuer receives labels once `champion` decides (from its day on)."""
+    from fraudloop.models.thresholds import Targets, choose
+    from fraudloop.pipelines.data.outcomes import issuer_labels, work_queue
+    from fraudloop.pipelines.retraining.training_set import history_rows
+    from fraudloop.streaming.decide import APPROVE, outcomes
+
+    rng = np.random.default_rng(10_000 + seed)
+    holdout = champion.holdout
+    targets = Targets(review_capacity_per_day=issuer.review_capacity_per_day)  # as validation derives them
+    review, decline = choose(holdout["event_time"].to_numpy(), holdout["is_fraud"].to_numpy(),
+                             holdout["score"].to_numpy(), targets)
+    from_day = world.at(scenario.champion_day)
+    time_ = world.history["time"].to_numpy(float)
+    scored = time_ >= from_day
+    score = predict(champion.booster, world.rows)
+    decision = np.where(scored, np.asarray(outcomes(score, review, decline), dtype=object), APPROVE)
+    decided = pd.DataFrame({"transaction_id": world.history["transaction_id"].to_numpy(), "time": time_,
+                            "decision": decision, "score": score, "is_fraud": world.history["is_fraud"].to_numpy()})
+    before = world.labels[world.labels["transaction_id"].isin(decided.loc[~scored, "transaction_id"])]
+    after = decided[scored]
+    reviews = after.loc[after["decision"] == "review", ["transaction_id", "time", "score", "is_fraud"]]
+    verdicts, _ = work_queue(reviews, from_day, world.at(scenario.days), issuer, rng)
+    labels = pd.concat([before.assign(source="chargeback"), issuer_labels(after, issuer, rng), verdicts],
+                       ignore_index=True).sort_values(["known_at", "transaction_id"], kind="stable", ignore_index=True)
+    rows = history_rows(world.history, labels).assign(decision=decision)
+    return World(world.history, labels, rows, world.start)
+
+
 @dataclass
 class Model:
     booster: object
     holdout: pd.DataFrame  # the model's own holdout, with its scores
     reference: pd.DataFrame  # the monitor's reference
+    frauds_by_source: dict  # the training period's frauds, by their label's source
 
     @property
     def holdout_ap(self) -> float:
@@ -98,7 +146,8 @@ def retrain_as_of(world: World, scenario: Scenario, as_of_day: float, seed: int,
     train_rows, test_rows = holdout_masks(frame, split)
     booster = fit(frame[train_rows], frame["is_fraud"].to_numpy()[train_rows], config.params)
     holdout = frame[test_rows]
-    return Model(booster, holdout.assign(score=predict(booster, holdout)), drift_reference(frame, split, booster))
+    return Model(booster, holdout.assign(score=predict(booster, holdout)), drift_reference(frame, split, booster),
+                 frauds_by_source(frame[train_rows]))
 
 
 def verdict(challenger: Model, champion: Model, gates: Gates):
@@ -123,21 +172,28 @@ def promotions(world: World, scenario: Scenario, seed: int, gates: Gates) -> tup
     # no better: the same data and recipe, another seed (bagged: see BAGGED)
     bagged_champion = retrain_as_of(world, scenario, scenario.champion_day, seed=0, bagged=True)
     same = retrain_as_of(world, scenario, scenario.champion_day, seed=1_000 + seed, bagged=True)
-    better = retrain_as_of(world, scenario, scenario.after_drift_day, seed=0)
     weak = retrain_as_of(world, scenario, scenario.champion_day, seed=0, rounds=scenario.weak_rounds)
-    null, real = verdict(same, bagged_champion, gates), verdict(better, champion, gates)
+    null = verdict(same, bagged_champion, gates)
     modest = verdict(champion, weak, gates)  # the full model challenging a smaller one
     before = average_precision_on(world, champion, scenario.champion_day, scenario.drift_day)
     weak_before = average_precision_on(world, weak, scenario.champion_day, scenario.drift_day)
-    old_after = average_precision_on(world, champion, scenario.after_drift_day, scenario.days)
-    new_after = average_precision_on(world, better, scenario.after_drift_day, scenario.days)
     return {"seed": seed, "null_status": null.status, "null_difference": asdict(null.difference),
-            "drift_status": real.status, "drift_difference": asdict(real.difference),
             "modest_status": modest.status, "modest_difference": asdict(modest.difference),
             "modest_true_difference": before - weak_before,
+            **after_drift(world, scenario, champion, gates)}, champion
+
+
+def after_drift(world: World, scenario: Scenario, champion: Model, gates: Gates) -> dict:
+    """The challenger trained after the drift (on `world`'s labels) against the pre-drift champion."""
+    better = retrain_as_of(world, scenario, scenario.after_drift_day, seed=0)
+    real = verdict(better, champion, gates)
+    before = average_precision_on(world, champion, scenario.champion_day, scenario.drift_day)
+    old_after = average_precision_on(world, champion, scenario.after_drift_day, scenario.days)
+    new_after = average_precision_on(world, better, scenario.after_drift_day, scenario.days)
+    return {"drift_status": real.status, "drift_difference": asdict(real.difference),
             "ap_before_drift": before, "ap_after_drift_champion": old_after, "ap_after_drift_retrained": new_after,
             "recovered_share": (new_after - old_after) / (before - old_after) if before > old_after else None,
-            }, champion
+            "retrained_frauds_by_source": better.frauds_by_source}
 
 
 def monitor(world: World, champion: Model, first_day: float, last_day: float, check_hours: float,
@@ -146,7 +202,7 @@ def monitor(world: World, champion: Model, first_day: float, last_day: float, ch
     rows, labels = world.rows, world.labels
     time_ = rows["event_time"].to_numpy()
     scores = predict(champion.booster, rows)
-    outcome = labels.drop_duplicates("transaction_id", keep="last").set_index("transaction_id")
+    decision = rows.get("decision")
     reference = champion.reference
     calibrated = calibrator(reference, config)
     reference_ap = reference_average_precision(reference, champion.holdout_ap)
@@ -155,9 +211,10 @@ def monitor(world: World, champion: Model, first_day: float, last_day: float, ch
         recent = (time_ > as_of - config.window_days * DAY) & (time_ <= as_of)
         matured = ((time_ <= as_of - config.maturity_days * DAY)
                    & (time_ > as_of - (config.maturity_days + config.performance_window_days) * DAY))
-        known = outcome.reindex(rows["transaction_id"][matured])
-        is_fraud = (known["known_at"] <= as_of).fillna(False).to_numpy(bool)
-        labelled = pd.DataFrame({"score": scores[matured], "is_fraud": is_fraud})
+        known = known_outcomes(rows["transaction_id"][matured], None if decision is None else decision[matured],
+                               labels, float(as_of))
+        labelled = pd.DataFrame({"score": scores[matured], "is_fraud": known["is_fraud"].to_numpy()}
+                                )[(known["label_source"] != UNKNOWN).to_numpy()]  # as the monitor (training_set.py)
         report = assess(reference, rows[recent], scores[recent], labelled,
                         reference_ap, float(as_of), "champion", config, last_signal, calibrated)
         if report.signal:
@@ -183,30 +240,64 @@ class Result:
     monitor: dict = field(default_factory=dict)
     trials: list = field(default_factory=list)
     checks: list = field(default_factory=list)
+    closed_loop: dict | None = None  # the same keys, measured in the closed loop (and its `issuer` settings)
 
 
 def run(seeds: int = 20, drift_seeds: int = 3, check_hours: float = 1.0, scenario: Scenario | None = None,
-        gates: Gates | None = None, monitor_config: MonitorConfig | None = None, progress: bool = True) -> Result:
-    """Every seed: a world, the promotion trials; the first `drift_seeds` worlds: the monitor, stable then drifted."""
+        gates: Gates | None = None, monitor_config: MonitorConfig | None = None, progress: bool = True,
+        closed_loop: IssuerConfig | None = None) -> Result:
+    """Every seed: a world, the promotion trials; the first `drift_seeds` worlds: the monitor, stable then drifted.
+    `closed_loop`: each world again with the labels an issuer would receive (the module's docstring), measured with
+    the same keys in `Result.closed_loop`."""
     scenario, gates = scenario or Scenario(), gates or Gates()
     config = monitor_config or MonitorConfig(maturity_days=scenario.maturity_days)
-    started = time.perf_counter()
-    trials, checks = [], []
+    trials, checks, closed_trials, closed_checks = [], [], [], []
+    spent = {"open": 0.0, "closed": 0.0}
     for seed in range(seeds):
+        started = time.perf_counter()
         world = make_world(scenario, seed)
         trial, champion = promotions(world, scenario, seed, gates)
         trials.append(trial)
         if seed < drift_seeds:
-            for check in monitor(world, champion, scenario.champion_day, scenario.after_drift_day, check_hours,
-                                 config):
-                checks.append({"seed": seed, **check})
+            checks += [{"seed": seed, **c} for c in monitor(world, champion, scenario.champion_day,
+                                                             scenario.after_drift_day, check_hours, config)]
+        spent["open"] += time.perf_counter() - started
         if progress:
             print(f"seed {seed}: realistic-margin challenger {trial['modest_status']} "
                   f"({trial['modest_difference']['estimate']:+.4f}); same-data challenger {trial['null_status']} "
-                  f"({trial['null_difference']['estimate']:+.4f} [{trial['null_difference']['low']:+.4f}, "
-                  f"{trial['null_difference']['high']:+.4f}]); after-drift challenger {trial['drift_status']} "
-                  f"({trial['drift_difference']['estimate']:+.4f} [{trial['drift_difference']['low']:+.4f}, "
-                  f"{trial['drift_difference']['high']:+.4f}])", flush=True)
+                  f"({_interval(trial['null_difference'])}); after-drift challenger {trial['drift_status']} "
+                  f"({_interval(trial['drift_difference'])})", flush=True)
+        if closed_loop is None:
+            continue
+        started = time.perf_counter()
+        closed = closed_loop_world(world, scenario, champion, closed_loop, seed)
+        # before the champion's day the worlds agree: the same champion, same-data and realistic-margin trials
+        shared = ("seed", "null_status", "null_difference", "modest_status", "modest_difference",
+                  "modest_true_difference")
+        closed_trials.append({**{k: trial[k] for k in shared}, **after_drift(closed, scenario, champion, gates)})
+        if seed < drift_seeds:
+            closed_checks += [{"seed": seed, **c} for c in monitor(closed, champion, scenario.champion_day,
+                                                                    scenario.after_drift_day, check_hours, config)]
+        spent["closed"] += time.perf_counter() - started
+        if progress:
+            last = closed_trials[-1]
+            print(f"seed {seed}, closed loop: after-drift challenger {last['drift_status']} "
+                  f"({_interval(last['drift_difference'])}), learnt from frauds by "
+                  f"{last['retrained_frauds_by_source']}", flush=True)
+    result = summarise(trials, checks, seeds, drift_seeds, spent["open"], scenario, gates, config)
+    if closed_loop is not None:
+        result.closed_loop = {**asdict(summarise(closed_trials, closed_checks, seeds, drift_seeds, spent["closed"],
+                                                 scenario, gates, config)), "issuer": asdict(closed_loop)}
+        result.closed_loop.pop("closed_loop")
+    return result
+
+
+def _interval(difference: dict) -> str:
+    return f"{difference['estimate']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
+
+
+def summarise(trials: list[dict], checks: list[dict], seeds: int, drift_seeds: int, seconds: float,
+              scenario: Scenario, gates: Gates, config: MonitorConfig) -> Result:
     stable = [c for c in checks if c["day"] <= scenario.drift_day]
     delays = []
     for seed in range(min(seeds, drift_seeds)):
@@ -222,7 +313,7 @@ def run(seeds: int = 20, drift_seeds: int = 3, check_hours: float = 1.0, scenari
         false_alarms=int(sum(c["signal"] for c in stable)),
         detection_delay_days=float(max(delays)) if delays else None,
         recovered_share=float(np.median(recovered)) if recovered else None,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         scenario=asdict(scenario), gates=asdict(gates), monitor=asdict(config), trials=trials,
         checks=[{k: c[k] for k in ("seed", "day", "signal", "retrain", "rows", "min_rows")} for c in checks],
     )
@@ -298,7 +389,58 @@ def to_markdown(result: Result, command: str) -> str:
         f"compromised cards, {g['min_cards']} cards. Monitor: false-alarm rate {m['false_alarm_rate']:g} per check, "
         f"detectable mean PSI {m['detectable_psi']:g}, window {m['window_days']:g} day.",
     ]
+    if result.closed_loop:
+        lines += ["", *closed_loop_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def closed_loop_markdown(result: Result) -> list[str]:
+    """The open and the closed loop side by side: what the oracle's labels were worth to today's learning."""
+    c, s = result.closed_loop, result.scenario
+    i = c["issuer"]
+    closed_trials = c["trials"]
+
+    def sources(trials: list[dict]) -> str:
+        names = sorted({k for t in trials for k in t["retrained_frauds_by_source"]})
+        return ", ".join(f"{k} {float(np.median([t['retrained_frauds_by_source'].get(k, 0) for t in trials])):,.0f}"
+                         for k in names)
+
+    def ap(trials: list[dict], key: str) -> str:
+        return f"{float(np.median([t[key] for t in trials])):.3f}"
+
+    return [
+        "## Closed loop: the labels an issuer receives",
+        "",
+        f"The same worlds, labelled from day {s['champion_day']} from the champion's decisions (thresholds as "
+        f"validation derives them for {i['review_capacity_per_day']:g} reviews a day): chargebacks of approved "
+        f"frauds (log-normal delay, median {i['chargeback_delay_days']:g} days, sigma {i['chargeback_delay_sigma']:g}),"
+        f" cardholders' answers on {i['cardholder_share']:.0%} of declines (within {i['cardholder_hours']:g} h), "
+        f"and analysts working the review queue at {i['review_capacity_per_day']:g} cases a day, highest score "
+        f"first, {i['analyst_error_rate']:.0%} of verdicts wrong, cases expiring after {i['review_expiry_hours']:g} h. "
+        "A declined or reviewed transaction with no outcome is unknown, left out of training, holdout and monitor "
+        "(docs/retraining.md). Before the champion's day the two worlds agree, so the same-data and "
+        "realistic-margin trials are shared; the after-drift challenger and the monitor are measured again. "
+        f"({c['seconds'] / 60:.0f} min more.)",
+        "",
+        "| measure | open loop (oracle) | closed loop |",
+        "|---|---|---|",
+        f"| after-drift challenger promoted (target >= 90 %) | {result.true_promotion_rate:.0%} | "
+        f"**{c['true_promotion_rate']:.0%}** |",
+        f"| share of the AP lost to the drift recovered (median; target >= 80 %) | {_share(result.recovered_share)} | "
+        f"**{_share(c['recovered_share'])}** |",
+        f"| drift signals over {result.stable_days:.0f} stable days (target <= 1) | {result.false_alarms} | "
+        f"**{c['false_alarms']}** |",
+        f"| delay from the drift to its signal, worst seed (target <= 1 day) | {_days(result.detection_delay_days)} "
+        f"| **{_days(c['detection_delay_days'])}** |",
+        f"| AP after the drift, retrained (median, ground truth) | {ap(result.trials, 'ap_after_drift_retrained')} | "
+        f"**{ap(closed_trials, 'ap_after_drift_retrained')}** |",
+        f"| AP after the drift, champion (median; its features recomputed from the loop's labels) | "
+        f"{ap(result.trials, 'ap_after_drift_champion')} | **{ap(closed_trials, 'ap_after_drift_champion')}** |",
+        f"| frauds the after-drift challenger learns from, by source (median) | {sources(result.trials)} | "
+        f"**{sources(closed_trials)}** |",
+        "",
+        f"Verdicts of the after-drift challengers, closed loop: {_counts([x['drift_status'] for x in closed_trials])}.",
+    ]
 
 
 def _hours(result: Result) -> str:

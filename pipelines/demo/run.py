@@ -59,6 +59,7 @@ class DemoConfig:
     # loop's oracle, every fraud labelled whatever was decided
     issuer: IssuerConfig | None = field(default_factory=IssuerConfig)
     ui_port: int = 5000
+    review_port: int = 5050
     keep_running: bool = False
     home: Path = field(default_factory=lambda: fraudloop_home() / "demo")
 
@@ -110,6 +111,23 @@ def start_mlflow(config: DemoConfig, services: Services) -> str:
     services.processes.append(process)
     url = f"http://127.0.0.1:{config.ui_port}"
     wait_http(f"{url}/health", process, 90, "the MLflow server")
+    return url
+
+
+def start_review(config: DemoConfig, services: Services, bootstrap: str) -> str:
+    """The review queue page (`fraudloop review`) over the demo's store, on the stream's own clock."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", config.review_port)) == 0:
+            raise RuntimeError(f"port {config.review_port} is already in use: choose another with --review-port")
+    env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_EVENT_CLOCK": "stream"}
+    log = open(config.home / "review.log", "ab")  # noqa: SIM115 (closed with the services)
+    services.closers.append(log.close)
+    process = subprocess.Popen([sys.executable, "-m", "fraudloop.pipelines.cli", "review", "--bootstrap", bootstrap,
+                                "--port", str(config.review_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    services.processes.append(process)
+    url = f"http://127.0.0.1:{config.review_port}"
+    wait_http(f"{url}/metrics", process, 60, "the review queue page")
     return url
 
 
@@ -259,6 +277,8 @@ def run(config: DemoConfig) -> dict:
 
         metrics_port = free_port()
         scorer = start_scorer(config, services, broker.bootstrap, metrics_port)
+        review = start_review(config, services, broker.bootstrap)
+        say(f"review queue page on {review}")
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
         for value in MALFORMED:
             producer.send("transactions", value=value)
@@ -312,7 +332,8 @@ def run(config: DemoConfig) -> dict:
                               RETRAIN["maturity_days"], (footprint.peak_processes, footprint.peak_rss_mb), training)
         print_report(report)
         if config.keep_running:
-            say(f"services left running (MLflow UI {ui}, broker {broker.bootstrap}); stop them with Ctrl-C")
+            say(f"services left running (MLflow UI {ui}, review queue {review}, broker {broker.bootstrap}); stop "
+                "them with Ctrl-C")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
             services.stop()
