@@ -21,7 +21,8 @@ def test_the_closed_loop_measures_the_after_drift_challenger_on_the_labels_an_is
     result = run(seeds=1, drift_seeds=1, check_hours=24, scenario=SMALL, progress=False, closed_loop=IssuerConfig())
     open_, closed = result.trials[0], result.closed_loop["trials"][0]
     assert closed["null_status"] == open_["null_status"]  # shared: the worlds agree before the champion's day
-    assert closed["ap_before_drift"] == open_["ap_before_drift"]  # the same champion, on the same rows
+    # the same champion; from its day the terminal-risk features see only the frauds that came back
+    assert 0.5 < closed["ap_before_drift"] <= open_["ap_before_drift"] + 0.02
     assert set(open_["retrained_frauds_by_source"]) == {"simulation"}
     learnt = closed["retrained_frauds_by_source"]
     assert learnt.get("review", 0) > 0 and learnt.get("chargeback", 0) > 0 and "simulation" not in learnt
