@@ -49,7 +49,7 @@ def test_a_short_demo_runs_end_to_end_and_cleans_up(tmp_path):
     before, after, retrained = (p.get("average_precision") for p in recorded["periods"])
     assert before > after + 0.2  # the drift costs the first champion much of its AP (cards tested in bursts)
     assert "drift_monitor / retrain by simulated day: d1:" in out and "model versions: verdict" in out
-    assert re.search(r"v1 \(passed\): learnt from frauds by simulation [\d,]+; training [\d.]+ CPU s, \d+ MB peak "
+    assert re.search(r"v1 \(passed\): learnt from frauds by chargeback [\d,]+; training [\d.]+ CPU s, \d+ MB peak "
                      r"RSS; served [\d,]+: \d+ CPU ms", out)
     # the closed loop (the default): labels come back only as the decisions let them, each with its source
     assert recorded["loop"] == "closed" and "closed loop: labels as an issuer receives them" in out

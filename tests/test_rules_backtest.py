@@ -38,7 +38,8 @@ def fill(store: Store) -> list[tuple]:
         amount, burst = (1.0 if i in (2, 3) else 50.0), (9 if 4 <= i < 8 else 0)
         score = {0: 0.95, 2: 0.95, 6: 0.5, 7: 0.8, 16: 0.5, 17: 0.5, 18: 0.9}.get(i, 0.1)
         fraud = i in (0, 2, 4, 5, 7, 18)
-        rows.append((f"t{i}", card, amount, burst, score, fraud, "approve", "1" if i < 10 else "2"))
+        served = "decline" if i == 19 else "approve"  # t19: declined when served, never labelled: unknown
+        rows.append((f"t{i}", card, amount, burst, score, fraud, served, "1" if i < 10 else "2"))
     decisions = []
     for k, (tx_id, card, amount, burst, score, _, served, version) in enumerate(rows):
         features = [0.0] * len(FEATURE_NAMES)
@@ -60,17 +61,18 @@ def test_the_backtest_counts_per_rule_what_the_set_would_decide_with_each_versio
                       thresholds.__getitem__)
     store.close()
     r = result["rules"]
-    assert r["block_cards list"] == {"action": "block", "decided": 2, "per_day": 1.0, "precision": 0.5,
+    assert r["block_cards list"] == {"action": "block", "decided": 2, "per_day": 1.0, "unknown": 0, "precision": 0.5,
                                      "frauds_model_missed": 0, "frauds_let_through": 0, "genuine_cards_hit": 1}
     assert r["vip"]["decided"] == 2 and r["vip"]["frauds_let_through"] == 1  # t2: a fraud the model declined
     assert r["burst"]["decided"] == 3 and r["burst"]["precision"] == 0.6667  # t7 (0.8): the model declines it first
     assert r["burst"]["frauds_model_missed"] == 2  # t4, t5 scored 0.1: the model approved them
     assert r["burst"]["genuine_cards_hit"] == 1  # C6
     # the model decides the rest, v1 at 0.3 / 0.7 (t7 declined) and v2 at 0.4 / 0.95 (t16, t17, t18 reviewed)
-    assert r["model"]["decided"] == 13 and r["model"]["precision"] == round(2 / 13, 4)
+    assert r["model"]["decided"] == 13 and r["model"]["unknown"] == 1  # t19
+    assert r["model"]["precision"] == round(2 / 12, 4)  # over the known outcomes: t19 is neither fraud nor genuine
     assert result["with_rules"] == {"approve": 11, "review": 6, "decline": 3}
-    assert result["served"] == {"approve": 20, "review": 0, "decline": 0} and result["days"] == 2
-    assert "| burst | review | 3 | 1.5 | 0.667 | 2 | 0 | 1 |" in describe(result)
+    assert result["served"] == {"approve": 19, "review": 0, "decline": 1} and result["days"] == 2
+    assert "| burst | review | 3 | 1.5 | 0 | 0.667 | 2 | 0 | 1 |" in describe(result)
 
 
 def test_rules_apply_serves_the_file_whole_and_records_who_when_why_and_the_backtest(tmp_path, monkeypatch, capsys):

@@ -247,6 +247,8 @@ def run(config: DemoConfig) -> dict:
                            label_delay_sigma=0.5)
     history = simulate(sim, progress=True)
     labels = labels_of(history)
+    if config.issuer is not None:  # closed loop: before the stream no model decided, so every fraud was charged back
+        labels = labels.assign(source="chargeback")
     start = float(history["time"].min()) // DAY * DAY
     cut = start + config.history_days * DAY
     past, stream = history[history["time"] < cut], history[history["time"] >= cut]
@@ -288,8 +290,7 @@ def run(config: DemoConfig) -> dict:
         # the history's frauds were approved (no scorer then), so their chargebacks still come.
         on_the_way = labels[(labels["known_at"] >= cut) & (labels["known_at"] < start + days * DAY)]
         if config.issuer is not None:
-            on_the_way = on_the_way[on_the_way["transaction_id"].isin(past["transaction_id"])].assign(
-                source="chargeback")
+            on_the_way = on_the_way[on_the_way["transaction_id"].isin(past["transaction_id"])]
         issuer = Issuer(stream.set_index("transaction_id")["is_fraud"], on_the_way, config.issuer, config.seed)
         store = Store("")
         services.closers.append(store.close)

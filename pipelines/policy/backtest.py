@@ -33,6 +33,7 @@ from fraudloop.streaming.rules import MODEL, RulesError, RuleSet, parse
 class RuleStats:
     action: str
     decided: int = 0  # transactions it would decide (first match)
+    unknown: int = 0  # of those, blocked when served and never labelled: neither fraud nor genuine
     frauds: int = 0  # of those, labelled fraud
     frauds_model_missed: int = 0  # frauds it flags that the model's thresholds approved
     frauds_let_through: int = 0  # (allow) frauds the model's thresholds flagged
@@ -40,7 +41,8 @@ class RuleStats:
 
     def as_dict(self, days: float) -> dict:
         return {"action": self.action, "decided": self.decided, "per_day": round(self.decided / days, 2),
-                "precision": round(self.frauds / self.decided, 4) if self.decided else None,
+                "unknown": self.unknown,  # precision is over the known outcomes only
+                "precision": round(self.frauds / known, 4) if (known := self.decided - self.unknown) else None,
                 "frauds_model_missed": self.frauds_model_missed, "frauds_let_through": self.frauds_let_through,
                 "genuine_cards_hit": len(self.genuine_cards) if self.action != "allow" else 0}
 
@@ -80,6 +82,7 @@ def backtest(chunks, labels: pd.DataFrame, as_of: float, rules: RuleSet,
         for j, name in enumerate(rule):
             s = stats[name]
             s.decided += 1
+            s.unknown += int(unknown[j])
             if is_fraud[j]:
                 s.frauds += 1
                 s.frauds_model_missed += s.action != "allow" and model[j] == APPROVE and name != MODEL
@@ -105,12 +108,14 @@ def describe(result: dict) -> str:
     """The backtest as Markdown: per rule, then the decision mix."""
     days = max(result["days"], 1)
     lines = [f"Rules {result['rules_version']} on {result['transactions']:,} stored decisions over {result['days']} "
-             f"days ({result['frauds']:,} frauds by the labels known now); first match wins.", "",
-             "| decided by | action | decisions | a day | precision | frauds the model missed | frauds let through | "
-             "genuine cards hit |", "|---|---|---|---|---|---|---|---|"]
+             f"days ({result['frauds']:,} frauds by the labels known now; a transaction served a decline or a review "
+             "that got no label is unknown, left out of precision); first match wins.", "",
+             "| decided by | action | decisions | a day | outcome unknown | precision (known outcomes) | frauds the "
+             "model missed | frauds let through | genuine cards hit |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rules"].items():
         precision = "-" if r["precision"] is None else f"{r['precision']:.3f}"
-        lines.append(f"| {name} | {r['action']} | {r['decided']:,} | {r['per_day']:,.1f} | {precision} | "
+        lines.append(f"| {name} | {r['action']} | {r['decided']:,} | {r['per_day']:,.1f} | {r['unknown']:,} | "
+                     f"{precision} | "
                      f"{r['frauds_model_missed']:,} | {r['frauds_let_through']:,} | {r['genuine_cards_hit']:,} |")
     lines += ["", "| decision | served | with these rules | a day served | a day with these rules |",
               "|---|---|---|---|---|"]

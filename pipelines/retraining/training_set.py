@@ -8,8 +8,8 @@ What an unlabelled transaction means depends on what was decided (`known_outcome
 charged back by maturity, so it is genuine; a declined one cannot be charged back and a reviewed one gets a verdict
 only if an analyst worked it, so without a label it is unknown, and left out of training, validation and the
 monitor's performance. Counting it genuine would teach the next model that what the last one blocked was fine (most
-of it was fraud) and score the champion against its own blind spot; leaving it out biases the sample towards
-what was approved, which the counterfactual evaluation of the next issue corrects for.
+of it was fraud) and score the champion against its own blind spot. Leaving it out biases the sample towards
+what was approved; only exploration with recorded probabilities (counterfactual evaluation) removes that bias.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, m
 
 
 def known_outcomes(transaction_ids: pd.Series, decisions: pd.Series | None, labels: pd.DataFrame,
-             as_of: float) -> pd.DataFrame:
+                   as_of: float) -> pd.DataFrame:
     """Each transaction's outcome as known at `as_of`, aligned with `transaction_ids`: `is_fraud` (bool) and
     `label_source` (the latest label's source; NO_CHARGEBACK: no label and not blocked, so genuine; UNKNOWN: no
     label and declined or reviewed). `decisions` None: none blocked (a history without a scorer)."""
