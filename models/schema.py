@@ -57,8 +57,7 @@ class Transaction:
 
 # Where an outcome came from, as an issuer receives it (the schema's `source`): a chargeback on an approved
 # transaction; an analyst's verdict on a reviewed one; the cardholder's answer on a declined one (fraud, or "it was
-# me"). `simulation`: the open-loop oracle, every fraud whatever was decided (for measuring only).
-SOURCES = ("chargeback", "review", "cardholder", "simulation")
+# me"). `simulation`: the open-loop oracle, every outcome whatever was decided (for measuring only).
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +65,7 @@ class Label:
     transaction_id: str
     is_fraud: bool
     known_at: float  # epoch seconds, UTC
-    source: str = "chargeback"  # one of SOURCES (older messages' confirmed_* map to cardholder)
+    source: str = "chargeback"  # the schema's enum (older messages' confirmed_* are read as cardholder)
     analyst: str | None = None  # who gave a `review` verdict
 
 

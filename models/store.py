@@ -304,13 +304,18 @@ class Store:
         """The open review cases at `now`: transactions sent to review within `expiry_seconds` before it with no
         `review` verdict yet, highest score first (the oldest first among equals), at most `limit`."""
         d = decisions.c
-        verdict = sa.select(labels.c.transaction_id).where(labels.c.transaction_id == d.transaction_id,
-                                                           labels.c.source == "review").exists()
-        query = (sa.select(decisions).where(d.decision == "review", d.event_time > now - expiry_seconds,
-                                            d.event_time <= now, ~verdict)
+        query = (sa.select(decisions).where(*_open_cases(now, expiry_seconds))
                  .order_by(d.score.desc(), d.event_time, d.transaction_id).limit(limit))
         with self.engine.connect() as db:
             return pd.read_sql(query, db)
+
+    def open_case_count(self, now: float, expiry_seconds: float, transaction_id: str | None = None) -> int:
+        """How many review cases are open at `now` (of `transaction_id` alone: 1 if it is an open case, else 0)."""
+        query = sa.select(sa.func.count()).select_from(decisions).where(*_open_cases(now, expiry_seconds))
+        if transaction_id is not None:
+            query = query.where(decisions.c.transaction_id == transaction_id)
+        with self.engine.connect() as db:
+            return int(db.execute(query).scalar_one())
 
     def card_history(self, card_id: str, before: float, count: int = 10) -> pd.DataFrame:
         """The card's `count` latest decided transactions before `before`, newest first, with their labels."""
@@ -362,6 +367,14 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _open_cases(now: float, expiry_seconds: float) -> tuple:
+    """Sent to review within `expiry_seconds` before `now`, and no `review` verdict yet."""
+    d = decisions.c
+    verdict = sa.select(labels.c.transaction_id).where(labels.c.transaction_id == d.transaction_id,
+                                                       labels.c.source == "review").exists()
+    return d.decision == "review", d.event_time > now - expiry_seconds, d.event_time <= now, ~verdict
 
 
 def _window(since: float, until: float) -> tuple:

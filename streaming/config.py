@@ -94,6 +94,9 @@ class ScorerConfig(BaseSettings):
     # The review queue (`fraudloop review`): a case no analyst worked this long after its transaction expires (its
     # outcome stays unknown)
     review_expiry_hours: float = Field(72.0, gt=0)
+    # Take the analyst's name from X-Forwarded-User / X-Remote-User: only behind a proxy that authenticates users
+    # and sets it (anyone can send the header to the page directly)
+    review_trust_proxy_user: bool = False
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the

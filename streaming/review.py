@@ -7,14 +7,17 @@ and the card's recent history, and two buttons. A verdict is published to the la
 outcome does: through the scorer. Nothing here writes to the store.
 
 Who gave the verdict: the user an authenticating proxy in front of the page names (`X-Forwarded-User`, or
-`X-Remote-User`), else the name typed on the page. The queue's numbers are Prometheus metrics at /metrics, read
-from the store when scraped: the page keeps no state of its own beyond the verdicts it has just sent.
+`X-Remote-User`; trusted only with `review_trust_proxy_user`), else the name typed on the page. A verdict on a
+case that is not open (worked, expired, never reviewed) is refused, as is a form posted from another site. The
+queue's numbers are Prometheus metrics at /metrics, read from the store when scraped: the page keeps no state of
+its own beyond the verdicts it has just sent.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import orjson
 from flask import Flask, Response, abort, redirect, render_template_string, request, url_for
@@ -25,6 +28,7 @@ from fraudloop.models.units import DAY, HOUR
 from fraudloop.streaming.config import ScorerConfig
 from fraudloop.streaming.event_time import WALL
 from fraudloop.streaming.review_queue import queue_summary
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -41,9 +45,9 @@ PAGE = """<!doctype html>
  button { padding: .3rem 1rem; border: 0; border-radius: 4px; cursor: pointer; } .note { color: #555; }
 </style></head><body>
 <h1>Review queue</h1>
-<p class="note">{{ open }} open case{{ "" if open == 1 else "s" }} (cases expire {{ expiry_hours }} h after their
-transaction; clock: {{ clock }}, now {{ now_text }}). {{ sent }} verdict{{ "" if sent == 1 else "s" }} sent from
-this page on their way to the store.</p>
+<p class="note">{{ open }} open case{{ "" if open == 1 else "s" }}, the first {{ shown }} shown (cases expire
+{{ expiry_hours }} h after their transaction; clock: {{ clock }}, now {{ now_text }}).
+{{ sent }} verdict{{ "" if sent == 1 else "s" }} sent from this page on their way to the store.</p>
 {% if message %}<p role="status"><strong>{{ message }}</strong></p>{% endif %}
 {% if not proxy_user %}
 <p><label>Analyst <input form="none" id="analyst" name="analyst" value="{{ analyst }}" required
@@ -81,48 +85,63 @@ this page on their way to the store.</p>
 
 def create_app(config: ScorerConfig, limit: int = 50, producer=None, clock: Callable[[], float] | None = None) -> Flask:
     """The page over the scorer's store and labels topic (`config`'s). `producer`: a KafkaProducer (default: one
-    made from `config`, as the scorer's); `clock`: now in epoch seconds (default: the wall clock, or the newest
-    stored transaction's time when config.event_clock is `stream`, for a replayed or simulated stream)."""
+    made from `config` at the first verdict, as the scorer's); `clock`: now in epoch seconds (default: the wall
+    clock, or the newest stored transaction's time when config.event_clock is `stream`, for a replayed or simulated
+    stream)."""
     from fraudloop.streaming.service import new_producer
 
     store = Store(config.store_url)
-    producer = producer or new_producer(config)
     if clock is None:
         clock = time.time if config.event_clock == WALL else lambda: store.newest_event_time() or time.time()
     expiry_hours = config.review_expiry_hours
     expiry = expiry_hours * HOUR
     sent: set[str] = set()  # verdicts published, until the store has them
+    kafka = {"producer": producer}  # made at the first verdict: the queue can be read while Kafka is down
     app = Flask("fraudloop.review")
 
-    def open_cases(now: float):
-        cases = store.review_cases(now, expiry, limit + len(sent))
-        sent.intersection_update(cases["transaction_id"])  # those the store has now are no longer open there
-        return cases[~cases["transaction_id"].isin(sent)].head(limit)
+    def proxy_user() -> str:
+        if not config.review_trust_proxy_user:
+            return ""
+        return next((request.headers[h].strip() for h in ANALYST_HEADERS if request.headers.get(h, "").strip()), "")
 
     @app.get("/")
     def queue() -> str:
         now = clock()
-        cases = open_cases(now)
-        analyst = request.cookies.get("analyst", "")
+        cases = store.review_cases(now, expiry, limit + len(sent))
+        sent.intersection_update(cases["transaction_id"])  # those the store has now are no longer open there
+        cases = cases[~cases["transaction_id"].isin(sent)].head(limit)
         return render_template_string(PAGE, cases=[_case(store, row, now) for row in cases.itertuples()],
-                                      open=len(cases), expiry_hours=f"{expiry_hours:g}", clock=config.event_clock,
+                                      shown=len(cases), open=store.open_case_count(now, expiry) - len(sent),
+                                      expiry_hours=f"{expiry_hours:g}", clock=config.event_clock,
                                       now_text=format_time(now), sent=len(sent), message=request.args.get("message"),
-                                      analyst=analyst, proxy_user=_proxy_user())
+                                      analyst=unquote(request.cookies.get("analyst", "")), proxy_user=proxy_user())
 
-    @app.post("/cases/<transaction_id>/verdict")
+    @app.post("/cases/<path:transaction_id>/verdict")
     def verdict(transaction_id: str) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and origin != request.host_url.rstrip("/"):
+            abort(403, "a verdict is accepted from this page only")  # another site's form posting here
         choice = request.form.get("verdict", "")
-        analyst = _proxy_user() or request.form.get("analyst", "").strip()
+        analyst = proxy_user() or request.form.get("analyst", "").strip()
         if choice not in VERDICTS:
             abort(400, f"verdict must be one of {sorted(VERDICTS)}, got {choice!r}")
         if not analyst:
             abort(400, "say who you are: type your name in the Analyst field (or sign in through the proxy)")
         if len(analyst) > 128:
             abort(400, "the analyst's name is longer than 128 characters")
-        label = Label(transaction_id, VERDICTS[choice], clock(), "review", analyst)
-        producer.send(config.labels_topic, key=transaction_id.encode(), value=orjson.dumps(label_record(label)))
-        producer.flush(timeout=10)  # the analyst sees "sent" only once the broker has it
+        now = clock()
+        if transaction_id in sent or not store.open_case_count(now, expiry, transaction_id):
+            abort(409, f"{transaction_id} is not an open case (worked already, expired, or never sent to review)")
         sent.add(transaction_id)
+        label = Label(transaction_id, VERDICTS[choice], now, "review", analyst)
+        try:
+            kafka["producer"] = kafka["producer"] or new_producer(config)
+            # the analyst sees "sent" only once the broker has it
+            kafka["producer"].send(config.labels_topic, key=transaction_id.encode(),
+                                   value=orjson.dumps(label_record(label))).get(timeout=10)
+        except KafkaError as error:
+            sent.discard(transaction_id)
+            abort(503, f"the verdict on {transaction_id} was not sent ({error}): try again")
         return redirect(url_for("queue", message=f"{transaction_id}: {choice}, by {analyst}"))
 
     @app.get("/metrics")
@@ -132,10 +151,6 @@ def create_app(config: ScorerConfig, limit: int = 50, producer=None, clock: Call
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
 
     return app
-
-
-def _proxy_user() -> str:
-    return next((request.headers[h].strip() for h in ANALYST_HEADERS if request.headers.get(h, "").strip()), "")
 
 
 def _case(store: Store, row, now: float) -> dict:
@@ -180,7 +195,7 @@ class _QueueMetrics:
     def collect(self):
         now = self.clock()
         open_ = GaugeMetricFamily("fraud_review_queue_open", "Open review cases (no verdict, not expired)")
-        open_.add_metric([], float(len(self.store.review_cases(now, self.expiry, limit=1_000_000))))
+        open_.add_metric([], float(self.store.open_case_count(now, self.expiry)))
         yield open_
         end = now + 1  # the last day, this second included (a verdict just given is known at `now`)
         reviews, verdicts = self.store.review_log(end - DAY - self.expiry, end)  # cases whose fate fell in the day

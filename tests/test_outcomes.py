@@ -88,3 +88,11 @@ def test_the_queue_summary_counts_cases_queued_worked_and_expired_in_the_window(
     day = queue_summary(reviews, verdicts, T0, T0 + DAY, expiry_hours=72)
     assert day == {"queued_per_day": 3.0, "worked_per_day": 2.0, "expired_per_day": 1.0,  # "old" expired at T0 + 1 h
                    "verdict_latency_hours_p50": 7.0}
+
+
+def test_a_quiet_day_banks_no_capacity_for_a_busy_one():
+    busy = pd.DataFrame({"transaction_id": [f"b{i}" for i in range(300)], "time": T0 + DAY + np.arange(300) * 60.0,
+                         "score": 0.5, "is_fraud": False})
+    verdicts, _ = work_queue(busy, T0, T0 + 2 * DAY, IssuerConfig(review_capacity_per_day=100),
+                             np.random.default_rng(0))
+    assert len(verdicts) <= 100 + 1  # the first, empty day's capacity is lost, not spent on the second

@@ -89,6 +89,7 @@ def test_an_analysts_verdict_on_the_review_page_reaches_the_store_and_the_next_t
     labels topic, through the scorer into the store with its source and analyst, and into the next training set,
     while a reviewed case nobody worked stays unknown (left out of it)."""
     import threading
+    import urllib.error
     import urllib.request
 
     from fraudloop.models.store import Store
@@ -148,6 +149,12 @@ def test_an_analysts_verdict_on_the_review_page_reaches_the_store_and_the_next_t
                 metrics = response.read().decode()
             assert f"fraud_review_queue_open {len(store.review_cases(newest, 72 * 3_600, 10**6))}.0" in metrics
             assert "fraud_review_worked_per_day 1.0" in metrics
+            # a second verdict on the case (a double click, another analyst) is refused, not a second label
+            again = urllib.request.Request(f"{url}/cases/{top['transaction_id']}/verdict", method="POST",
+                                           data=b"verdict=genuine&analyst=bob")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(again, timeout=10)
+            assert refused.value.code == 409
         finally:
             server.shutdown()
     frame = from_store(store_url, newest, maturity_seconds=0, lookback_seconds=30 * 86_400)

@@ -9,7 +9,7 @@ move the results):
 - drift: a stable stretch checked every `check_hours` with a one-day window (false alarms, counted as
   episodes: the cooldown turns an alarm into one retrain a day at most), then injected drift (delay to flag).
 
-Closed loop (`closed_loop=True`): the same worlds again, labelled as an issuer receives labels
+Closed loop (`closed_loop`, the issuer's settings): the same worlds again, labelled as an issuer receives labels
 (pipelines/data/outcomes.py). Until the champion's day no model decides, so every fraud is charged back (the
 worlds agree there, and so do their champions, the same-data and the realistic-margin trials); from it, the
 champion decides every transaction at the thresholds validation derives from its holdout, and only what its

@@ -83,7 +83,7 @@ def work_queue(cases: pd.DataFrame, start: float, end: float, config: IssuerConf
         budget = int(carry)
         waiting = open_[(open_["time"] < until) & (open_["time"] > until - config.review_expiry_hours * HOUR)]
         taken = waiting.head(budget)
-        carry -= len(taken)
+        carry = min(carry - len(taken), 1.0)  # an hour's unused capacity is lost, not banked for a busier one
         if len(taken):
             worked.append(taken.assign(known_at=until))
             open_ = open_.drop(taken.index)

@@ -3,7 +3,7 @@
 Closed loop (the default): each simulated day, once the scorer has decided the day's transactions, the outcome
 model (pipelines/data/outcomes.py) turns its stored decisions into chargebacks and cardholders' answers, and the
 simulated analyst works the review queue through the day. Open loop (`--open-loop`, the oracle for measuring):
-every fraud's label after its delay, whatever was decided.
+every fraud's label after its delay, whatever was decided, and every blocked genuine transaction known genuine.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from fraudloop.pipelines.data.outcomes import LABEL_COLUMNS, IssuerConfig, issuer_labels, work_queue
+from fraudloop.pipelines.retraining.training_set import BLOCKED
 
 
 class Issuer:
@@ -37,10 +38,13 @@ class Issuer:
     def decided(self, decisions: pd.DataFrame, since: float, until: float) -> pd.DataFrame:
         """The day's decisions (transaction_id, event_time, decision, score, as stored) in; the labels known by
         `until` that they and the queue produced out (sent at once); later ones wait in `pending`."""
-        if not self.closed_loop:
-            return self.pending.iloc[:0]
         day = decisions.rename(columns={"event_time": "time"}).assign(
             is_fraud=decisions["transaction_id"].map(self.truth).fillna(False).astype(bool).to_numpy())
+        if not self.closed_loop:  # the oracle knows the blocked genuine ones too: else they would be unknown
+            genuine = day[day["decision"].isin(BLOCKED) & ~day["is_fraud"]]
+            return pd.DataFrame({"transaction_id": genuine["transaction_id"], "is_fraud": False,
+                                 "known_at": genuine["time"].astype(float), "source": "simulation",
+                                 "analyst": None}, columns=LABEL_COLUMNS)
         reviews = day.loc[day["decision"] == "review", ["transaction_id", "time", "score", "is_fraud"]]
         verdicts, self.open_cases = work_queue(pd.concat([self.open_cases, reviews], ignore_index=True), since, until,
                                                self.config, self.rng)

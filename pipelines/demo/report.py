@@ -96,15 +96,15 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
     at the start and the end of each retrain."""
     from fraudloop.models import registry
     from fraudloop.models.store import Store
+    from fraudloop.pipelines.data.outcomes import IssuerConfig
     from fraudloop.pipelines.retraining import promote
-    from fraudloop.streaming.config import ScorerConfig
     from fraudloop.streaming.review_queue import queue_summary
 
     store = Store("")
     decisions = store.decisions_between(cut - 1, float("inf"))
     costs = {v: store.serving_cost(v) for v in decisions["model_version"].unique()}
-    end = cut + config.stream_days * DAY
-    expiry_hours = ScorerConfig().review_expiry_hours
+    end = cut + config.stream_days * DAY + 1  # the last day's last verdicts are known at its very end
+    expiry_hours = (config.issuer or IssuerConfig()).review_expiry_hours  # what the simulated analysts applied
     labels_by_source = store.labels_by_source(cut, end)
     review_queue = queue_summary(*store.review_log(cut - expiry_hours * 3_600, end), cut, end, expiry_hours)
     store.close()
