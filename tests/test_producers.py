@@ -280,7 +280,11 @@ def test_an_unkeyed_producer_is_detected_then_repartitioned_by_card_for_three_in
     with RunningScorer(config, registry) as service:
         produce_unkeyed(broker.bootstrap, config.transactions_topic, batch)
         read_topic(broker.bootstrap, config.decisions_topic, lambda r: len(r) >= len(batch))
-        not_keyed = service.metrics.registry.get_sample_value("fraud_transactions_not_keyed_by_card_total")
+        # a batch's decisions are on the topic before its acknowledgement is counted: wait for the last one's
+        deadline = time.monotonic() + 30
+        while (not_keyed := service.metrics.registry.get_sample_value(
+                "fraud_transactions_not_keyed_by_card_total")) < len(batch) and time.monotonic() < deadline:
+            time.sleep(0.1)
     assert not_keyed == len(batch)
 
     # Re-keyed by card first: three instances compute the features of one state
