@@ -17,6 +17,7 @@ from fraudloop.models.thresholds import Targets
 from fraudloop.models.units import HOUR
 from fraudloop.pipelines.data.simulate import label_times
 from fraudloop.streaming.config import ScorerConfig
+from fraudloop.streaming.decide import APPROVE, DECLINE
 
 LABEL_COLUMNS = ["transaction_id", "is_fraud", "known_at", "source", "analyst"]
 SIMULATED_ANALYST = "simulated-analyst"
@@ -53,8 +54,8 @@ def issuer_labels(decided: pd.DataFrame, config: IssuerConfig, rng: np.random.Ge
     time_ = decided["time"].to_numpy(np.int64)
     fraud = decided["is_fraud"].to_numpy(bool)
     decision = decided["decision"].to_numpy(object)
-    charged = (decision == "approve") & fraud
-    answered = (decision == "decline") & (rng.random(len(decided)) < config.cardholder_share)
+    charged = (decision == APPROVE) & fraud
+    answered = (decision == DECLINE) & (rng.random(len(decided)) < config.cardholder_share)
     chargeback_at = label_times(time_, config.chargeback_delay_days, config.chargeback_delay_sigma, rng)
     answer_at = time_ + np.round(rng.uniform(0, config.cardholder_hours * HOUR, len(decided))).astype(np.int64)
     ids = decided["transaction_id"].to_numpy(object)

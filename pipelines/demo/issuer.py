@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from fraudloop.pipelines.data.outcomes import LABEL_COLUMNS, IssuerConfig, issuer_labels, work_queue
 from fraudloop.pipelines.retraining.training_set import BLOCKED
+from fraudloop.streaming.decide import REVIEW
 
 
 class Issuer:
@@ -45,7 +46,7 @@ class Issuer:
             return pd.DataFrame({"transaction_id": genuine["transaction_id"], "is_fraud": False,
                                  "known_at": genuine["time"].astype(float), "source": "simulation",
                                  "analyst": None}, columns=LABEL_COLUMNS)
-        reviews = day.loc[day["decision"] == "review", ["transaction_id", "time", "score", "is_fraud"]]
+        reviews = day.loc[day["decision"] == REVIEW, ["transaction_id", "time", "score", "is_fraud"]]
         verdicts, self.open_cases = work_queue(pd.concat([self.open_cases, reviews], ignore_index=True), since, until,
                                                self.config, self.rng)
         later = issuer_labels(day, self.config, self.rng)
