@@ -128,31 +128,84 @@ class Difference:
                 f"{self.resamples:,} resamples of {self.clusters:,} cards)")
 
 
+def card_bootstrap(card_id: np.ndarray, resamples: int, seed: int):
+    """Bootstrap resamples by card as row weights, (chunk x rows) at a time to bound memory."""
+    _, card_index = np.unique(np.asarray(card_id), return_inverse=True)
+    clusters = int(card_index.max()) + 1 if len(card_index) else 0
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 4_000_000 // max(len(card_index), 1))
+    for start in range(0, resamples if clusters else 0, chunk):
+        counts = rng.multinomial(clusters, np.full(clusters, 1 / clusters), size=min(chunk, resamples - start))
+        yield counts[:, card_index].astype(float)
+
+
 def paired_ap_difference(is_fraud: np.ndarray, challenger: np.ndarray, champion: np.ndarray, card_id: np.ndarray,
-                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Difference:
+                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                         weights: np.ndarray | None = None) -> Difference:
     """Challenger AP minus champion AP on the same rows, with a percentile interval from a bootstrap by card.
 
     Paired: each resample weights the same rows for both models, so what they share (an easy or a hard
     week) cancels and only their difference varies. By card, not by row: one compromised card brings
     several frauds that rise and fall together, and resampling rows would count them as independent and
     give intervals too narrow. (By day would keep weekly patterns whole, but a holdout has 3-7 days: too
-    few clusters for a bootstrap.)
+    few clusters for a bootstrap.) `weights`: each row's inverse-probability weight (`weighted_ap`).
     """
     y = np.asarray(is_fraud, dtype=bool)
-    _, card_index = np.unique(np.asarray(card_id), return_inverse=True)
-    clusters = int(card_index.max()) + 1 if len(card_index) else 0
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
     ranked = [_ranked(y, np.asarray(s, dtype=float)) for s in (champion, challenger)]
-    estimate = float(np.diff([weighted_average_precision(r, np.ones((1, len(y))))[0] for r in ranked])[0])
-    rng = np.random.default_rng(seed)
+    estimate = float(np.diff([weighted_average_precision(r, w[None, :])[0] for r in ranked])[0])
     differences = []
-    chunk = max(1, 4_000_000 // max(len(y), 1))  # bounded memory: (chunk x rows) floats at a time
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        counts = rng.multinomial(clusters, np.full(clusters, 1 / clusters), size=size)
-        weights = counts[:, card_index].astype(float)
-        champion_ap, challenger_ap = (weighted_average_precision(r, weights) for r in ranked)
+    for resampled in card_bootstrap(card_id, resamples, seed):
+        champion_ap, challenger_ap = (weighted_average_precision(r, resampled * w) for r in ranked)
         differences.append(challenger_ap - champion_ap)
-    spread = np.concatenate(differences)
+    spread = np.concatenate(differences) if differences else np.array([estimate])
     tail = (1 - confidence) / 2
     return Difference(estimate, float(np.quantile(spread, tail)), float(np.quantile(spread, 1 - tail)), confidence,
-                      resamples, clusters)
+                      resamples, len(np.unique(np.asarray(card_id))))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric estimated with inverse-probability weights, its bootstrap interval (by card) and how much evidence
+    the weights leave: the effective sample size (sum w)^2 / sum w^2 (Kish), and of it the frauds'."""
+
+    estimate: float
+    low: float
+    high: float
+    effective_rows: float
+    effective_frauds: float
+
+    def __str__(self) -> str:
+        return (f"{self.estimate:.4f} [{self.low:.4f}, {self.high:.4f}] (effective sample {self.effective_rows:,.0f} "
+                f"rows, {self.effective_frauds:,.0f} frauds)")
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    w = np.asarray(weights, dtype=float)
+    return float(w.sum() ** 2 / (w**2).sum()) if (w**2).sum() > 0 else 0.0
+
+
+def weighted_ap(is_fraud: np.ndarray, score: np.ndarray, weights: np.ndarray, card_id: np.ndarray,
+                resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """Average precision over all traffic estimated from the rows whose outcome was observed, each weighted by
+    1 / the probability it had of being observed (0: not observed). With every weight 1 it is the plain AP."""
+    y = np.asarray(is_fraud, dtype=bool)
+    w = np.asarray(weights, dtype=float)
+    ranked = _ranked(y, np.asarray(score, dtype=float))
+    estimate = float(weighted_average_precision(ranked, w[None, :])[0])
+    values = [weighted_average_precision(ranked, each * w) for each in card_bootstrap(card_id, resamples, seed)]
+    spread = np.concatenate(values) if values else np.array([estimate])
+    tail = (1 - confidence) / 2
+    return Estimate(estimate, float(np.quantile(spread, tail)), float(np.quantile(spread, 1 - tail)),
+                    effective_sample_size(w), effective_sample_size(w[y]))
+
+
+def weighted_precision_recall(is_fraud: np.ndarray, score: np.ndarray, weights: np.ndarray,
+                              threshold: float) -> tuple[float, float]:
+    """Precision and recall of flagging at `threshold`, each row weighted by 1 / its probability of being observed."""
+    y = np.asarray(is_fraud, dtype=bool)
+    w = np.asarray(weights, dtype=float)
+    flagged = np.asarray(score) >= threshold
+    caught = float(w[flagged & y].sum())
+    return (caught / w[flagged].sum() if w[flagged].sum() > 0 else float("nan"),
+            caught / w[y].sum() if w[y].sum() > 0 else float("nan"))

@@ -41,6 +41,8 @@ decisions = sa.Table(
     sa.Column("mode", sa.String(16), nullable=True),
     # The transactions partition it was read from: whose card state it is (null: stored before partitions were)
     sa.Column("source_partition", sa.Integer, nullable=True),
+    # The probability the decision had (streaming/decide.py exploration; null: 1, as rows written before it)
+    sa.Column("propensity", sa.Float, nullable=True),
     sa.Index("decisions_partition_time", "source_partition", "event_time"),
 )
 # One row per outcome: a chargeback later reversed (confirmed genuine) is a second row; the latest known wins.
@@ -89,6 +91,7 @@ class DecisionRow:
     rules_version: str = "none"
     mode: str = "full"  # the scorer's service mode (streaming/overload.py): a `lean` review has no reasons
     partition: int | None = None  # the transactions partition it was read from
+    propensity: float = 1.0  # the probability the decision had (below 1 where exploration could approve it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,7 @@ class StoredDecision:
     rule: str = "model"
     rules_version: str = "none"
     mode: str = "full"
+    propensity: float = 1.0
 
 
 def default_url() -> str:
@@ -146,7 +150,7 @@ class Store:
                     (r.tx.transaction_id, r.tx.card_id, r.tx.terminal_id, r.tx.time, r.tx.amount_cents, r.score,
                      r.decision, r.model_version, orjson.dumps(list(r.features)).decode(), r.decided_at,
                      orjson.dumps(list(r.reasons)).decode(), r.rule, r.rules_version, r.tx.currency,
-                     r.tx.original_cents, r.mode, r.partition)
+                     r.tx.original_cents, r.mode, r.partition, r.propensity)
                     for r in rows]).rowcount
             self.insert(db, [], [{"transaction_id": lb.transaction_id, "is_fraud": lb.is_fraud,
                                   "known_at": lb.known_at, "source": lb.source, "analyst": lb.analyst}
@@ -198,7 +202,8 @@ class Store:
             for start in range(0, len(transaction_ids), 500):
                 query = sa.select(c.transaction_id, c.card_id, c.terminal_id, c.event_time, c.amount_cents, c.score,
                                   c.decision, c.model_version, c.decided_at, c.reasons, c.rule,
-                                  c.rules_version, c.currency, c.original_amount_cents, c.mode).where(
+                                  c.rules_version, c.currency, c.original_amount_cents, c.mode,
+                                  c.propensity).where(
                     c.transaction_id.in_(transaction_ids[start:start + 500]))
                 for r in db.execute(query):
                     tx = Transaction(r[0], r[1], r[2], float(r[3]), int(r[4]), r[12] or REFERENCE_CURRENCY,
@@ -206,7 +211,8 @@ class Store:
                     found[r[0]] = StoredDecision(tx,
                                                  None if r[5] is None else float(r[5]), r[6], r[7], float(r[8]),
                                                  orjson.loads(r[9]) if r[9] else [], r[10] or "model",
-                                                 r[11] or "none", r[14] or "full")
+                                                 r[11] or "none", r[14] or "full",
+                                                 1.0 if r[15] is None else float(r[15]))
         return found
 
     def insert(self, db: sa.Connection, decision_records: list[dict], label_records: list[dict]) -> None:

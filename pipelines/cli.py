@@ -225,7 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     report = run(DemoConfig(customers=args.customers, terminals=args.terminals, history_days=args.history_days,
                             stream_days=args.stream_days, drift_after_days=args.drift_after_days,
                             seconds_per_day=args.seconds_per_day, seed=args.seed, ui_port=args.ui_port,
-                            review_port=args.review_port,
+                            review_port=args.review_port, exploration_share=args.exploration_share,
                             keep_running=args.keep_running, issuer=None if args.open_loop else IssuerConfig(
                                 review_capacity_per_day=args.review_capacity,
                                 analyst_error_rate=args.analyst_error_rate,
@@ -298,6 +298,19 @@ def cmd_benchmark_retraining(args: argparse.Namespace) -> None:
                        closed_loop=IssuerConfig() if args.closed_loop else None)
     command = (f"fraudloop benchmark retraining --seeds {args.seeds} --drift-seeds {args.drift_seeds} "
                f"--check-hours {args.check_hours:g}" + (" --closed-loop" if args.closed_loop else ""))
+    print(bench.to_markdown(result, command))
+    if args.record:
+        bench.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_benchmark_feedback(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines.benchmarks import feedback as bench
+
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    result = bench.run(args.seeds, bench.Settings(design=args.design), progress=not args.quiet)
+    command = f"fraudloop benchmark feedback --seeds {args.seeds} --design {args.design}"
     print(bench.to_markdown(result, command))
     if args.record:
         bench.record(result, args.record, command)
@@ -648,6 +661,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--review-port", type=int, default=demo.review_port,
                    help=f"review queue page port (default: {demo.review_port})")
     p.add_argument("--keep-running", action="store_true", help="leave the broker, scorer and MLflow UI up")
+    p.add_argument("--exploration-share", type=float, default=demo.exploration_share,
+                   help="share of the model's declines and reviews the scorer approves at random, with the "
+                        f"probability recorded (default: {demo.exploration_share:g}; 0: none)")
     issuer = demo.issuer
     p.add_argument("--open-loop", action="store_true",
                    help="label every fraud whatever was decided (the oracle, for measuring); default: the closed "
@@ -806,6 +822,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark_retraining)
+    b = bench.add_parser("feedback", help="closed-loop worlds with drift: days to the first promotion after the "
+                                          "drift, AP recovered, Pk by design, the champion's estimated AP against "
+                                          "its true AP (naive and weighted), exploration's cost")
+    b.add_argument("--seeds", type=int, default=10, help="worlds (default: 10)")
+    b.add_argument("--design", choices=("delayed", "pooled", "aggregate"), default="pooled",
+                   help="the design the product ships, whose numbers are the record's keys (default: pooled)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_benchmark_feedback)
     b = bench.add_parser("store", help="time and peak memory of the training-set build and the monitor's read on "
                                        "a large store (SQLite and a real PostgreSQL)")
     b.add_argument("--decisions", type=int, default=10_000_000)

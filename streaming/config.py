@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from fraudloop.streaming.decide import Exploration
 from fraudloop.streaming.event_time import WALL, EventTimePolicy
 from fraudloop.streaming.overload import Budget, Governor
 from kafka import KafkaConsumer, KafkaProducer
@@ -97,11 +98,22 @@ class ScorerConfig(BaseSettings):
     # Take the analyst's name from X-Forwarded-User / X-Remote-User: only behind a proxy that authenticates users
     # and sets it (anyone can send the header to the page directly)
     review_trust_proxy_user: bool = False
+    # Counterfactual exploration (streaming/decide.py): approve this share of what the model's thresholds would
+    # decline or review (never what a rule or a list decided), at or below the amount (reference currency) and
+    # score caps; each decision carries its probability, so validation and the monitor can estimate the policy's
+    # precision and recall over all traffic (docs/retraining.md). Off by default: it lets fraud through.
+    exploration_share: float = Field(0.0, ge=0, lt=1)
+    exploration_max_amount: float = Field(200.0, ge=0)
+    exploration_max_score: float = Field(1.0, ge=0, le=1)
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the
     # environment (typed as kafka-python's own default for that setting; a password stays text, and secret)
     kafka: dict[str, Any] = Field(default_factory=lambda: dict(CONSUMER_DEFAULTS))
+
+    @property
+    def exploration(self) -> Exploration:
+        return Exploration(self.exploration_share, self.exploration_max_amount, self.exploration_max_score)
 
     @field_validator("kafka", mode="before")
     @classmethod

@@ -32,12 +32,12 @@ from fraudloop.models.schema import (
 )
 from fraudloop.models.store import DecisionRow, Store, StoredDecision
 from fraudloop.streaming.config import ScorerConfig
-from fraudloop.streaming.decide import DECLINE, REVIEW, top_reasons
+from fraudloop.streaming.decide import DECLINE, EXPLORATION, REVIEW, Exploration, draw, explore, top_reasons
 from fraudloop.streaming.event_time import FUTURE, LATE
 from fraudloop.streaming.model import ServingModel
 from fraudloop.streaming.overload import FULL
 from fraudloop.streaming.rebuild import rebuild_cards
-from fraudloop.streaming.rules import NO_RULES, RuleSet
+from fraudloop.streaming.rules import MODEL, NO_RULES, RuleSet
 
 log = logging.getLogger(__name__)
 # Dead-letter reasons start with one of these, then ": " and the detail; metrics count by the kind.
@@ -329,6 +329,9 @@ class Scorer:
             result.rules_error = f"{type(error).__name__}: {error}"
             rules = NO_RULES
             decided, by_rule = rules.decide(columns, cards, terminals, *thresholds)
+        propensity = np.ones(len(decided))
+        if self.config.exploration_share > 0:
+            decided, propensity, by_rule = _explore(decided, by_rule, scores, batch.scored, self.config.exploration)
         self.clock.lap("policy")
         reasons = self._reasons(model, features, decided, failed, batch.mode)
         self.clock.lap("reasons")
@@ -340,9 +343,9 @@ class Scorer:
             score, why = float(scores[j]), reasons.get(j, [])
             index[tx.transaction_id] = len(result.decisions)
             result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message,
-                                           by_rule[j], rules.version, batch.mode), message)
+                                           by_rule[j], rules.version, batch.mode, float(propensity[j])), message)
             result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why, by_rule[j],
-                                           rules.version, batch.mode, message.partition))
+                                           rules.version, batch.mode, message.partition, float(propensity[j])))
         for message, tx_id in batch.copies:
             if tx_id not in index:  # its first copy could not be scored either
                 result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: its first copy in the batch failed"))
@@ -437,11 +440,25 @@ def _latency_ms(message: Message) -> float:
     return round(time.time() * 1000 - message.timestamp_ms, 2)
 
 
+def _explore(decided: list[str], by_rule: list[str], scores: np.ndarray, scored: list,
+             exploration: Exploration) -> tuple[list[str], np.ndarray, list[str]]:
+    """Exploration over the model's own flags (streaming/decide.py): the decisions taken, their probabilities, and
+    EXPLORATION as what decided an explored approval."""
+    amounts = np.fromiter((tx.amount_cents / 100 for _, tx, _ in scored), dtype=float, count=len(scored))
+    draws = np.fromiter((draw(tx.transaction_id) for _, tx, _ in scored), dtype=float, count=len(scored))
+    taken, propensity = explore(decided, np.nan_to_num(scores), amounts, draws, exploration,
+                                np.asarray(by_rule, dtype=object) == MODEL)
+    return taken, propensity, [EXPLORATION if now != before else rule
+                               for now, before, rule in zip(taken, decided, by_rule, strict=True)]
+
+
 def decision_message(model_name: str, tx: Transaction, decision: str, score: float | None, version: str,
                      reasons: list, decided_at: float, message: Message, rule: str, rules_version: str,
-                     mode: str) -> dict:
-    """`rule`: what decided (a rule's name, a list, or `model` for the version's thresholds); `rules_version`: the
-    rules file in force; `mode`: the service mode the decision was made in (a review made `lean` has no reasons)."""
+                     mode: str, propensity: float = 1.0) -> dict:
+    """`rule`: what decided (a rule's name, a list, `model` for the version's thresholds, or `exploration`);
+    `rules_version`: the rules file in force; `mode`: the service mode the decision was made in (a review made
+    `lean` has no reasons); `propensity`: the probability the decision had (below 1 where exploration could have
+    approved, or did)."""
     return {
         "schema_version": 1,
         "transaction_id": tx.transaction_id,
@@ -456,12 +473,13 @@ def decision_message(model_name: str, tx: Transaction, decision: str, score: flo
         "latency_ms": _latency_ms(message),
         "decided_at": decided_at,
         "mode": mode,
+        "propensity": round(propensity, 6),
     }
 
 
 def _stored_message(model_name: str, made: StoredDecision, message: Message) -> dict:
     return decision_message(model_name, made.tx, made.decision, made.score, made.model_version, made.reasons,
-                            made.decided_at, message, made.rule, made.rules_version, made.mode)
+                            made.decided_at, message, made.rule, made.rules_version, made.mode, made.propensity)
 
 
 def _conflict(first: Transaction) -> str:

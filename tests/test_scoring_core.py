@@ -297,3 +297,30 @@ def test_every_message_ends_as_exactly_one_decision_or_one_dead_letter(model, ba
     assert set(stored) == set(decided)  # the decisions topic and the store agree
     for tx_id, decision in decided.items():
         assert (stored[tx_id].decision, stored[tx_id].decided_at) == (decision["decision"], decision["decided_at"])
+
+
+def test_exploration_approves_a_share_of_the_models_blocks_and_every_decision_carries_its_probability(model):
+    """Scores high enough to decline (amount feature > 800 in this model) are approved at the configured share, by
+    the transaction id's draw, rule `exploration`; the probabilities reach the messages and the store, and a
+    redelivery gets the same decision with the same probability."""
+    scorer, feed = warmed(model, exploration_share=0.5, exploration_max_amount=10_000.0, review_threshold=0.5,
+                          decline_threshold=0.5)
+    txs = [Transaction(f"X{i}", f"K{i}", "M1", T0 + 50 * 3_600 + i, 95_000) for i in range(200)]
+    result = scorer.process([feed.tx(tx) for tx in txs], model, now=NOW)
+    by_id = {d["transaction_id"]: d for d in result.decisions}
+    explored = [d for d in by_id.values() if d["rule"] == "exploration"]
+    declined = [d for d in by_id.values() if d["decision"] == "decline"]
+    assert len(explored) + len(declined) == 200 and 70 < len(explored) < 130
+    assert all(d["decision"] == "approve" and d["propensity"] == 0.5 for d in explored)
+    assert all(d["propensity"] == 0.5 for d in declined)
+    from fraudloop.streaming.decide import draw
+
+    assert {d["transaction_id"] for d in explored} == {tx.transaction_id for tx in txs if draw(tx.transaction_id) < 0.5}
+    stored = scorer.store.decisions_for([explored[0]["transaction_id"]])[explored[0]["transaction_id"]]
+    assert (stored.decision, stored.rule, stored.propensity) == ("approve", "exploration", 0.5)
+    again = scorer.process([feed.tx(txs[0])], model, now=NOW).decisions[0]
+    assert (again["decision"], again["propensity"]) == (by_id["X0"]["decision"], by_id["X0"]["propensity"])
+    # off by default: every decision certain
+    plain, plain_feed = warmed(model)
+    assert {d["propensity"] for d in plain.process([plain_feed.tx(tx) for tx in txs[:20]], model,
+                                                   now=NOW).decisions} == {1.0}

@@ -42,6 +42,7 @@ from fraudloop.pipelines.retraining.train import (
     latest_split,
 )
 from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes
+from fraudloop.streaming.decide import Exploration
 
 
 @dataclass(frozen=True)
@@ -84,32 +85,51 @@ def make_world(scenario: Scenario, seed: int) -> World:
     return World(history, labels, history_rows(history, labels), float(history["time"].min()) // DAY * DAY)
 
 
-def closed_loop_world(world: World, scenario: Scenario, champion: Model, issuer: IssuerConfig, seed: int) -> World:
-    """`world`'s transactions labelled as an issuer receives labels once `champion` decides (from its day on)."""
+def closed_loop_world(world: World, scenario: Scenario, champion: Model, issuer: IssuerConfig, seed: int,
+                      exploration: Exploration | None = None, from_day: float | None = None,
+                      earlier: World | None = None) -> World:
+    """`world`'s transactions labelled as an issuer receives labels once `champion` decides (from its day, or
+    `from_day`; before it, as in `earlier`, or the oracle's), with `exploration` (the rows' `propensity`: each
+    decision's probability; `explored`: approved by exploration)."""
     from fraudloop.models.thresholds import Targets, choose
     from fraudloop.pipelines.data.outcomes import issuer_labels, work_queue
     from fraudloop.pipelines.retraining.training_set import history_rows
-    from fraudloop.streaming.decide import APPROVE, outcomes
+    from fraudloop.streaming.decide import APPROVE, explore, outcomes
 
     rng = np.random.default_rng(10_000 + seed)
     holdout = champion.holdout
     targets = Targets(review_capacity_per_day=issuer.review_capacity_per_day)  # as validation derives them
     review, decline = choose(holdout["event_time"].to_numpy(), holdout["is_fraud"].to_numpy(),
                              holdout["score"].to_numpy(), targets)
-    from_day = world.at(scenario.champion_day)
+    from_day = world.at(scenario.champion_day if from_day is None else from_day)
     time_ = world.history["time"].to_numpy(float)
     scored = time_ >= from_day
     score = predict(champion.booster, world.rows)
     decision = np.where(scored, np.asarray(outcomes(score, review, decline), dtype=object), APPROVE)
+    policy = decision
+    propensity = np.ones(len(decision))
+    if exploration is not None:
+        taken, probability = explore(decision.tolist(), score, world.rows["amount"].to_numpy(),
+                                     rng.random(len(decision)), exploration)
+        decision = np.asarray(taken, dtype=object)
+        propensity = np.where(scored, probability, 1.0)
+    explored = (decision == APPROVE) & (policy != APPROVE)
+    if earlier is not None:
+        decision = np.where(scored, decision, earlier.rows["decision"].to_numpy(object))
+        for column in ("propensity", "explored"):
+            if column in earlier.rows:
+                mine = propensity if column == "propensity" else explored
+                mine[~scored] = earlier.rows[column].to_numpy()[~scored]
     decided = pd.DataFrame({"transaction_id": world.history["transaction_id"].to_numpy(), "time": time_,
                             "decision": decision, "score": score, "is_fraud": world.history["is_fraud"].to_numpy()})
-    before = world.labels[world.labels["transaction_id"].isin(decided.loc[~scored, "transaction_id"])]
+    past = world.labels.assign(source="chargeback") if earlier is None else earlier.labels
+    before = past[past["transaction_id"].isin(decided.loc[~scored, "transaction_id"])]
     after = decided[scored]
     reviews = after.loc[after["decision"] == "review", ["transaction_id", "time", "score", "is_fraud"]]
     verdicts, _ = work_queue(reviews, from_day, world.at(scenario.days), issuer, rng)
-    labels = pd.concat([before.assign(source="chargeback"), issuer_labels(after, issuer, rng), verdicts],
+    labels = pd.concat([before, issuer_labels(after, issuer, rng), verdicts],
                        ignore_index=True).sort_values(["known_at", "transaction_id"], kind="stable", ignore_index=True)
-    rows = history_rows(world.history, labels).assign(decision=decision)
+    rows = history_rows(world.history, labels).assign(decision=decision, propensity=propensity, explored=explored)
     return World(world.history, labels, rows, world.start)
 
 

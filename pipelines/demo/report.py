@@ -7,6 +7,7 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 from fraudloop.models.units import DAY
+from fraudloop.streaming.decide import EXPLORATION
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,6 +66,31 @@ def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
             "versions": ", ".join(sorted(part["model_version"].unique()))}
 
 
+def estimates(decisions: pd.DataFrame, labels: pd.DataFrame, mask: np.ndarray, as_of: float, name: str) -> dict:
+    """The AP of what served in `mask` as the loop can estimate it from the labels known at `as_of`: naive, on the
+    labelled rows; weighted by 1 / probability (exploration), over all traffic; beside the truth (the simulator's)."""
+    from fraudloop.models.metrics import weighted_ap
+    from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes, observation_weights
+    from sklearn.metrics import average_precision_score
+
+    part = decisions[mask]
+    if part.empty or not part["is_fraud"].any():
+        return {"period": name, "transactions": int(len(part))}
+    known = known_outcomes(part["transaction_id"], part["decision"], labels, as_of)
+    y, score, cards = known["is_fraud"].to_numpy(), part["score"].to_numpy(float), part["card_id"].to_numpy()
+    labelled = (known["label_source"] != UNKNOWN).to_numpy()
+    weights = observation_weights(part["decision"], part["propensity"].fillna(1.0))
+    weighted = None if weights is None else weighted_ap(y, score, weights, cards, resamples=200)
+    return {"period": name, "transactions": int(len(part)),
+            "true": float(average_precision_score(part["is_fraud"], score)),
+            "naive": float(average_precision_score(y[labelled], score[labelled])) if y[labelled].any() else None,
+            "labelled_share": float(labelled.mean()),
+            "weighted": None if weighted is None else {"estimate": weighted.estimate, "low": weighted.low,
+                                                        "high": weighted.high,
+                                                        "effective_frauds": weighted.effective_frauds},
+            "explored": int((part["rule"] == EXPLORATION).sum())}
+
+
 def alerts(decisions: pd.DataFrame, tags_of, capacity: float, drift_at: float) -> list[dict]:
     """Per served version, in serving order (a version that served across the drift's start, once each side):
     its thresholds, and reviews and declines a day (by the rules too) against the analysts' capacity: a promotion
@@ -106,6 +132,7 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
     end = cut + config.stream_days * DAY + 1  # the last day's last verdicts are known at its very end
     expiry_hours = (config.issuer or IssuerConfig()).review_expiry_hours  # what the simulated analysts applied
     labels_by_source = store.labels_by_source(cut, end)
+    labels = store.labels_of_window(cut - 1, end, known_by=end)
     review_queue = queue_summary(*store.review_log(cut - expiry_hours * 3_600, end), cut, end, expiry_hours)
     store.close()
     truth = stream.set_index("transaction_id")["is_fraud"]
@@ -121,6 +148,9 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                        "after retraining, last champion")]
     by_version = [_period(decisions, (decisions["model_version"] == v).to_numpy(), f"served by v{v}")
                   for v in sorted(decisions["model_version"].unique(), key=int)]
+    mature = when <= end - maturity_days * DAY  # outcomes known by the stream's end, but for unworked blocks
+    estimated = [estimates(decisions, labels, old & mature & (when < drift_at), end, "before drift, first champion"),
+                 estimates(decisions, labels, mature & (when >= drift_at), end, "after drift, as served")]
     reg = registry.RegistryConfig.from_env()
     versions = []
     for version in sorted({*decisions["model_version"].unique(), *(registry.alias_version(reg, a) or "" for a in
@@ -167,7 +197,8 @@ def build_report(config: DemoConfig, stream: pd.DataFrame, cut: float, metrics: 
                                                                if k.startswith("fraud_dead_letters_total"))),
         "stream_seconds": stream_seconds, "throughput": len(decisions) / stream_seconds,
         "latency": latency,
-        "periods": periods, "by_version": by_version, "runs": runs, "moves": promote.history(reg)[::-1],
+        "periods": periods, "by_version": by_version, "estimates": estimated, "runs": runs,
+        "moves": promote.history(reg)[::-1],
         "versions": versions,
         "alerts": alerts(decisions, lambda v: registry.version_info(reg, v).tags, Targets().review_capacity_per_day,
                          drift_at),
@@ -219,6 +250,18 @@ def print_report(r: dict) -> None:
             print(f"  {p['period']:<40} not measured ({p['transactions']:,} transactions, {p['frauds']} frauds)")
     if r["recovered_share"] is not None:
         print(f"  share of the AP lost to the drift that retraining recovered: {r['recovered_share']:.0%}")
+    print("\nthe served AP as the loop estimates it from the labels known at the end (mature days), against the truth:")
+    for e in r.get("estimates", []):
+        if "true" not in e:
+            print(f"  {e['period']:<40} not measured ({e['transactions']:,} transactions)")
+            continue
+        naive = "n/a" if e["naive"] is None else f"{e['naive']:.3f}"
+        w = e["weighted"]
+        weighted = ("none (nothing explored)" if w is None else
+                    f"{w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}], {w['effective_frauds']:,.0f} effective "
+                    "frauds")
+        print(f"  {e['period']:<40} true {e['true']:.3f}; naive (the {e['labelled_share']:.0%} labelled) {naive}; "
+              f"weighted by 1 / probability {weighted}; {e['explored']:,} approved by exploration")
     days = [f"d{e['day']}:{'drift' if e['drift'] else 'ok'}{'/' + e['retrain'] if e['retrain'] else ''}"
             for e in r["runs"]]
     print("\ndrift_monitor / retrain by simulated day: " + ", ".join(days))

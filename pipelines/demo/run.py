@@ -58,6 +58,8 @@ class DemoConfig:
     # Labels as an issuer receives them, from the scorer's decisions (pipelines/demo/issuer.py); None: the open
     # loop's oracle, every fraud labelled whatever was decided
     issuer: IssuerConfig | None = field(default_factory=IssuerConfig)
+    # The scorer's exploration (ScorerConfig.exploration_share): what the weighted estimates of the report rest on
+    exploration_share: float = 0.05
     ui_port: int = 5000
     review_port: int = 5050
     keep_running: bool = False
@@ -135,7 +137,7 @@ def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics
     served_rules = config.home / "rules.toml"
     shutil.copyfile(RULES, served_rules)
     env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_MODEL_CHECK_SECONDS": "2",
-           "FRAUDLOOP_RULES_FILE": str(served_rules)}
+           "FRAUDLOOP_RULES_FILE": str(served_rules), "FRAUDLOOP_EXPLORATION_SHARE": f"{config.exploration_share:g}"}
     log = open(config.home / "scorer.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
     process = subprocess.Popen([sys.executable, "-m", "fraudloop.pipelines.cli", "score", "--bootstrap", bootstrap,

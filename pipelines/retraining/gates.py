@@ -43,7 +43,9 @@ class Gates:
 class Check:
     ok: bool
     text: str
-    kind: str = "gate"  # or "evidence": a failed evidence check makes the verdict `insufficient evidence`
+    # "gate": the comparison with the champion; "floor": a bar on the challenger itself; "evidence": failed, it makes
+    # the verdict `insufficient evidence`
+    kind: str = "gate"
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ def evidence_of(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray) -> 
 
 
 def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenger: np.ndarray,
-          champion: np.ndarray | None, gates: Gates = Gates()) -> Verdict:
-    """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows."""
+          champion: np.ndarray | None, gates: Gates = Gates(), floors: bool = True) -> Verdict:
+    """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows.
+    `floors` False: the evidence and the paired comparison only (a holdout of verdicts on flagged transactions, where
+    floors set for all traffic mean nothing: `with_feedback`)."""
     evidence = evidence_of(time, card_id, is_fraud)
     enough = (evidence.frauds >= max(gates.min_frauds, 1), evidence.fraud_cards >= gates.min_fraud_cards,
               evidence.cards >= gates.min_cards)
@@ -103,13 +107,14 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
     def floor(metric: str, minimum: float, label: str) -> None:
         value = mine[metric]
         ok = value >= minimum
-        checks.append(Check(ok, f"{label} {value:.4f} {'>=' if ok else '<'} floor {minimum:.4f}"))
+        checks.append(Check(ok, f"{label} {value:.4f} {'>=' if ok else '<'} floor {minimum:.4f}", kind="floor"))
 
-    floor("average_precision", gates.min_average_precision, "AP")
-    best = achievable_card_precision(time, card_id, is_fraud)
-    floor("card_precision_at_100", gates.min_card_precision_share * best,
-          f"CP@100 (best achievable here {best:.4f} x {gates.min_card_precision_share})")
-    floor("recall_at_1pct_fpr", gates.min_recall_at_1pct_fpr, "recall@1%FPR")
+    if floors:
+        floor("average_precision", gates.min_average_precision, "AP")
+        best = achievable_card_precision(time, card_id, is_fraud)
+        floor("card_precision_at_100", gates.min_card_precision_share * best,
+              f"CP@100 (best achievable here {best:.4f} x {gates.min_card_precision_share})")
+        floor("recall_at_1pct_fpr", gates.min_recall_at_1pct_fpr, "recall@1%FPR")
     difference = None
     if theirs is None:
         checks.append(Check(True, "no champion to compare with"))
@@ -121,7 +126,20 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
                                 f"{'>' if ok else '<='} margin {gates.average_precision_margin:+.4f}"))
         need = theirs["card_precision_at_100"] - gates.card_precision_tolerance
         cp = mine["card_precision_at_100"]
-        checks.append(Check(cp >= need, f"CP@100 {cp:.4f} {'>=' if cp >= need else '<'} champion "
-                            f"{theirs['card_precision_at_100']:.4f} - {gates.card_precision_tolerance:.4f} "
-                            "tolerance"))
+        if floors:  # a floor relative to the champion's
+            checks.append(Check(cp >= need, f"CP@100 {cp:.4f} {'>=' if cp >= need else '<'} champion "
+                                f"{theirs['card_precision_at_100']:.4f} - {gates.card_precision_tolerance:.4f} "
+                                "tolerance", kind="floor"))
     return Verdict(evidence, tuple(checks), difference, mine, theirs)
+
+
+def with_feedback(mature: Verdict, feedback: Verdict | None) -> str:
+    """The status of a challenger judged on the mature holdout (all traffic, its labels matured) and on the feedback
+    holdout (the newest days' verdicts and cardholders' answers). The feedback holdout can promote a challenger the
+    mature one did not show better, so a drift is answered within days instead of after the label maturity; but only
+    when every floor holds on all traffic, and on the evidence minimums of the feedback itself."""
+    if mature.status != FAILED or feedback is None or feedback.status != PASSED:
+        return mature.status
+    floors = all(check.ok for check in mature.checks if check.kind in ("floor", "evidence"))
+    not_worse = mature.difference is None or mature.difference.high >= 0  # all traffic: not shown worse
+    return PASSED if floors and not_worse else FAILED

@@ -25,10 +25,16 @@ import numpy as np
 import pandas as pd
 from fraudloop.models import registry, report
 from fraudloop.models.features import FEATURE_NAMES
+from fraudloop.models.metrics import Estimate, weighted_ap
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.drift import Calibrator, feature_drift, psi
 from fraudloop.pipelines.retraining.train import REFERENCE_ARTIFACT
-from fraudloop.pipelines.retraining.training_set import UNKNOWN, decode_decisions, known_outcomes
+from fraudloop.pipelines.retraining.training_set import (
+    UNKNOWN,
+    decode_decisions,
+    known_outcomes,
+    observation_weights,
+)
 from sklearn.metrics import average_precision_score
 
 # Set by the clock, not by the data: a one-day window is all weekend or all weekday.
@@ -77,6 +83,9 @@ class DriftReport:
     table: pd.DataFrame
     last_signal: float | None = None
     cooldown_days: float = MonitorConfig.cooldown_days
+    # The same AP over all traffic, weighted by 1 / probability (exploration; None without it), beside the naive
+    # one on labelled rows that the decay check compares with the holdout's
+    weighted_average_precision: Estimate | None = None
 
     @property
     def retrain(self) -> bool:
@@ -105,7 +114,9 @@ class DriftReport:
                     f"{' (data drift)' if self.data_drift else ''}, {self.drifted_share:.0%} of features above "
                     f"their own; score PSI {self.score_psi:.3f} vs {self.score_psi_threshold:.3f}"
                     f"{' (score drift)' if self.score_drift else ''}")
-        return (f"{head}: {data}; labelled AP {ap} vs holdout {self.reference_average_precision:.3f}"
+        weighted = "" if self.weighted_average_precision is None else \
+            f" (weighted over all traffic {self.weighted_average_precision})"
+        return (f"{head}: {data}; labelled AP {ap}{weighted} vs holdout {self.reference_average_precision:.3f}"
                 f"{' (decay)' if self.performance_decay else ''}")
 
 
@@ -139,9 +150,12 @@ def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndar
     table = feature_drift(features, recent[list(MONITORED)], data.feature_psi)
     mean_psi = float(table["psi"].mean()) if len(recent) else 0.0
     score_psi = psi(reference["score"].to_numpy(), recent_scores) if len(recent_scores) else 0.0
-    recent_ap = None
+    recent_ap = weighted = None
     if int(labelled["is_fraud"].sum()) >= config.min_frauds:
         recent_ap = float(average_precision_score(labelled["is_fraud"], labelled["score"]))
+        if "weight" in labelled:
+            weighted = weighted_ap(labelled["is_fraud"].to_numpy(), labelled["score"].to_numpy(),
+                                   labelled["weight"].to_numpy(), labelled["card_id"].to_numpy(), resamples=200)
     return DriftReport(
         as_of=as_of, champion_version=version, rows=len(recent), min_rows=min_rows,
         data_drift=bool(enough and mean_psi > data_threshold), mean_psi=mean_psi, mean_psi_threshold=data_threshold,
@@ -151,7 +165,7 @@ def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndar
         recent_average_precision=recent_ap, reference_average_precision=reference_ap,
         performance_decay=bool(recent_ap is not None
                                and recent_ap < reference_ap * (1 - config.max_relative_ap_drop)),
-        table=table, last_signal=last_signal, cooldown_days=config.cooldown_days,
+        table=table, last_signal=last_signal, cooldown_days=config.cooldown_days, weighted_average_precision=weighted,
     )
 
 
@@ -193,8 +207,12 @@ def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
     own = own[own["model_version"] == version]
     # the unknown ones (blocked, no outcome) are left out, as in training sets (training_set.py says why)
     known = known_outcomes(own["transaction_id"], own["decision"], labels, as_of)
-    labelled = pd.DataFrame({"score": own["score"].to_numpy(float), "is_fraud": known["is_fraud"].to_numpy()}
-                            )[(known["label_source"] != UNKNOWN).to_numpy()]
+    labelled = pd.DataFrame({"score": own["score"].to_numpy(float), "is_fraud": known["is_fraud"].to_numpy(),
+                             "card_id": own["card_id"].to_numpy()})
+    weights = observation_weights(own["decision"], own["propensity"].fillna(1.0))  # null: stored before exploration
+    if weights is not None:
+        labelled["weight"] = weights
+    labelled = labelled[(known["label_source"] != UNKNOWN).to_numpy()]
     last_signal = info.tags.get(SIGNAL_TAG)
     result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config,
                     float(last_signal) if last_signal else None, calibrated)
@@ -223,6 +241,9 @@ def _log(reg: registry.RegistryConfig, result: DriftReport, reference_scores: np
                "reference_average_precision": result.reference_average_precision}
     if result.recent_average_precision is not None:
         metrics["recent_average_precision"] = result.recent_average_precision
+    if result.weighted_average_precision is not None:
+        metrics.update({f"weighted_average_precision_{k}": v
+                        for k, v in asdict(result.weighted_average_precision).items()})
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
     for key, value in asdict(config).items():

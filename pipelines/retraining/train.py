@@ -15,6 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from fraudloop.models import registry, report
+from fraudloop.models.aggregate import delayed_rows
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import TrainParams, fit, predict
@@ -24,6 +25,7 @@ from fraudloop.pipelines.retraining.protocol import Split, split_masks, test_per
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
 SPLIT_TAG = "holdout_split"
+FEEDBACK_TAG = "feedback_holdout_from"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class BuildConfig:
     test_days: int = 7
     maturity_days: float = 7.0  # a transaction younger than this may still be charged back
     params: TrainParams = field(default_factory=TrainParams)
+    # Feedback: verdicts and cardholders' answers younger than the maturity train at once, and those of the newest
+    # `feedback_test_days` days are a second holdout (gates.with_feedback); 0: no second holdout
+    feedback_test_days: int = 2
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class BuildResult:
 
 
 def latest_split(time: np.ndarray, config: BuildConfig) -> Split:
-    """Test on the newest `test_days` whole days, after a label-delay gap, train on the days before it."""
+    """Test on the newest `test_days` whole days, after a label-delay gap, train on the days before it. `time`: the
+    mature rows' (`training_split`)."""
     first_day, last_day = int(time.min()) // DAY, int(time.max()) // DAY
     needed = config.train_days + config.delay_days + config.test_days
     if last_day - first_day + 1 < needed:
@@ -54,8 +60,43 @@ def latest_split(time: np.ndarray, config: BuildConfig) -> Split:
 
 
 def holdout_masks(frame: pd.DataFrame, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(train, holdout) of the mature rows (the young ones: `feedback_masks`)."""
     time, cards, is_fraud = (frame[c].to_numpy() for c in ("event_time", "card_id", "is_fraud"))
-    return split_masks(time, cards, is_fraud, split)
+    train, test = split_masks(time, cards, is_fraud, split)
+    mature = delayed_rows(frame)
+    return train & mature, test & mature
+
+
+def feedback_start(frame: pd.DataFrame, days: int) -> float | None:
+    """Where the feedback holdout starts: `days` whole days before the newest young row (None: no young rows)."""
+    young = ~delayed_rows(frame)
+    if days <= 0 or not young.any():
+        return None
+    return float((int(frame["event_time"].to_numpy()[young].max()) // DAY + 1 - days) * DAY)
+
+
+def feedback_masks(frame: pd.DataFrame, start: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(young rows that train, the feedback holdout). Young rows are those whose label has not matured: in a
+    training set, feedback only (an analyst's verdict, a cardholder's answer: `training_set_as_of`). From `start`
+    they are the feedback holdout, less the cards whose fraud was known before it (as `split_masks` does)."""
+    young = ~delayed_rows(frame)
+    if start is None:
+        return young, np.zeros(len(frame), dtype=bool)
+    time, cards = frame["event_time"].to_numpy(), frame["card_id"]
+    known = cards[frame["is_fraud"].to_numpy(bool) & (time < start)]
+    return young & (time < start), young & (time >= start) & ~cards.isin(known).to_numpy()
+
+
+def training_split(frame: pd.DataFrame, config: BuildConfig) -> tuple[Split, float | None, np.ndarray, np.ndarray,
+                                                                     np.ndarray]:
+    """The split of a training set: (the mature holdout's split, where the feedback holdout starts, the rows that
+    train, the mature holdout, the feedback holdout). The mature rows split as always; the young ones (feedback
+    labels, newer than the mature holdout) train, but for the newest days, which judge."""
+    split = latest_split(frame["event_time"].to_numpy()[delayed_rows(frame)], config)
+    train, test = holdout_masks(frame, split)
+    start = feedback_start(frame, config.feedback_test_days)
+    young_train, young_test = feedback_masks(frame, start)
+    return split, start, train | young_train, test, young_test
 
 
 def split_of_version(tags: dict[str, str]) -> Split:
@@ -66,7 +107,7 @@ def drift_reference(frame: pd.DataFrame, split: Split, booster: lgb.Booster) -> 
     """What the monitor compares live traffic with: every row of the holdout days (the evaluation's holdout drops
     cards already known compromised, live traffic does not) with the model's scores and the labels known then
     (so the monitor's decay check compares the champion's live AP with its AP on the same kind of traffic)."""
-    rows = frame[test_period(frame["event_time"].to_numpy(), split)]
+    rows = frame[test_period(frame["event_time"].to_numpy(), split) & delayed_rows(frame)]
     return rows[[*FEATURE_NAMES, "event_time", "card_id", "is_fraud"]].assign(score=predict(booster, rows))
 
 
@@ -79,9 +120,12 @@ def _describe(metrics: dict[str, float], split: dict[str, str], rows: dict[str, 
         f"LightGBM card-fraud model trained by {trained_by} on a time-ordered split "
         "(train / label-delay gap / holdout).",
         "",
-        f"- train: {split['train']} ({rows['train']:,} rows, {rows['train_frauds']:,} frauds)",
+        f"- train: {split['train']} ({rows['train']:,} rows, {rows['train_frauds']:,} frauds), and "
+        f"{rows['train_feedback']:,} younger rows with an analyst's verdict or a cardholder's answer",
         f"- holdout: {split['test']} ({rows['test']:,} rows, {rows['test_frauds']:,} frauds; cards already known "
         "compromised removed)",
+        f"- feedback holdout: the newest verdicts and answers ({rows['feedback_test']:,} rows, "
+        f"{rows['feedback_test_frauds']:,} frauds), judged by validation beside the holdout",
         "",
         "| metric (holdout) | value |",
         "|---|---|",
@@ -109,8 +153,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
                      alias: str | None = registry.CHALLENGER, trained_by: str = "fraudloop train",
                      source: str = "") -> BuildResult:
     """Train on the training set's latest split, evaluate on its holdout, register a new version under `alias`."""
-    split = latest_split(frame["event_time"].to_numpy(), config)
-    train_rows, test_rows = holdout_masks(frame, split)
+    split, feedback_from, train_rows, test_rows, feedback_test = training_split(frame, config)
     is_fraud = frame["is_fraud"].to_numpy()
     if not is_fraud[train_rows].any() or not is_fraud[test_rows].any():
         raise ValueError(f"no labelled fraud in the training or holdout period of {split.describe()}")
@@ -121,13 +164,19 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores)
     metrics.update(cost.as_metrics("training"))
     metrics.update(predict_cost(booster, holdout[list(FEATURE_NAMES)].to_numpy(np.float64)))
+    young = ~delayed_rows(frame)
     rows = {"train": int(train_rows.sum()), "train_frauds": int(is_fraud[train_rows].sum()),
-            "test": int(test_rows.sum()), "test_frauds": int(is_fraud[test_rows].sum())}
+            "test": int(test_rows.sum()), "test_frauds": int(is_fraud[test_rows].sum()),
+            "train_feedback": int((train_rows & young).sum()), "feedback_test": int(feedback_test.sum()),
+            "feedback_test_frauds": int(is_fraud[feedback_test].sum())}
     span = split.describe()
     tags = {
         "train_period": span["train"],
         "test_period": span["test"],
         SPLIT_TAG: json.dumps(asdict(split)),
+        # the feedback holdout: young verdicts and cardholders' answers from here on (validate judges them too)
+        FEEDBACK_TAG: "none" if feedback_from is None else f"{feedback_from:.0f}",
+        "train_feedback_rows": str(rows["train_feedback"]),
         "train_rows": str(rows["train"]),
         "test_rows": str(rows["test"]),
         "train_data_fingerprint": fingerprint(frame.loc[train_rows, ["transaction_id", "is_fraud"]]),

@@ -19,26 +19,40 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+from fraudloop.models.aggregate import FEEDBACK_SOURCES
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 
 ROW_COLUMNS = ("transaction_id", "card_id", "event_time")
+# What was decided and the probability it had (exploration): kept for estimates weighted by 1 / probability
+POLICY_COLUMNS = ("decision", "propensity")
 # Decisions after which no chargeback can come: without a label, their outcome is unknown.
 BLOCKED = frozenset({"decline", "review"})
 # label_source of a row without a label: approved and past maturity (genuine), or blocked (unknown: left out)
 NO_CHARGEBACK, UNKNOWN = "no_chargeback", "unknown"
 
 
-def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, maturity_seconds: float) -> pd.DataFrame:
+def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, maturity_seconds: float,
+                       feedback_seconds: float = 0.0) -> pd.DataFrame:
     """`rows` (ROW_COLUMNS + FEATURE_NAMES, and `decision` when they were scored) labelled as known at `as_of`, in
     time order.
 
-    Returns the mature rows whose outcome is known (`known_outcomes`), with `is_fraud` and `label_source` columns. The
-    latest label known by `as_of` wins (a fraud later confirmed genuine counts as genuine).
+    Returns the mature rows whose outcome is known (`known_outcomes`), and, from the `feedback_seconds` before
+    `as_of`, the younger rows with feedback (an analyst's verdict, a cardholder's answer: models/aggregate.py), with
+    `is_fraud`, `label_source` and `mature` columns (and POLICY_COLUMNS, where `rows` has them). The latest label
+    known by `as_of` wins (a fraud later confirmed genuine counts as genuine).
     """
-    mature = rows[rows["event_time"] <= as_of - maturity_seconds]
-    mature = mature.sort_values(["event_time", "transaction_id"], kind="stable", ignore_index=True)
-    frame = mature[[*ROW_COLUMNS, *FEATURE_NAMES]].copy()
-    known = known_outcomes(frame["transaction_id"], mature.get("decision"), labels, as_of)
+    time_ = rows["event_time"].to_numpy(float)
+    recent = rows[(time_ > as_of - maturity_seconds) & (time_ > as_of - feedback_seconds) & (time_ <= as_of)]
+    if len(recent):
+        known = known_outcomes(recent["transaction_id"], recent.get("decision"), labels, as_of)
+        recent = recent[known["label_source"].isin(FEEDBACK_SOURCES).to_numpy()]
+    chosen = rows[time_ <= as_of - maturity_seconds]
+    if len(recent):
+        chosen = pd.concat([chosen, recent])
+    chosen = chosen.sort_values(["event_time", "transaction_id"], kind="stable", ignore_index=True)
+    frame = chosen[[*ROW_COLUMNS, *FEATURE_NAMES, *(c for c in POLICY_COLUMNS if c in chosen)]].copy()
+    frame["mature"] = frame["event_time"].to_numpy() <= as_of - maturity_seconds
+    known = known_outcomes(frame["transaction_id"], chosen.get("decision"), labels, as_of)
     frame[["is_fraud", "label_source"]] = known
     unknown = (frame["label_source"] == UNKNOWN).to_numpy()
     frame = frame[~unknown].reset_index(drop=True)
@@ -65,6 +79,21 @@ def known_outcomes(transaction_ids: pd.Series, decisions: pd.Series | None, labe
                         index=pd.Series(transaction_ids).index)
 
 
+def observation_weights(decision: pd.Series | None, propensity: pd.Series | None) -> np.ndarray | None:
+    """Each row's weight in an estimate over all traffic (inverse-probability weighting): an approved row, whose
+    outcome comes back whatever it was, weighs 1 / the probability it had of approval (1 for what the policy
+    approves, 1 / share for what exploration approved in place of a block); a blocked row weighs 0, as whatever is
+    known of it came through a channel that chose it (a worked case, a cardholder who called). None when no row was
+    explored: then nothing stands for the blocked rows and no unbiased estimate exists."""
+    if decision is None or propensity is None:
+        return None
+    approved = (np.asarray(decision, dtype=object) == "approve")
+    p = np.asarray(propensity, dtype=float)
+    if not (approved & (p < 1)).any():
+        return None
+    return np.where(approved, 1.0 / np.where(p > 0, p, 1.0), 0.0)
+
+
 def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     """Stored decisions (features as a JSON list) as rows with one float column per feature."""
     rows = [orjson.loads(f) for f in decisions["features"]]
@@ -77,6 +106,8 @@ def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(values.reshape(len(decisions), len(FEATURE_NAMES)), columns=list(FEATURE_NAMES))
     for column in (*ROW_COLUMNS, "decision"):
         frame[column] = decisions[column].to_numpy()
+    if "propensity" in decisions:
+        frame["propensity"] = decisions["propensity"].fillna(1.0).to_numpy(float)  # null: stored before exploration
     return frame
 
 
@@ -93,7 +124,8 @@ def history_rows(history: pd.DataFrame, labels: pd.DataFrame, features: pd.DataF
 
 
 def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_seconds: float) -> pd.DataFrame:
-    """From the scorer's store, the `lookback_seconds` before `as_of` (default: the newest stored transaction)."""
+    """From the scorer's store, the `lookback_seconds` before `as_of` (default: the newest stored transaction): the
+    mature rows, and the younger ones with feedback (`training_set_as_of`)."""
     from fraudloop.models.store import Store
 
     store = Store(url)
@@ -109,7 +141,7 @@ def from_store(url: str, as_of: float | None, maturity_seconds: float, lookback_
         store.close()
     if not rows:
         raise ValueError(f"the store holds no decisions up to {pd.Timestamp(as_of, unit='s')}")
-    return training_set_as_of(pd.concat(rows, ignore_index=True), labels, as_of, maturity_seconds)
+    return training_set_as_of(pd.concat(rows, ignore_index=True), labels, as_of, maturity_seconds, maturity_seconds)
 
 
 def from_history(folder: Path, as_of: float | None, maturity_seconds: float, progress: bool = False) -> pd.DataFrame:

@@ -16,13 +16,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from fraudloop.models import registry, report
 from fraudloop.models import thresholds as policy_thresholds
-from fraudloop.models.metrics import policy_effect
+from fraudloop.models.metrics import Estimate, policy_effect, weighted_ap, weighted_precision_recall
 from fraudloop.models.training import predict
 from fraudloop.models.units import DAY
-from fraudloop.pipelines.retraining.gates import FAILED, PASSED, Gates, Verdict, judge
+from fraudloop.pipelines.retraining.gates import FAILED, PASSED, Gates, Verdict, judge, with_feedback
 from fraudloop.pipelines.retraining.protocol import test_period
-from fraudloop.pipelines.retraining.train import holdout_masks, split_of_version
-from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes
+from fraudloop.pipelines.retraining.train import FEEDBACK_TAG, feedback_masks, holdout_masks, split_of_version
+from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes, observation_weights
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -39,20 +39,29 @@ class Validation:
     # cards already known compromised included, as the scorer sees them)
     policy: dict[str, dict[str, float]]
     live: Verdict | None = None  # on shadow traffic whose labels have matured, when there is a champion
+    # on the newest verdicts and cardholders' answers (train.feedback_masks), when the training set has them
+    feedback: Verdict | None = field(default=None, kw_only=True)
+    # AP over all the holdout's traffic weighted by 1 / probability (exploration), beside the naive one on labelled
+    # rows; and the challenger's precision and recall at its review threshold, weighted alike. Empty: no exploration
+    weighted: dict[str, Estimate] = field(default_factory=dict, kw_only=True)
+    weighted_policy: dict[str, float] = field(default_factory=dict, kw_only=True)
     targets: policy_thresholds.Targets = field(default=policy_thresholds.Targets(), kw_only=True)
     threshold_table: tuple[dict[str, float], ...] = field(default=(), kw_only=True)  # the challenger's, holdout days
 
     @property
     def status(self) -> str:
-        """The holdout's verdict, unless the live gate has the evidence to fail it (too little live evidence
-        is reported, and does not block: right after training there is none)."""
-        if self.live is not None and self.live.status == FAILED and self.verdict.status == PASSED:
+        """The holdout's verdict, or a pass on the feedback holdout with the holdout's floors held
+        (`gates.with_feedback`); unless the live gate has the evidence to fail it (too little live evidence is
+        reported, and does not block: right after training there is none)."""
+        status = with_feedback(self.verdict, self.feedback)
+        if self.live is not None and self.live.status == FAILED and status == PASSED:
             return FAILED
-        return self.verdict.status
+        return status
 
     @property
     def summary(self) -> str:
         text = f"{self.status}: holdout {self.verdict.summary}"
+        text += f" | feedback {self.feedback.summary}" if self.feedback else ""
         return text + (f" | live (shadow) {self.live.summary}" if self.live else "")
 
     def as_dict(self) -> dict:
@@ -62,6 +71,9 @@ class Validation:
             "summary": self.summary, "champion_version": self.champion_version,
             **_verdict_dict(self.verdict),
             "live": _verdict_dict(self.live) if self.live else None,
+            "feedback": _verdict_dict(self.feedback) if self.feedback else None,
+            "weighted": {who: asdict(estimate) for who, estimate in self.weighted.items()},
+            "weighted_policy": self.weighted_policy,
             "thresholds": {who: {"review": review, "decline": decline}
                            for who, (review, decline) in self.thresholds.items()},
             "targets": asdict(self.targets),
@@ -111,6 +123,17 @@ def _gate_row(name: str, verdict: Verdict | None) -> str:
             f"{interval} | **{verdict.status}** |")
 
 
+def _weighted_line(result: Validation) -> str:
+    if not result.weighted:
+        return ("Weighted estimate over all traffic: none (no explored decision in the holdout: the blocked "
+                "transactions' outcomes are unknown, and the AP above is on the labelled rows only).")
+    text = "; ".join(f"{who} {estimate}" for who, estimate in result.weighted.items())
+    p = result.weighted_policy
+    return (f"AP over all traffic, weighted by 1 / probability (exploration; the AP above is on the labelled rows "
+            f"only): {text}. The challenger at its review threshold: precision {p['precision_at_review']:.3f}, "
+            f"recall {p['recall_at_review']:.3f}, weighted alike.")
+
+
 def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
     verdict = result.verdict
     champion = f"version {result.champion_version}" if result.champion_version else "none"
@@ -128,7 +151,10 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
         "verdict |",
         "|---|---|---|---|---|",
         _gate_row("holdout", verdict),
+        _gate_row("feedback (newest verdicts)", result.feedback),
         _gate_row("live (shadow)", result.live),
+        "",
+        _weighted_line(result),
         "",
         "| metric (holdout) | challenger | champion |",
         "|---|---|---|",
@@ -153,6 +179,11 @@ def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
         "Checks (holdout):",
         *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in verdict.checks),
     ]
+    if result.feedback:
+        lines += ["", "Checks (feedback: the newest analysts' verdicts and cardholders' answers, before maturity; "
+                  "it can promote a challenger the holdout did not show better when the holdout's floors hold and "
+                  "the holdout does not show it worse):",
+                  *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in result.feedback.checks)]
     if result.live:
         lines += ["", "Checks (live):",
                   *(f"- {'ok' if check.ok else '**FAILED**'}: {check.text}" for check in result.live.checks)]
@@ -187,6 +218,13 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     challenger_scores = predict(boosters["challenger"], holdout)
     champion_scores = predict(boosters["champion"], holdout) if champion_version else None
     verdict = judge(when, cards, y, challenger_scores, champion_scores, gates)
+    feedback = None
+    start = info.tags.get(FEEDBACK_TAG, "none")
+    if champion_version is not None and start != "none":
+        rows = frame[feedback_masks(frame, float(start))[1]]
+        feedback = judge(rows["event_time"].to_numpy(), rows["card_id"].to_numpy(), rows["is_fraud"].to_numpy(),
+                         predict(boosters["challenger"], rows), predict(boosters["champion"], rows), gates,
+                         floors=False)
     traffic = frame[test_period(frame["event_time"].to_numpy(), split)]
     traffic_time, traffic_fraud = traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy()
     traffic_scores = {who: predict(booster, traffic) for who, booster in boosters.items()}
@@ -204,8 +242,17 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     if champion_version is not None and store_url is not None:
         maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
         live = live_verdict(store_url, version, champion_version, maturity, gates)
+    weighted, weighted_policy = {}, {}
+    weights = observation_weights(holdout.get("decision"), holdout.get("propensity"))
+    if weights is not None:
+        weighted = {"challenger": weighted_ap(y, challenger_scores, weights, cards)}
+        if champion_scores is not None:
+            weighted["champion"] = weighted_ap(y, champion_scores, weights, cards)
+        precision, recall = weighted_precision_recall(y, challenger_scores, weights, thresholds["challenger"][0])
+        weighted_policy = {"precision_at_review": precision, "recall_at_review": recall}
     result = Validation(version, champion_version, verdict, thresholds, policy, live, targets=targets,
-                        threshold_table=tuple(grid))
+                        threshold_table=tuple(grid), feedback=feedback, weighted=weighted,
+                        weighted_policy=weighted_policy)
 
     text = _report(result, holdout, gates)
     client = registry.client(reg)
@@ -217,6 +264,12 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     if verdict.difference:
         for key in ("estimate", "low", "high"):
             client.log_metric(run_id, f"validation_ap_difference_{key}", getattr(verdict.difference, key))
+    for who, estimate in weighted.items():
+        prefix = "validation_weighted" if who == "challenger" else "validation_champion_weighted"
+        for key, value in asdict(estimate).items():
+            client.log_metric(run_id, f"{prefix}_ap_{key}", value)
+    for key, value in weighted_policy.items():
+        client.log_metric(run_id, f"validation_weighted_{key}", value)
     client.log_text(run_id, text, "validation/report.md")
     client.log_dict(run_id, result.as_dict(), VERDICT_ARTIFACT)
     client.log_dict(run_id, {"targets": asdict(targets), "review": thresholds["challenger"][0],
@@ -236,6 +289,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
         "validation_status": result.status,
         "validation_summary": result.summary[:4900],
         "shadow_status": live.status if live else "none",
+        "feedback_status": feedback.status if feedback else "none",
         "shadow_ap_difference": (f"{live_difference.estimate:+.4f} [{live_difference.low:+.4f}, "
                                  f"{live_difference.high:+.4f}]" if live_difference else "none"),
         "validated_against": champion_version or "none",
@@ -280,13 +334,12 @@ def describe(result: dict) -> str:
                      f"{pair('alerts_per_day', 'alerts/day', ',.1f')}; declines: "
                      f"{pair('recall_at_decline', 'recall', '.3f')}, "
                      f"{pair('declines_per_day', 'declines/day', ',.1f')} (all traffic of the holdout days)")
-    live = result.get("live")
-    if live:
-        d = live["ap_difference"]
-        e = live["evidence"]
-        interval = f", AP difference {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else ""
-        lines.append(f"  live (shadow) gate: {live['gate_status']} on {e['frauds']:,} frauds of {e['cards']:,} cards"
-                     f"{interval}")
+    for name, gate in (("feedback (newest verdicts)", result.get("feedback")), ("live (shadow)", result.get("live"))):
+        if gate:
+            d, e = gate["ap_difference"], gate["evidence"]
+            interval = f", AP difference {d['estimate']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else ""
+            lines.append(f"  {name} gate: {gate['gate_status']} on {e['frauds']:,} frauds of {e['cards']:,} cards"
+                         f"{interval}")
     lines.append(f"  reason: {result['summary']}")
     return "\n".join(lines)
 
