@@ -13,12 +13,16 @@ DOC = """
 Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confirmed` asset):
 
 1. **build_training_set**: the scorer's stored decisions (feature values used at scoring time) joined with
-   the labels known at `as_of`; transactions younger than the label maturity are held out.
+   the labels known at `as_of`; transactions younger than the label maturity are held out, but for those with an
+   analyst's verdict or a cardholder's answer (feedback: known at once).
 2. **train_challenger**: LightGBM on a time-ordered split; a new MLflow version with alias `challenger`. When
    drift scheduled the run, the split has no gap before the holdout: the newest mature days, the drifted
-   ones, are trained on as early as labels allow (the training set already leaves out immature rows).
+   ones, are trained on as early as labels allow. The young feedback trains too, but for the newest two days'
+   (the feedback holdout).
 3. **validate**: challenger and champion on the same holdout; evidence minimums, floors, and a paired
-   bootstrap interval of their AP difference whose lower bound must clear the margin (`pipelines/retraining/gates.py`).
+   bootstrap interval of their AP difference whose lower bound must clear the margin (`pipelines/retraining/gates.py`);
+   a challenger the holdout does not show better may still pass on the feedback holdout, with the holdout's
+   floors held.
    The verdict is `passed`, `failed` or `insufficient evidence`; the report, plot and verdict go to the
    version in the MLflow UI.
 4. **decide** → **promote** (move `champion`, keep `previous_champion`) or **reject** (champion stays; a

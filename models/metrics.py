@@ -140,23 +140,21 @@ def card_bootstrap(card_id: np.ndarray, resamples: int, seed: int):
 
 
 def paired_ap_difference(is_fraud: np.ndarray, challenger: np.ndarray, champion: np.ndarray, card_id: np.ndarray,
-                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                         weights: np.ndarray | None = None) -> Difference:
+                         resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Difference:
     """Challenger AP minus champion AP on the same rows, with a percentile interval from a bootstrap by card.
 
     Paired: each resample weights the same rows for both models, so what they share (an easy or a hard
     week) cancels and only their difference varies. By card, not by row: one compromised card brings
     several frauds that rise and fall together, and resampling rows would count them as independent and
     give intervals too narrow. (By day would keep weekly patterns whole, but a holdout has 3-7 days: too
-    few clusters for a bootstrap.) `weights`: each row's inverse-probability weight (`weighted_ap`).
+    few clusters for a bootstrap.)
     """
     y = np.asarray(is_fraud, dtype=bool)
-    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
     ranked = [_ranked(y, np.asarray(s, dtype=float)) for s in (champion, challenger)]
-    estimate = float(np.diff([weighted_average_precision(r, w[None, :])[0] for r in ranked])[0])
+    estimate = float(np.diff([weighted_average_precision(r, np.ones((1, len(y))))[0] for r in ranked])[0])
     differences = []
     for resampled in card_bootstrap(card_id, resamples, seed):
-        champion_ap, challenger_ap = (weighted_average_precision(r, resampled * w) for r in ranked)
+        champion_ap, challenger_ap = (weighted_average_precision(r, resampled) for r in ranked)
         differences.append(challenger_ap - champion_ap)
     spread = np.concatenate(differences) if differences else np.array([estimate])
     tail = (1 - confidence) / 2

@@ -6,12 +6,11 @@ scikit-learn wrapper re-validates input on every call since LightGBM 4.6).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from fraudloop.models.aggregate import Aggregate, FeedbackConfig, Model, delayed_rows, feedback_rows
 from fraudloop.models.features import FEATURE_NAMES
 
 # Bagging: 0.8 of the rows and of the features for each tree (off by default; it changes the model with the seed).
@@ -63,25 +62,7 @@ def fit(features: pd.DataFrame, is_fraud: np.ndarray, params: TrainParams = Trai
     return lgb.train(params.lightgbm(), data, num_boost_round=params.num_boost_round)
 
 
-def fit_with_feedback(frame: pd.DataFrame, train: np.ndarray, until: float, params: TrainParams = TrainParams(),
-                      feedback: FeedbackConfig | None = None, delayed: lgb.Booster | None = None) -> Model:
-    """The delayed model on the mature `train` rows, averaged with a feedback model on the feedback of the
-    `feedback.days` before `until` (the end of the training period) when there is enough of it (models/aggregate.py).
-    `frame` has `is_fraud`, `event_time`, `label_source` and, when it holds unmatured feedback, `mature`. `delayed`:
-    the delayed model, already trained on these rows."""
-    feedback = feedback or FeedbackConfig()
-    is_fraud = frame["is_fraud"].to_numpy(bool)
-    mature = train & delayed_rows(frame)
-    booster = delayed if delayed is not None else fit(frame[mature], is_fraud[mature], params)
-    recent = train & feedback_rows(frame, until, feedback.days) if feedback.days > 0 else np.zeros(len(frame), bool)
-    frauds = int(is_fraud[recent].sum())
-    if min(frauds, int(recent.sum()) - frauds) < feedback.min_frauds:
-        return booster
-    feedback_booster = fit(frame[recent], is_fraud[recent], replace(params, num_boost_round=feedback.num_boost_round))
-    return Aggregate(booster, feedback_booster, feedback.alpha)
-
-
-def predict(booster: Model, features: np.ndarray | pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+def predict(booster: lgb.Booster, features: np.ndarray | pd.DataFrame, num_threads: int = 1) -> np.ndarray:
     """Fraud probability per row; `features` columns in FEATURE_NAMES order."""
     if isinstance(features, pd.DataFrame):
         features = features[list(FEATURE_NAMES)].to_numpy(np.float64)

@@ -103,7 +103,7 @@ class ScorerConfig(BaseSettings):
     # score caps; each decision carries its probability, so validation and the monitor can estimate the policy's
     # precision and recall over all traffic (docs/retraining.md). Off by default: it lets fraud through.
     exploration_share: float = Field(0.0, ge=0, lt=1)
-    exploration_max_amount: float = Field(200.0, ge=0)
+    exploration_max_amount: float = Field(1_000.0, ge=0)
     exploration_max_score: float = Field(1.0, ge=0, le=1)
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it

@@ -31,11 +31,11 @@ def top_reasons(contributions: np.ndarray, values: np.ndarray, names: tuple[str,
 @dataclass(frozen=True)
 class Exploration:
     """Counterfactual exploration: approve instead a random `share` of what the policy would decline or review, up to
-    `max_amount` (the `amount` feature's units) and below `max_score`, so that outcomes are learnt where the model
-    blocks, and estimates weighted by 1 / probability are unbiased there (docs/retraining.md)."""
+    `max_amount` (reference currency, as the `amount` feature) and below `max_score`, so that outcomes are learnt
+    where the model blocks, and estimates weighted by 1 / probability are unbiased there (docs/retraining.md)."""
 
     share: float = 0.0
-    max_amount: float = 200.0
+    max_amount: float = 1_000.0
     max_score: float = 1.0
 
     def __post_init__(self) -> None:

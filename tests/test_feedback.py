@@ -6,13 +6,13 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
-from fraudloop.models.aggregate import Aggregate, FeedbackConfig, parts
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import Difference, effective_sample_size, weighted_ap, weighted_precision_recall
 from fraudloop.models.schema import Label, Transaction
 from fraudloop.models.store import DecisionRow, Store
-from fraudloop.models.training import TrainParams, fit_with_feedback, predict
+from fraudloop.models.training import TrainParams, predict
 from fraudloop.models.units import DAY
+from fraudloop.pipelines.benchmarks.feedback import Aggregate, FeedbackConfig, fit_with_feedback
 from fraudloop.pipelines.retraining.gates import FAILED, INSUFFICIENT, PASSED, Check, Evidence, Verdict, with_feedback
 from fraudloop.pipelines.retraining.train import BuildConfig, training_split
 from fraudloop.pipelines.retraining.training_set import decode_decisions, observation_weights, training_set_as_of
@@ -87,14 +87,8 @@ def _booster(rows: int, seed: int) -> lgb.Booster:
 def test_the_aggregate_averages_the_probabilities():
     delayed, feedback = _booster(500, 0), _booster(300, 1)
     x = np.random.default_rng(2).normal(size=(7, len(FEATURE_NAMES)))
-    model = Aggregate(delayed, feedback, alpha=0.25)
     expected = 0.75 * delayed.predict(x) + 0.25 * feedback.predict(x)
-    assert predict(model, x) == pytest.approx(expected)
-    assert [w for _, w in parts(model)] == [0.75, 0.25] and parts(delayed) == [(delayed, 1.0)]
-    contributions = model.predict(x, pred_contrib=True)
-    assert contributions.shape == (7, len(FEATURE_NAMES) + 1)
-    with pytest.raises(ValueError, match="alpha"):
-        Aggregate(delayed, feedback, alpha=1.5)
+    assert predict(Aggregate(delayed, feedback, alpha=0.25), x) == pytest.approx(expected)
 
 
 def _frame(days: int = 30, per_day: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -115,11 +109,16 @@ def test_the_feedback_model_joins_only_with_enough_feedback():
     train = np.ones(len(frame), dtype=bool)
     until = T + 30 * DAY
     params = TrainParams(num_boost_round=20)
-    assert isinstance(fit_with_feedback(frame, train, until, params), lgb.Booster)  # no feedback at all
+    config = FeedbackConfig(days=7, num_boost_round=10)
+    assert isinstance(fit_with_feedback(frame, train, until, params, config), lgb.Booster)  # no feedback at all
     frame.loc[frame.index[-400:], "label_source"] = "review"  # the last days' verdicts
-    model = fit_with_feedback(frame, train, until, params, FeedbackConfig(days=7, num_boost_round=10))
+    model = fit_with_feedback(frame, train, until, params, config)
     assert isinstance(model, Aggregate) and model.alpha == 0.5
     assert isinstance(fit_with_feedback(frame, train, until, params, FeedbackConfig(days=0)), lgb.Booster)
+    # the feedback model learnt only the verdicts of the last 7 days before `until`
+    frame.loc[frame.index[-400:], "label_source"] = "chargeback"
+    frame.loc[frame["event_time"] < until - 8 * DAY, "label_source"] = "review"
+    assert isinstance(fit_with_feedback(frame, train, until, params, config), lgb.Booster)
 
 
 def test_young_feedback_trains_and_its_newest_days_judge():
@@ -148,6 +147,8 @@ def test_young_feedback_trains_and_its_newest_days_judge():
     assert (feedback_test == (~frame["mature"] & (frame["event_time"] >= start)
                               & (frame["card_id"] != known_card))).all()
     assert (train & ~frame["mature"]).sum() == (~frame["mature"] & (frame["event_time"] < start)).sum()
+    learnt = set(frame.loc[train & ~frame["mature"] & frame["is_fraud"], "card_id"])
+    assert learnt and not learnt & set(frame.loc[test, "card_id"])  # a card whose later fraud trains: not judged
 
 
 def _verdict(status_checks: list[tuple[bool, str]], high: float = 0.05) -> Verdict:

@@ -15,13 +15,13 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from fraudloop.models import registry, report
-from fraudloop.models.aggregate import delayed_rows
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.metrics import evaluate
 from fraudloop.models.training import TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.cost import measure, predict_cost
 from fraudloop.pipelines.retraining.protocol import Split, split_masks, test_period
+from fraudloop.pipelines.retraining.training_set import mature_rows
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
 SPLIT_TAG = "holdout_split"
@@ -63,13 +63,13 @@ def holdout_masks(frame: pd.DataFrame, split: Split) -> tuple[np.ndarray, np.nda
     """(train, holdout) of the mature rows (the young ones: `feedback_masks`)."""
     time, cards, is_fraud = (frame[c].to_numpy() for c in ("event_time", "card_id", "is_fraud"))
     train, test = split_masks(time, cards, is_fraud, split)
-    mature = delayed_rows(frame)
+    mature = mature_rows(frame)
     return train & mature, test & mature
 
 
 def feedback_start(frame: pd.DataFrame, days: int) -> float | None:
     """Where the feedback holdout starts: `days` whole days before the newest young row (None: no young rows)."""
-    young = ~delayed_rows(frame)
+    young = ~mature_rows(frame)
     if days <= 0 or not young.any():
         return None
     return float((int(frame["event_time"].to_numpy()[young].max()) // DAY + 1 - days) * DAY)
@@ -79,7 +79,7 @@ def feedback_masks(frame: pd.DataFrame, start: float | None) -> tuple[np.ndarray
     """(young rows that train, the feedback holdout). Young rows are those whose label has not matured: in a
     training set, feedback only (an analyst's verdict, a cardholder's answer: `training_set_as_of`). From `start`
     they are the feedback holdout, less the cards whose fraud was known before it (as `split_masks` does)."""
-    young = ~delayed_rows(frame)
+    young = ~mature_rows(frame)
     if start is None:
         return young, np.zeros(len(frame), dtype=bool)
     time, cards = frame["event_time"].to_numpy(), frame["card_id"]
@@ -92,11 +92,19 @@ def training_split(frame: pd.DataFrame, config: BuildConfig) -> tuple[Split, flo
     """The split of a training set: (the mature holdout's split, where the feedback holdout starts, the rows that
     train, the mature holdout, the feedback holdout). The mature rows split as always; the young ones (feedback
     labels, newer than the mature holdout) train, but for the newest days, which judge."""
-    split = latest_split(frame["event_time"].to_numpy()[delayed_rows(frame)], config)
-    train, test = holdout_masks(frame, split)
+    split = latest_split(frame["event_time"].to_numpy()[mature_rows(frame)], config)
     start = feedback_start(frame, config.feedback_test_days)
-    young_train, young_test = feedback_masks(frame, start)
-    return split, start, train | young_train, test, young_test
+    return split, start, *split_rows(frame, split, start)
+
+
+def split_rows(frame: pd.DataFrame, split: Split, feedback_from: float | None) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """(the rows that train, the holdout, the feedback holdout) of a split. The young rows that train are newer than
+    the holdout: a card whose fraud they teach leaves the holdout, as a card known compromised does."""
+    train, test = holdout_masks(frame, split)
+    young_train, young_test = feedback_masks(frame, feedback_from)
+    learnt = frame["card_id"][young_train & frame["is_fraud"].to_numpy(bool)]
+    return train | young_train, test & ~frame["card_id"].isin(learnt).to_numpy(), young_test
 
 
 def split_of_version(tags: dict[str, str]) -> Split:
@@ -107,7 +115,7 @@ def drift_reference(frame: pd.DataFrame, split: Split, booster: lgb.Booster) -> 
     """What the monitor compares live traffic with: every row of the holdout days (the evaluation's holdout drops
     cards already known compromised, live traffic does not) with the model's scores and the labels known then
     (so the monitor's decay check compares the champion's live AP with its AP on the same kind of traffic)."""
-    rows = frame[test_period(frame["event_time"].to_numpy(), split) & delayed_rows(frame)]
+    rows = frame[test_period(frame["event_time"].to_numpy(), split) & mature_rows(frame)]
     return rows[[*FEATURE_NAMES, "event_time", "card_id", "is_fraud"]].assign(score=predict(booster, rows))
 
 
@@ -164,7 +172,7 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores)
     metrics.update(cost.as_metrics("training"))
     metrics.update(predict_cost(booster, holdout[list(FEATURE_NAMES)].to_numpy(np.float64)))
-    young = ~delayed_rows(frame)
+    young = ~mature_rows(frame)
     rows = {"train": int(train_rows.sum()), "train_frauds": int(is_fraud[train_rows].sum()),
             "test": int(test_rows.sum()), "test_frauds": int(is_fraud[test_rows].sum()),
             "train_feedback": int((train_rows & young).sum()), "feedback_test": int(feedback_test.sum()),

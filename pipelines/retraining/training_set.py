@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-from fraudloop.models.aggregate import FEEDBACK_SOURCES
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 
 ROW_COLUMNS = ("transaction_id", "card_id", "event_time")
@@ -29,6 +28,9 @@ POLICY_COLUMNS = ("decision", "propensity")
 BLOCKED = frozenset({"decline", "review"})
 # label_source of a row without a label: approved and past maturity (genuine), or blocked (unknown: left out)
 NO_CHARGEBACK, UNKNOWN = "no_chargeback", "unknown"
+# Label sources that answer a flag within hours: an analyst's verdict on a review, a cardholder's answer on a decline.
+# They train at once, before the maturity a chargeback needs (docs/retraining.md, "Learning from feedback").
+FEEDBACK_SOURCES = frozenset({"review", "cardholder"})
 
 
 def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, maturity_seconds: float,
@@ -37,7 +39,7 @@ def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, m
     time order.
 
     Returns the mature rows whose outcome is known (`known_outcomes`), and, from the `feedback_seconds` before
-    `as_of`, the younger rows with feedback (an analyst's verdict, a cardholder's answer: models/aggregate.py), with
+    `as_of`, the younger rows with feedback (FEEDBACK_SOURCES), with
     `is_fraud`, `label_source` and `mature` columns (and POLICY_COLUMNS, where `rows` has them). The latest label
     known by `as_of` wins (a fraud later confirmed genuine counts as genuine).
     """
@@ -58,6 +60,11 @@ def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, m
     frame = frame[~unknown].reset_index(drop=True)
     frame.attrs["unknown_rows"] = int(unknown.sum())  # what was left out, for the job's report
     return frame
+
+
+def mature_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose label has matured (all of a training set built without feedback)."""
+    return frame["mature"].to_numpy(bool) if "mature" in frame else np.ones(len(frame), dtype=bool)
 
 
 def known_outcomes(transaction_ids: pd.Series, decisions: pd.Series | None, labels: pd.DataFrame,

@@ -19,9 +19,17 @@ from fraudloop.models import thresholds as policy_thresholds
 from fraudloop.models.metrics import Estimate, policy_effect, weighted_ap, weighted_precision_recall
 from fraudloop.models.training import predict
 from fraudloop.models.units import DAY
-from fraudloop.pipelines.retraining.gates import FAILED, PASSED, Gates, Verdict, judge, with_feedback
+from fraudloop.pipelines.retraining.gates import (
+    FAILED,
+    PASSED,
+    Gates,
+    Verdict,
+    judge,
+    judge_feedback,
+    with_feedback,
+)
 from fraudloop.pipelines.retraining.protocol import test_period
-from fraudloop.pipelines.retraining.train import FEEDBACK_TAG, feedback_masks, holdout_masks, split_of_version
+from fraudloop.pipelines.retraining.train import FEEDBACK_TAG, split_of_version, split_rows
 from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes, observation_weights
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
@@ -202,7 +210,8 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     gates, targets = gates or Gates(), targets or policy_thresholds.Targets()
     info = registry.version_info(reg, version)
     split = split_of_version(info.tags)
-    _, holdout_rows = holdout_masks(frame, split)
+    start = info.tags.get(FEEDBACK_TAG, "none")
+    _, holdout_rows, feedback_rows = split_rows(frame, split, None if start == "none" else float(start))
     holdout = frame[holdout_rows]
     if holdout.empty:
         raise ValueError(f"the training set holds no rows of the holdout {split.describe()['test']} of version "
@@ -219,12 +228,11 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     champion_scores = predict(boosters["champion"], holdout) if champion_version else None
     verdict = judge(when, cards, y, challenger_scores, champion_scores, gates)
     feedback = None
-    start = info.tags.get(FEEDBACK_TAG, "none")
-    if champion_version is not None and start != "none":
-        rows = frame[feedback_masks(frame, float(start))[1]]
-        feedback = judge(rows["event_time"].to_numpy(), rows["card_id"].to_numpy(), rows["is_fraud"].to_numpy(),
-                         predict(boosters["challenger"], rows), predict(boosters["champion"], rows), gates,
-                         floors=False)
+    if champion_version is not None and feedback_rows.any():
+        rows = frame[feedback_rows]
+        feedback = judge_feedback(rows["event_time"].to_numpy(), rows["card_id"].to_numpy(),
+                                  rows["is_fraud"].to_numpy(), predict(boosters["challenger"], rows),
+                                  predict(boosters["champion"], rows), gates)
     traffic = frame[test_period(frame["event_time"].to_numpy(), split)]
     traffic_time, traffic_fraud = traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy()
     traffic_scores = {who: predict(booster, traffic) for who, booster in boosters.items()}
