@@ -15,7 +15,12 @@ from fraudloop.models.units import DAY
 from fraudloop.pipelines.benchmarks.feedback import Aggregate, FeedbackConfig, fit_with_feedback
 from fraudloop.pipelines.retraining.gates import FAILED, INSUFFICIENT, PASSED, Check, Evidence, Verdict, with_feedback
 from fraudloop.pipelines.retraining.train import BuildConfig, training_split
-from fraudloop.pipelines.retraining.training_set import decode_decisions, observation_weights, training_set_as_of
+from fraudloop.pipelines.retraining.training_set import (
+    decode_decisions,
+    explorable,
+    observation_weights,
+    training_set_as_of,
+)
 from fraudloop.streaming.decide import APPROVE, DECLINE, REVIEW, Exploration, draw, explore
 
 T = 1_800_000_000.0
@@ -184,3 +189,10 @@ def test_the_store_keeps_each_decisions_probability(tmp_path):
         assert observation_weights(decoded["decision"], decoded["propensity"]).tolist() == pytest.approx([20.0, 1.0])
     finally:
         store.close()
+
+
+def test_a_rules_block_is_out_of_the_weighted_estimates_scope():
+    decision = pd.Series([APPROVE, DECLINE, REVIEW, DECLINE, APPROVE])
+    rule = pd.Series(["model", "model", "card testing burst", "block_cards list", "exploration"])
+    assert explorable(decision, rule).tolist() == [True, True, False, False, True]
+    assert explorable(decision, None).all()

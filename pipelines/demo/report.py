@@ -68,12 +68,13 @@ def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
 
 def estimates(decisions: pd.DataFrame, labels: pd.DataFrame, mask: np.ndarray, as_of: float, name: str) -> dict:
     """The AP of what served in `mask` as the loop can estimate it from the labels known at `as_of`: naive, on the
-    labelled rows; weighted by 1 / probability (exploration), over all traffic; beside the truth (the simulator's)."""
+    labelled rows; weighted by 1 / probability (exploration); beside the truth (the simulator's). All three over
+    the traffic exploration reaches (`training_set.explorable`: not the blocks rules made)."""
     from fraudloop.models.metrics import weighted_ap
-    from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes, observation_weights
+    from fraudloop.pipelines.retraining.training_set import UNKNOWN, explorable, known_outcomes, observation_weights
     from sklearn.metrics import average_precision_score
 
-    part = decisions[mask]
+    part = decisions[mask & explorable(decisions["decision"], decisions["rule"])]  # the estimate's scope
     if part.empty or not part["is_fraud"].any():
         return {"period": name, "transactions": int(len(part))}
     known = known_outcomes(part["transaction_id"], part["decision"], labels, as_of)
@@ -250,7 +251,8 @@ def print_report(r: dict) -> None:
             print(f"  {p['period']:<40} not measured ({p['transactions']:,} transactions, {p['frauds']} frauds)")
     if r["recovered_share"] is not None:
         print(f"  share of the AP lost to the drift that retraining recovered: {r['recovered_share']:.0%}")
-    print("\nthe served AP as the loop estimates it from the labels known at the end (mature days), against the truth:")
+    print("\nthe served AP as the loop estimates it from the labels known at the end (mature days), against the truth "
+          "(traffic but the blocks rules made, which exploration never reaches):")
     for e in r.get("estimates", []):
         if "true" not in e:
             print(f"  {e['period']:<40} not measured ({e['transactions']:,} transactions)")

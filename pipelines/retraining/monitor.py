@@ -32,6 +32,7 @@ from fraudloop.pipelines.retraining.train import REFERENCE_ARTIFACT
 from fraudloop.pipelines.retraining.training_set import (
     UNKNOWN,
     decode_decisions,
+    explorable,
     known_outcomes,
     observation_weights,
 )
@@ -154,8 +155,9 @@ def assess(reference: pd.DataFrame, recent: pd.DataFrame, recent_scores: np.ndar
     if int(labelled["is_fraud"].sum()) >= config.min_frauds:
         recent_ap = float(average_precision_score(labelled["is_fraud"], labelled["score"]))
         if "weight" in labelled:
-            weighted = weighted_ap(labelled["is_fraud"].to_numpy(), labelled["score"].to_numpy(),
-                                   labelled["weight"].to_numpy(), labelled["card_id"].to_numpy(), resamples=200)
+            reach = labelled[labelled["weight"].notna()]
+            weighted = weighted_ap(reach["is_fraud"].to_numpy(), reach["score"].to_numpy(), reach["weight"].to_numpy(),
+                                   reach["card_id"].to_numpy(), resamples=200)
     return DriftReport(
         as_of=as_of, champion_version=version, rows=len(recent), min_rows=min_rows,
         data_drift=bool(enough and mean_psi > data_threshold), mean_psi=mean_psi, mean_psi_threshold=data_threshold,
@@ -210,8 +212,8 @@ def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
     labelled = pd.DataFrame({"score": own["score"].to_numpy(float), "is_fraud": known["is_fraud"].to_numpy(),
                              "card_id": own["card_id"].to_numpy()})
     weights = observation_weights(own["decision"], own["propensity"].fillna(1.0))  # null: stored before exploration
-    if weights is not None:
-        labelled["weight"] = weights
+    if weights is not None:  # a block by a rule is never explored: it weighs nothing and is out of the estimate's scope
+        labelled["weight"] = np.where(explorable(own["decision"], own["rule"]), weights, np.nan)
     labelled = labelled[(known["label_source"] != UNKNOWN).to_numpy()]
     last_signal = info.tags.get(SIGNAL_TAG)
     result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config,

@@ -22,8 +22,8 @@ import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES, compute_features
 
 ROW_COLUMNS = ("transaction_id", "card_id", "event_time")
-# What was decided and the probability it had (exploration): kept for estimates weighted by 1 / probability
-POLICY_COLUMNS = ("decision", "propensity")
+# What was decided, by what, and the probability it had (exploration): kept for estimates weighted by 1 / probability
+POLICY_COLUMNS = ("decision", "propensity", "rule")
 # Decisions after which no chargeback can come: without a label, their outcome is unknown.
 BLOCKED = frozenset({"decline", "review"})
 # label_source of a row without a label: approved and past maturity (genuine), or blocked (unknown: left out)
@@ -101,6 +101,16 @@ def observation_weights(decision: pd.Series | None, propensity: pd.Series | None
     return np.where(approved, 1.0 / np.where(p > 0, p, 1.0), 0.0)
 
 
+def explorable(decision: pd.Series, rule: pd.Series | None) -> np.ndarray:
+    """The rows exploration could reach: all but the blocks a rule or a list made (the model's own thresholds and
+    exploration decide the rest). A weighted estimate is unbiased over these only, since a rule's block is never
+    explored: estimates name this population, and the truth they are checked against is taken on it too."""
+    if rule is None:
+        return np.ones(len(decision), dtype=bool)
+    blocked = pd.Series(decision).isin(BLOCKED).to_numpy()
+    return ~blocked | pd.Series(rule).fillna("model").isin(["model", "exploration"]).to_numpy()
+
+
 def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     """Stored decisions (features as a JSON list) as rows with one float column per feature."""
     rows = [orjson.loads(f) for f in decisions["features"]]
@@ -115,6 +125,8 @@ def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
         frame[column] = decisions[column].to_numpy()
     if "propensity" in decisions:
         frame["propensity"] = decisions["propensity"].fillna(1.0).to_numpy(float)  # null: stored before exploration
+    if "rule" in decisions:
+        frame["rule"] = decisions["rule"].fillna("model").to_numpy(object)
     return frame
 
 

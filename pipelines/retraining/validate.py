@@ -30,7 +30,7 @@ from fraudloop.pipelines.retraining.gates import (
 )
 from fraudloop.pipelines.retraining.protocol import test_period
 from fraudloop.pipelines.retraining.train import FEEDBACK_TAG, split_of_version, split_rows
-from fraudloop.pipelines.retraining.training_set import UNKNOWN, known_outcomes, observation_weights
+from fraudloop.pipelines.retraining.training_set import UNKNOWN, explorable, known_outcomes, observation_weights
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -133,13 +133,13 @@ def _gate_row(name: str, verdict: Verdict | None) -> str:
 
 def _weighted_line(result: Validation) -> str:
     if not result.weighted:
-        return ("Weighted estimate over all traffic: none (no explored decision in the holdout: the blocked "
+        return ("Weighted estimate: none (no explored decision in the holdout: the blocked "
                 "transactions' outcomes are unknown, and the AP above is on the labelled rows only).")
     text = "; ".join(f"{who} {estimate}" for who, estimate in result.weighted.items())
     p = result.weighted_policy
-    return (f"AP over all traffic, weighted by 1 / probability (exploration; the AP above is on the labelled rows "
-            f"only): {text}. The challenger at its review threshold: precision {p['precision_at_review']:.3f}, "
-            f"recall {p['recall_at_review']:.3f}, weighted alike.")
+    return (f"AP weighted by 1 / probability (exploration), over the holdout's traffic but for the blocks rules "
+            f"made (never explored); the AP above is on the labelled rows only: {text}. The challenger at its review "
+            f"threshold: precision {p['precision_at_review']:.3f}, recall {p['recall_at_review']:.3f}, weighted alike.")
 
 
 def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
@@ -253,10 +253,12 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     weighted, weighted_policy = {}, {}
     weights = observation_weights(holdout.get("decision"), holdout.get("propensity"))
     if weights is not None:
-        weighted = {"challenger": weighted_ap(y, challenger_scores, weights, cards)}
+        reach = explorable(holdout["decision"], holdout.get("rule"))
+        w, yr, cr = weights[reach], y[reach], cards[reach]
+        weighted = {"challenger": weighted_ap(yr, challenger_scores[reach], w, cr)}
         if champion_scores is not None:
-            weighted["champion"] = weighted_ap(y, champion_scores, weights, cards)
-        precision, recall = weighted_precision_recall(y, challenger_scores, weights, thresholds["challenger"][0])
+            weighted["champion"] = weighted_ap(yr, champion_scores[reach], w, cr)
+        precision, recall = weighted_precision_recall(yr, challenger_scores[reach], w, thresholds["challenger"][0])
         weighted_policy = {"precision_at_review": precision, "recall_at_review": recall}
     result = Validation(version, champion_version, verdict, thresholds, policy, live, targets=targets,
                         threshold_table=tuple(grid), feedback=feedback, weighted=weighted,
