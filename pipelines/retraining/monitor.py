@@ -84,8 +84,8 @@ class DriftReport:
     table: pd.DataFrame
     last_signal: float | None = None
     cooldown_days: float = MonitorConfig.cooldown_days
-    # The same AP over all traffic, weighted by 1 / probability (exploration; None without it), beside the naive
-    # one on labelled rows that the decay check compares with the holdout's
+    # The same AP weighted by 1 / probability (exploration; None without it), over the traffic exploration reaches
+    # (not the rules' blocks), beside the naive one on labelled rows that the decay check compares with the holdout's
     weighted_average_precision: Estimate | None = None
 
     @property
@@ -116,7 +116,7 @@ class DriftReport:
                     f"their own; score PSI {self.score_psi:.3f} vs {self.score_psi_threshold:.3f}"
                     f"{' (score drift)' if self.score_drift else ''}")
         weighted = "" if self.weighted_average_precision is None else \
-            f" (weighted over all traffic {self.weighted_average_precision})"
+            f" (weighted by 1 / probability {self.weighted_average_precision})"
         return (f"{head}: {data}; labelled AP {ap}{weighted} vs holdout {self.reference_average_precision:.3f}"
                 f"{' (decay)' if self.performance_decay else ''}")
 

@@ -54,6 +54,9 @@ def training_set_as_of(rows: pd.DataFrame, labels: pd.DataFrame, as_of: float, m
     chosen = chosen.sort_values(["event_time", "transaction_id"], kind="stable", ignore_index=True)
     frame = chosen[[*ROW_COLUMNS, *FEATURE_NAMES, *(c for c in POLICY_COLUMNS if c in chosen)]].copy()
     frame["mature"] = frame["event_time"].to_numpy() <= as_of - maturity_seconds
+    for column in ("decision", "rule"):  # a few distinct names: codes, not a string object per row
+        if column in frame:
+            frame[column] = frame[column].astype("category")
     known = known_outcomes(frame["transaction_id"], chosen.get("decision"), labels, as_of)
     frame[["is_fraud", "label_source"]] = known
     unknown = (frame["label_source"] == UNKNOWN).to_numpy()
