@@ -105,6 +105,7 @@ class ScorerConfig(BaseSettings):
     exploration_share: float = Field(0.0, ge=0, lt=1)
     exploration_max_amount: float = Field(1_000.0, ge=0)
     exploration_max_score: float = Field(1.0, ge=0, le=1)
+    exploration_key: SecretStr = SecretStr("")  # keys the draws: set it, and keep it secret, in production
     metrics_port: int = 0  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus server on another host scrape it
     # Extra kafka-python settings over CONSUMER_DEFAULTS: `[kafka]` in the file, FRAUDLOOP_KAFKA_<SETTING> in the

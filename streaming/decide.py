@@ -31,8 +31,8 @@ def top_reasons(contributions: np.ndarray, values: np.ndarray, names: tuple[str,
 @dataclass(frozen=True)
 class Exploration:
     """Counterfactual exploration: approve instead a random `share` of what the policy would decline or review, up to
-    `max_amount` (reference currency, as the `amount` feature) and below `max_score`, so that outcomes are learnt
-    where the model blocks, and estimates weighted by 1 / probability are unbiased there (docs/retraining.md)."""
+    `max_amount` (reference currency, as the `amount` feature) and up to `max_score`, so that outcomes are learnt
+    where the model blocks, and estimates weighted by 1 / probability hold there (docs/retraining.md)."""
 
     share: float = 0.0
     max_amount: float = 1_000.0
@@ -60,6 +60,7 @@ def explore(decisions: list[str], scores: np.ndarray, amounts: np.ndarray, draws
     return np.where(explored, APPROVE, taken).tolist(), probability
 
 
-def draw(transaction_id: str) -> float:
-    """A uniform draw in [0, 1) fixed by the transaction id: the same on every replay, scorer and partition."""
-    return int.from_bytes(hashlib.blake2b(transaction_id.encode(), digest_size=8).digest()) / 2.0 ** 64
+def draw(transaction_id: str, key: bytes = b"") -> float:
+    """A uniform draw in [0, 1) fixed by the transaction id: the same on every replay, scorer and partition. `key`
+    (`exploration_key`, secret): without it, whoever knows an id knows whether it will be explored."""
+    return int.from_bytes(hashlib.blake2b(transaction_id.encode(), digest_size=8, key=key[:64]).digest()) / 2.0 ** 64

@@ -32,7 +32,16 @@ from fraudloop.models.schema import (
 )
 from fraudloop.models.store import DecisionRow, Store, StoredDecision
 from fraudloop.streaming.config import ScorerConfig
-from fraudloop.streaming.decide import DECLINE, EXPLORATION, REVIEW, Exploration, draw, explore, top_reasons
+from fraudloop.streaming.decide import (
+    APPROVE,
+    DECLINE,
+    EXPLORATION,
+    REVIEW,
+    Exploration,
+    draw,
+    explore,
+    top_reasons,
+)
 from fraudloop.streaming.event_time import FUTURE, LATE
 from fraudloop.streaming.model import ServingModel
 from fraudloop.streaming.overload import FULL
@@ -117,6 +126,7 @@ class Scorer:
         self.config, self.state, self.store = config, state, store
         self.policy = config.event_time_policy()
         self.rates = load_rates(config.rates_file)  # amounts in one currency (models/currency.py)
+        self._exploration_key = config.exploration_key.get_secret_value().encode()
         self.stream_times: dict[tuple[str, int], float] = {}  # per partition read: its newest transaction time
         # The transactions partitions whose cards the state holds (None: every stored one, as rebuilt on start).
         self.owned: set[int] | None = set() if state.terminals.shared else None
@@ -329,9 +339,10 @@ class Scorer:
             result.rules_error = f"{type(error).__name__}: {error}"
             rules = NO_RULES
             decided, by_rule = rules.decide(columns, cards, terminals, *thresholds)
-        propensity = np.ones(len(decided))
+        propensity = None  # every decision certain: exploration is off
         if self.config.exploration_share > 0:
-            decided, propensity, by_rule = _explore(decided, by_rule, scores, batch.scored, self.config.exploration)
+            decided, propensity, by_rule = _explore(decided, by_rule, columns, batch.scored, self.config.exploration,
+                                                    self._exploration_key)
         self.clock.lap("policy")
         reasons = self._reasons(model, features, decided, failed, batch.mode)
         self.clock.lap("reasons")
@@ -341,11 +352,12 @@ class Scorer:
                 _failed(result, message, failed[j], tx.transaction_id)
                 continue
             score, why = float(scores[j]), reasons.get(j, [])
+            p = 1.0 if propensity is None else float(propensity[j])
             index[tx.transaction_id] = len(result.decisions)
             result.decide(decision_message(model.name, tx, decided[j], score, model.version, why, now, message,
-                                           by_rule[j], rules.version, batch.mode, float(propensity[j])), message)
+                                           by_rule[j], rules.version, batch.mode, p), message)
             result.rows.append(DecisionRow(tx, score, decided[j], model.version, row, now, why, by_rule[j],
-                                           rules.version, batch.mode, message.partition, float(propensity[j])))
+                                           rules.version, batch.mode, message.partition, p))
         for message, tx_id in batch.copies:
             if tx_id not in index:  # its first copy could not be scored either
                 result.dead_letters.append(DeadLetter(message, f"{INTERNAL}: its first copy in the batch failed"))
@@ -440,16 +452,19 @@ def _latency_ms(message: Message) -> float:
     return round(time.time() * 1000 - message.timestamp_ms, 2)
 
 
-def _explore(decided: list[str], by_rule: list[str], scores: np.ndarray, scored: list,
-             exploration: Exploration) -> tuple[list[str], np.ndarray, list[str]]:
+def _explore(decided: list[str], by_rule: list[str], columns: dict, scored: list, exploration: Exploration,
+             key: bytes) -> tuple[list[str], np.ndarray, list[str]]:
     """Exploration over the model's own flags (streaming/decide.py): the decisions taken, their probabilities, and
-    EXPLORATION as what decided an explored approval."""
-    amounts = np.fromiter((tx.amount_cents / 100 for _, tx, _ in scored), dtype=float, count=len(scored))
-    draws = np.fromiter((draw(tx.transaction_id) for _, tx, _ in scored), dtype=float, count=len(scored))
-    taken, propensity = explore(decided, np.nan_to_num(scores), amounts, draws, exploration,
-                                np.asarray(by_rule, dtype=object) == MODEL)
-    return taken, propensity, [EXPLORATION if now != before else rule
-                               for now, before, rule in zip(taken, decided, by_rule, strict=True)]
+    EXPLORATION as what decided an explored approval. Only the model's flags (a few in a hundred) are drawn."""
+    flagged = (np.asarray(decided, dtype=object) != APPROVE) & (np.asarray(by_rule, dtype=object) == MODEL)
+    draws = np.ones(len(decided))
+    for j in np.flatnonzero(flagged):
+        draws[j] = draw(scored[j][1].transaction_id, key)
+    taken, propensity = explore(decided, columns["score"], columns["amount"], draws, exploration, flagged)
+    rules = list(by_rule)
+    for j in np.flatnonzero(np.asarray(taken, dtype=object) != np.asarray(decided, dtype=object)):
+        rules[j] = EXPLORATION
+    return taken, propensity, rules
 
 
 def decision_message(model_name: str, tx: Transaction, decision: str, score: float | None, version: str,

@@ -68,6 +68,7 @@ def test_exploration_approves_a_share_of_the_blocks_within_the_caps():
 
 def test_a_draw_is_fixed_by_the_transaction_id():
     assert draw("tx-1") == draw("tx-1") != draw("tx-2")
+    assert draw("tx-1", b"secret") == draw("tx-1", b"secret") != draw("tx-1")  # keyed: not guessable from the id
     values = np.array([draw(f"tx-{i}") for i in range(20_000)])
     assert values.min() >= 0 and values.max() < 1
     assert abs((values < 0.05).mean() - 0.05) < 0.005  # uniform enough for the share to hold
@@ -151,7 +152,11 @@ def test_young_feedback_trains_and_its_newest_days_judge():
     assert not (test & ~frame["mature"]).any() and not (train & test).any() and not (feedback_test & train).any()
     assert (feedback_test == (~frame["mature"] & (frame["event_time"] >= start)
                               & (frame["card_id"] != known_card))).all()
-    assert (train & ~frame["mature"]).sum() == (~frame["mature"] & (frame["event_time"] < start)).sum()
+    # the young rows train from the day after the holdout's last (as_of is not midnight: that day is partly young)
+    holdout_end = (split.start_day + split.span_days) * DAY
+    young = ~frame["mature"] & (frame["event_time"] < start)
+    assert (young & (frame["event_time"] < holdout_end)).any()
+    assert (train & ~frame["mature"]).sum() == (young & (frame["event_time"] >= holdout_end)).sum() > 0
     learnt = set(frame.loc[train & ~frame["mature"] & frame["is_fraud"], "card_id"])
     assert learnt and not learnt & set(frame.loc[test, "card_id"])  # a card whose later fraud trains: not judged
 
@@ -191,8 +196,8 @@ def test_the_store_keeps_each_decisions_probability(tmp_path):
         store.close()
 
 
-def test_a_rules_block_is_out_of_the_weighted_estimates_scope():
-    decision = pd.Series([APPROVE, DECLINE, REVIEW, DECLINE, APPROVE])
-    rule = pd.Series(["model", "model", "card testing burst", "block_cards list", "exploration"])
-    assert explorable(decision, rule).tolist() == [True, True, False, False, True]
-    assert explorable(decision, None).all()
+def test_a_block_no_draw_could_turn_is_out_of_the_weighted_estimates_scope():
+    decision = pd.Series([APPROVE, DECLINE, REVIEW, DECLINE, APPROVE]).astype("category")
+    # a model block that could be explored; a rule's review; one over the caps; explored
+    propensity = pd.Series([1.0, 0.95, 1.0, 1.0, 0.05])
+    assert explorable(decision, propensity).tolist() == [True, True, False, False, True]

@@ -4,9 +4,10 @@ estimates of its champion honest once labels depend on its decisions?
 Per seed, a simulated world with drift (the retraining benchmark's `Scenario`), closed from the champion's day on: the
 champion decides with exploration (`streaming.decide.explore`), and only the outcomes its decisions let back come
 back (`pipelines/data/outcomes.py`: chargebacks, cardholders' answers, analysts working the queue at capacity). Then:
-- each day after the drift, a retrain as `retrain` does it with feedback on (`models/aggregate.py`: the shipped
-  design) is judged by the gates against the champion; the first pass is the promotion. Beside it, on the same
-  training sets, a model on all known labels pooled, and today's delayed-only retrain with its own holdout;
+- each day after the drift, a retrain as `retrain` does it (the young feedback trains, a feedback holdout beside the
+  mature one) is judged by the gates against the champion; the first pass is the promotion. Three designs on the
+  same training sets and holdouts: one model on all known labels pooled (shipped), the delayed-only model of before
+  (judged on the mature holdout alone, as before), and Dal Pozzolo's aggregation;
 - Pk: the precision of each day's top-k scores (ground truth) of the shipped and the pooled models;
 - the champion's AP on its stable weeks, as the loop estimates it (naive: on labelled rows; weighted by 1 /
   probability: on what was approved, the explored rows standing for what was blocked) beside the truth;
@@ -45,6 +46,7 @@ from fraudloop.pipelines.retraining.training_set import (
     UNKNOWN,
     known_outcomes,
     mature_rows,
+    observation_weights,
     training_set_as_of,
 )
 from fraudloop.streaming.decide import Exploration
@@ -242,8 +244,7 @@ def evaluation(world: World, champion, truth: np.ndarray, settings: Settings) ->
     known = known_outcomes(frame["transaction_id"], frame["decision"], world.labels, as_of)
     scores = predict(champion, frame)
     labelled = (known["label_source"] != UNKNOWN).to_numpy()
-    approved = (frame["decision"] == "approve").to_numpy()
-    weights = np.where(approved, 1.0 / frame["propensity"].to_numpy(), 0.0)
+    weights = observation_weights(frame["decision"], frame["propensity"])
     y, cards = known["is_fraud"].to_numpy(bool), frame["card_id"].to_numpy()
     naive = weighted_ap(y, scores, labelled.astype(float), cards, resamples=200)
     ips = weighted_ap(y, scores, weights, cards, resamples=200)

@@ -69,12 +69,12 @@ def _period(decisions: pd.DataFrame, mask: np.ndarray, name: str) -> dict:
 def estimates(decisions: pd.DataFrame, labels: pd.DataFrame, mask: np.ndarray, as_of: float, name: str) -> dict:
     """The AP of what served in `mask` as the loop can estimate it from the labels known at `as_of`: naive, on the
     labelled rows; weighted by 1 / probability (exploration); beside the truth (the simulator's). All three over
-    the traffic exploration reaches (`training_set.explorable`: not the blocks rules made)."""
+    the traffic exploration reaches (`training_set.explorable`: not the blocks no draw could turn)."""
     from fraudloop.models.metrics import weighted_ap
     from fraudloop.pipelines.retraining.training_set import UNKNOWN, explorable, known_outcomes, observation_weights
     from sklearn.metrics import average_precision_score
 
-    part = decisions[mask & explorable(decisions["decision"], decisions["rule"])]  # the estimate's scope
+    part = decisions[mask & explorable(decisions["decision"], decisions["propensity"].fillna(1.0))]  # its scope
     if part.empty or not part["is_fraud"].any():
         return {"period": name, "transactions": int(len(part))}
     known = known_outcomes(part["transaction_id"], part["decision"], labels, as_of)
@@ -252,7 +252,7 @@ def print_report(r: dict) -> None:
     if r["recovered_share"] is not None:
         print(f"  share of the AP lost to the drift that retraining recovered: {r['recovered_share']:.0%}")
     print("\nthe served AP as the loop estimates it from the labels known at the end (mature days), against the truth "
-          "(traffic but the blocks rules made, which exploration never reaches):")
+          "(traffic but the blocks no draw could turn: a rule's, one over the caps):")
     for e in r.get("estimates", []):
         if "true" not in e:
             print(f"  {e['period']:<40} not measured ({e['transactions']:,} transactions)")

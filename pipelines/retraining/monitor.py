@@ -85,7 +85,7 @@ class DriftReport:
     last_signal: float | None = None
     cooldown_days: float = MonitorConfig.cooldown_days
     # The same AP weighted by 1 / probability (exploration; None without it), over the traffic exploration reaches
-    # (not the rules' blocks), beside the naive one on labelled rows that the decay check compares with the holdout's
+    # (training_set.explorable), beside the naive one on labelled rows that the decay check compares with the holdout's
     weighted_average_precision: Estimate | None = None
 
     @property
@@ -211,9 +211,10 @@ def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
     known = known_outcomes(own["transaction_id"], own["decision"], labels, as_of)
     labelled = pd.DataFrame({"score": own["score"].to_numpy(float), "is_fraud": known["is_fraud"].to_numpy(),
                              "card_id": own["card_id"].to_numpy()})
-    weights = observation_weights(own["decision"], own["propensity"].fillna(1.0))  # null: stored before exploration
-    if weights is not None:  # a block by a rule is never explored: it weighs nothing and is out of the estimate's scope
-        labelled["weight"] = np.where(explorable(own["decision"], own["rule"]), weights, np.nan)
+    propensity = own["propensity"].fillna(1.0)  # null: stored before exploration
+    weights = observation_weights(own["decision"], propensity)
+    if weights is not None:  # a block no draw could turn is out of the estimate's scope (training_set.explorable)
+        labelled["weight"] = np.where(explorable(own["decision"], propensity), weights, np.nan)
     labelled = labelled[(known["label_source"] != UNKNOWN).to_numpy()]
     last_signal = info.tags.get(SIGNAL_TAG)
     result = assess(reference, recent, recent_scores, labelled, reference_ap, as_of, version, config,

@@ -100,9 +100,13 @@ def training_split(frame: pd.DataFrame, config: BuildConfig) -> tuple[Split, flo
 def split_rows(frame: pd.DataFrame, split: Split, feedback_from: float | None) -> tuple[np.ndarray, np.ndarray,
                                                                                       np.ndarray]:
     """(the rows that train, the holdout, the feedback holdout) of a split. The young rows that train are newer than
-    the holdout: a card whose fraud they teach leaves the holdout, as a card known compromised does."""
+    the holdout's last day: a card whose fraud they teach leaves the holdout, as a card known compromised does. (What
+    they teach of a pattern, not of a card, the holdout's days may show too: the holdout then favours a challenger
+    that learnt the newest pattern, which is the one that will serve.)"""
     train, test = holdout_masks(frame, split)
     young_train, young_test = feedback_masks(frame, feedback_from)
+    # not from the holdout's own days (its last is partly young when `as_of` is not midnight)
+    young_train &= frame["event_time"].to_numpy() >= (split.start_day + split.span_days) * DAY
     learnt = frame["card_id"][young_train & frame["is_fraud"].to_numpy(bool)]
     return train | young_train, test & ~frame["card_id"].isin(learnt).to_numpy(), young_test
 

@@ -104,14 +104,13 @@ def observation_weights(decision: pd.Series | None, propensity: pd.Series | None
     return np.where(approved, 1.0 / np.where(p > 0, p, 1.0), 0.0)
 
 
-def explorable(decision: pd.Series, rule: pd.Series | None) -> np.ndarray:
-    """The rows exploration could reach: all but the blocks a rule or a list made (the model's own thresholds and
-    exploration decide the rest). A weighted estimate is unbiased over these only, since a rule's block is never
-    explored: estimates name this population, and the truth they are checked against is taken on it too."""
-    if rule is None:
-        return np.ones(len(decision), dtype=bool)
-    blocked = pd.Series(decision).isin(BLOCKED).to_numpy()
-    return ~blocked | pd.Series(rule).fillna("model").isin(["model", "exploration"]).to_numpy()
+def explorable(decision: pd.Series, propensity: pd.Series) -> np.ndarray:
+    """The rows exploration could reach: the approved ones and the blocks that had a chance of approval (probability
+    below 1). A weighted estimate holds over these only; a block no draw could turn (a rule's or a list's, one over
+    the caps, one made before exploration) stands for nothing, so estimates name this scope and the truth they are
+    checked against is taken on it too."""
+    approved = pd.Series(decision).astype(object).to_numpy() == "approve"
+    return approved | (np.asarray(propensity, dtype=float) < 1)
 
 
 def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
@@ -129,7 +128,7 @@ def decode_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     if "propensity" in decisions:
         frame["propensity"] = decisions["propensity"].fillna(1.0).to_numpy(float)  # null: stored before exploration
     if "rule" in decisions:
-        frame["rule"] = decisions["rule"].fillna("model").to_numpy(object)
+        frame["rule"] = decisions["rule"].fillna("model").to_numpy(object)  # null: stored before rules were
     return frame
 
 

@@ -30,7 +30,13 @@ from fraudloop.pipelines.retraining.gates import (
 )
 from fraudloop.pipelines.retraining.protocol import test_period
 from fraudloop.pipelines.retraining.train import FEEDBACK_TAG, split_of_version, split_rows
-from fraudloop.pipelines.retraining.training_set import UNKNOWN, explorable, known_outcomes, observation_weights
+from fraudloop.pipelines.retraining.training_set import (
+    UNKNOWN,
+    explorable,
+    known_outcomes,
+    mature_rows,
+    observation_weights,
+)
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
 VERDICT_ARTIFACT = "validation/verdict.json"
@@ -137,9 +143,10 @@ def _weighted_line(result: Validation) -> str:
                 "transactions' outcomes are unknown, and the AP above is on the labelled rows only).")
     text = "; ".join(f"{who} {estimate}" for who, estimate in result.weighted.items())
     p = result.weighted_policy
-    return (f"AP weighted by 1 / probability (exploration), over the holdout's traffic but for the blocks rules "
-            f"made (never explored); the AP above is on the labelled rows only: {text}. The challenger at its review "
-            f"threshold: precision {p['precision_at_review']:.3f}, recall {p['recall_at_review']:.3f}, weighted alike.")
+    return (f"AP weighted by 1 / probability (exploration), over the holdout's traffic but for the blocks no draw "
+            f"could turn (a rule's, one over the caps); the AP above is on the labelled rows only: {text}. The "
+            f"challenger at its review threshold: precision {p['precision_at_review']:.3f}, "
+            f"recall {p['recall_at_review']:.3f}, weighted alike.")
 
 
 def _report(result: Validation, holdout: pd.DataFrame, gates: Gates) -> str:
@@ -233,7 +240,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
         feedback = judge_feedback(rows["event_time"].to_numpy(), rows["card_id"].to_numpy(),
                                   rows["is_fraud"].to_numpy(), predict(boosters["challenger"], rows),
                                   predict(boosters["champion"], rows), gates)
-    traffic = frame[test_period(frame["event_time"].to_numpy(), split)]
+    traffic = frame[test_period(frame["event_time"].to_numpy(), split) & mature_rows(frame)]
     traffic_time, traffic_fraud = traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy()
     traffic_scores = {who: predict(booster, traffic) for who, booster in boosters.items()}
     thresholds = {"challenger": policy_thresholds.choose(traffic_time, traffic_fraud, traffic_scores["challenger"],
@@ -253,7 +260,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     weighted, weighted_policy = {}, {}
     weights = observation_weights(holdout.get("decision"), holdout.get("propensity"))
     if weights is not None:
-        reach = explorable(holdout["decision"], holdout.get("rule"))
+        reach = explorable(holdout["decision"], holdout["propensity"])
         w, yr, cr = weights[reach], y[reach], cards[reach]
         weighted = {"challenger": weighted_ap(yr, challenger_scores[reach], w, cr)}
         if champion_scores is not None:
