@@ -8,7 +8,7 @@ back (`pipelines/data/outcomes.py`: chargebacks, cardholders' answers, analysts 
   mature one) is judged by the gates against the champion; the first pass is the promotion. Three designs on the
   same training sets and holdouts: one model on all known labels pooled (shipped), the delayed-only model of before
   (judged on the mature holdout alone, as before), and Dal Pozzolo's aggregation;
-- Pk: the precision of each day's top-k scores (ground truth) of the shipped and the pooled models;
+- Pk: the precision of each day's top-k scores (ground truth) of every design;
 - the champion's AP on its stable weeks, as the loop estimates it (naive: on labelled rows; weighted by 1 /
   probability: on what was approved, the explored rows standing for what was blocked) beside the truth;
 - a null trial: two bagged models of the shipped recipe, the same data, judged against each other.
