@@ -1,0 +1,82 @@
+"""Export the SQL store's decisions and labels into the offline store, a day at a time, bounded in memory.
+
+File day D holds the rows with D*DAY < time <= (D+1)*DAY (the store's own window convention). Days already
+exported are skipped but for the newest two: the newest may have been written before its day ended, and the one
+before it may have received a late event since. Everything older is final, so running the export again, or twice
+at once, writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+from fraudloop.models import store as sql
+from fraudloop.models.units import DAY
+from fraudloop.pipelines.offline.store import DECISIONS, LABELS, OfflineStore
+from fraudloop.pipelines.retraining.training_set import decode_decisions
+
+CHUNK_ROWS = 100_000
+EXTRA = ("terminal_id", "amount_cents", "score", "model_version", "decided_at")
+
+
+def file_day(time: float) -> int:
+    """The day file a row of this time lands in (D*DAY < time <= (D+1)*DAY)."""
+    return math.ceil(time / DAY) - 1
+
+
+def decision_table(chunk: pd.DataFrame) -> pa.Table:
+    """Stored decisions (features as JSON) as offline rows (one column a feature)."""
+    rows = decode_decisions(chunk)
+    for column in EXTRA:
+        rows[column] = chunk[column].to_numpy()
+    rows["mode"] = chunk["mode"].fillna("full").to_numpy(object)
+    rows["score"] = rows["score"].astype(float)
+    return pa.Table.from_pandas(rows, preserve_index=False)
+
+
+def label_table(frame: pd.DataFrame) -> pa.Table:
+    return pa.table({"transaction_id": frame["transaction_id"].astype(str), "known_at": frame["known_at"].astype(float),
+                     "is_fraud": frame["is_fraud"].astype(bool),
+                     "source": frame["source"].fillna("chargeback").astype(str)})
+
+
+def _bounds(store: sql.Store, column: sa.Column, until: float) -> tuple[float, float] | None:
+    with store.engine.connect() as db:
+        low, high = db.execute(sa.select(sa.func.min(column), sa.func.max(column)).where(column <= until)).one()
+    return None if low is None else (float(low), float(high))
+
+
+def _to_write(store: sql.Store, offline: OfflineStore, kind: str, column: sa.Column, until: float) -> list[int]:
+    bounds = _bounds(store, column, until)
+    if bounds is None:
+        return []
+    first, last = file_day(bounds[0]), file_day(until)
+    done = set(offline.days(kind))
+    redo_from = max(done) - 1 if done else first
+    return [d for d in range(first, last + 1) if d not in done or d >= redo_from]
+
+
+def export(store: sql.Store, offline: OfflineStore, until: float) -> dict:
+    """Export every day up to `until`'s that is new or may have changed, whole (a reader filters by time: what a day
+    holds after `until` is never read as known before it); returns what was written."""
+    offline.check_schema()
+    written = {DECISIONS: 0, LABELS: 0}
+    days = {DECISIONS: 0, LABELS: 0}
+    for day in _to_write(store, offline, DECISIONS, sql.decisions.c.event_time, until):
+        chunks = store.decision_chunks(day * DAY, (day + 1) * DAY, CHUNK_ROWS)
+        written[DECISIONS] += offline.write_day(DECISIONS, day, (decision_table(c) for c in chunks))
+        days[DECISIONS] += 1
+    label = sql.labels.c
+    for day in _to_write(store, offline, LABELS, label.known_at, until):
+        query = (sa.select(label.transaction_id, label.known_at, label.is_fraud, label.source)
+                 .where(label.known_at > day * DAY, label.known_at <= (day + 1) * DAY)
+                 .order_by(label.known_at, label.transaction_id))
+        with store.engine.connect().execution_options(stream_results=True) as db:
+            chunks = pd.read_sql(query, db, chunksize=CHUNK_ROWS)
+            written[LABELS] += offline.write_day(LABELS, day, (label_table(c) for c in chunks))
+        days[LABELS] += 1
+    return {"uri": offline.uri, "until": until, "decision_days": days[DECISIONS], "decisions": written[DECISIONS],
+            "label_days": days[LABELS], "labels": written[LABELS]}
