@@ -54,54 +54,59 @@ def wilson_lower(hits: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarr
     return np.where(n > 0, (centre - spread) / (1 + z * z / safe), 0.0)
 
 
-def choose(time: np.ndarray, is_fraud: np.ndarray, score: np.ndarray, targets: Targets) -> tuple[float, float]:
+def choose(time: np.ndarray, is_fraud: np.ndarray, score: np.ndarray, targets: Targets,
+           weight: np.ndarray | None = None) -> tuple[float, float]:
     """(review, decline) for these scores: the lowest decline threshold whose declines' precision (lower bound) is
     at least the target, with enough declines to show it (else 1.0: nothing declined on the model's say); then
     the lowest review threshold that keeps the reviews (score between the two) within the capacity a day at the
     reviews' precision floor (else the decline threshold: nothing reviewed on the model's say). A threshold takes
-    a run of tied scores whole. Rows without a finite score are left out."""
+    a run of tied scores whole. Rows without a finite score are left out. `weight`: a downsampled set's, so counts
+    are of all the traffic (the precision bound then takes the weighted counts as counts: slightly optimistic where
+    sampled rows score high, which blocked rows, always kept, mostly do not leave room for)."""
     score = np.asarray(score, dtype=float)
     keep = np.isfinite(score)
     y, score, time = np.asarray(is_fraud, dtype=bool)[keep], score[keep], np.asarray(time)[keep]
+    w = np.ones(len(score)) if weight is None else np.asarray(weight, dtype=float)[keep]
     if not len(score):
         return 1.0, 1.0
     order = np.argsort(-score, kind="stable")
-    ranked, caught = score[order], y[order]
-    n, hits, cuts = _cuts(ranked, caught)
+    ranked, caught, w = score[order], y[order], w[order]
+    n, hits, cuts = _cuts(ranked, caught, w)
     good = (wilson_lower(hits, n, targets.confidence) >= targets.decline_precision) & (n >= targets.min_declines)
     decline = float(cuts[np.flatnonzero(good)[-1]]) if good.any() else 1.0
     below = ranked < decline
     capacity = math.floor(targets.review_capacity_per_day * _days(time))
     if capacity <= 0 or not below.any():
         return decline, decline
-    n, hits, cuts = _cuts(ranked[below], caught[below])  # the review band: from just under the decline threshold
+    n, hits, cuts = _cuts(ranked[below], caught[below], w[below])  # the review band: from just under the decline
     fits = (n <= capacity) & (hits >= targets.review_precision * n)
     return (float(cuts[np.flatnonzero(fits)[-1]]) if fits.any() else decline), decline
 
 
-def _cuts(ranked: np.ndarray, caught: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each distinct score of a descending ranking: how many rows score at least it, how many of them are
-    frauds, and the score."""
+def _cuts(ranked: np.ndarray, caught: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each distinct score of a descending ranking: how many rows score at least it (weighted), how many of
+    them are frauds, and the score."""
     last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
-    return np.arange(1, len(ranked) + 1)[last_of_tie], np.cumsum(caught)[last_of_tie], ranked[last_of_tie]
+    return np.cumsum(weight)[last_of_tie], np.cumsum(caught * weight)[last_of_tie], ranked[last_of_tie]
 
 
 def table(time: np.ndarray, is_fraud: np.ndarray, score: np.ndarray,
-          thresholds: np.ndarray | None = None) -> list[dict[str, float]]:
+          thresholds: np.ndarray | None = None, weight: np.ndarray | None = None) -> list[dict[str, float]]:
     """At each threshold, what flagging `score >= threshold` means: alerts a day, precision, recall, false-positive
     rate (what a reviewer reads beside the chosen thresholds)."""
     y = np.asarray(is_fraud, dtype=bool)
     score = np.asarray(score, dtype=float)
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=float)
     days = _days(time)
     grid = np.round(np.arange(0.05, 1.0, 0.05), 2) if thresholds is None else np.asarray(thresholds)
-    frauds, genuine = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    frauds, genuine = max(float(w[y].sum()), 1.0), max(float(w[~y].sum()), 1.0)
     rows = []
     for t in sorted(set(float(v) for v in grid)):
         flagged = score >= t
-        caught = int((flagged & y).sum())
-        rows.append({"threshold": round(t, 6), "alerts_per_day": round(float(flagged.sum()) / days, 2),
-                     "precision": round(caught / max(int(flagged.sum()), 1), 4), "recall": round(caught / frauds, 4),
-                     "false_positive_rate": round(float((flagged & ~y).sum()) / genuine, 6)})
+        caught, alerts = float(w[flagged & y].sum()), float(w[flagged].sum())
+        rows.append({"threshold": round(t, 6), "alerts_per_day": round(alerts / days, 2),
+                     "precision": round(caught / max(alerts, 1.0), 4), "recall": round(caught / frauds, 4),
+                     "false_positive_rate": round(float(w[flagged & ~y].sum()) / genuine, 6)})
     return rows
 
 

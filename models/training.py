@@ -53,12 +53,14 @@ class TrainParams:
         return {"objective": "binary", "verbosity": -1, "deterministic": True, "force_col_wise": True, **params}
 
 
-def fit(features: pd.DataFrame, is_fraud: np.ndarray, params: TrainParams = TrainParams()) -> lgb.Booster:
+def fit(features: pd.DataFrame, is_fraud: np.ndarray, params: TrainParams = TrainParams(),
+        weight: np.ndarray | None = None) -> lgb.Booster:
+    """`weight`: a downsampled set's (1 / the rate a row was sampled at), so the model learns all the traffic's odds."""
     missing = [name for name in FEATURE_NAMES if name not in features.columns]
     if missing:
         raise ValueError(f"training frame lacks features: {missing}")
     data = lgb.Dataset(features[list(FEATURE_NAMES)].to_numpy(np.float64), label=np.asarray(is_fraud, dtype=float),
-                       feature_name=list(FEATURE_NAMES), free_raw_data=True)
+                       weight=weight, feature_name=list(FEATURE_NAMES), free_raw_data=True)
     return lgb.train(params.lightgbm(), data, num_boost_round=params.num_boost_round)
 
 

@@ -70,9 +70,19 @@ def _print_json(result: dict) -> None:
 def cmd_training_set(args: argparse.Namespace) -> None:
     from fraudloop.pipelines import jobs
 
+    if args.budget_rows is not None and args.budget_rows < 1:
+        raise ValueError(f"--budget-rows must be at least 1, got {args.budget_rows}")
     _print_json(jobs.build_training_set(_as_of(args.as_of), args.maturity_days, store_url=args.store,
                                         history=str(args.history) if args.history else None, out=args.out,
-                                        lookback_days=args.days))
+                                        lookback_days=args.days,
+                                        budget_rows=None if args.all_rows else (args.budget_rows or -1),
+                                        source=args.source))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from fraudloop.pipelines import jobs
+
+    _print_json(jobs.export_offline(_as_of(args.until), store_url=args.store))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -327,6 +337,23 @@ def cmd_benchmark_store(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fraudloop-store-") as work:
         result = bench.run(args.decisions, args.days, Path(work), tuple(args.backends.split(",")))
     command = f"fraudloop benchmark store --decisions {args.decisions} --days {args.days:g}"
+    print(bench.to_markdown(result, command))
+    if args.record:
+        bench.record(result, args.record, command)
+        print(f"recorded in {args.record} and {args.record.with_suffix('.json')}")
+
+
+def cmd_benchmark_volume(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from fraudloop.pipelines.benchmarks import volume as bench
+
+    volumes = tuple(int(v) for v in args.volumes.split(","))
+    if min(volumes) < 1_000:
+        raise ValueError(f"--volumes must be decisions a day of at least 1,000 each, got {args.volumes}")
+    with tempfile.TemporaryDirectory(prefix="fraudloop-volume-") as work:
+        result = bench.run(Path(work), volumes)
+    command = "fraudloop benchmark volume" + (f" --volumes {args.volumes}" if volumes != bench.VOLUMES else "")
     print(bench.to_markdown(result, command))
     if args.record:
         bench.record(result, args.record, command)
@@ -709,7 +736,19 @@ def parser() -> argparse.ArgumentParser:
                                               "split needs, plus the maturity and a day)")
     p.add_argument("--out", help="Parquet file or URI (default: FRAUDLOOP_TRAINING_SETS_URI or "
                                  "FRAUDLOOP_HOME/training-sets, latest.parquet)")
+    p.add_argument("--source", choices=("offline", "store"), default="offline",
+                   help="offline: export the store into the offline store (FRAUDLOOP_OFFLINE_URI) and build out of "
+                        "core (default); store: read the store's window into memory")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-rows", type=int, help="rows at most: genuine traffic sampled by card and weighed "
+                                                        "back (default: 2,000,000)")
+    budget.add_argument("--all-rows", action="store_true", help="no budget: every row")
     p.set_defaults(func=cmd_training_set)
+
+    p = sub.add_parser("export", help="export the scorer's store into the offline store (day-partitioned Parquet)")
+    p.add_argument("--until", help="ISO date/time; default: the newest stored decision")
+    p.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or SQLite under FRAUDLOOP_HOME)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a challenger on a training set; register it (alias 'challenger')")
     source = p.add_mutually_exclusive_group(required=True)
@@ -838,6 +877,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--backends", default="sqlite,postgresql")
     b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
     b.set_defaults(func=cmd_benchmark_store)
+    b = bench.add_parser("volume", help="the batch half at 250,000 to 1,000,000 decisions a day from the offline "
+                                        "store: build, train, validate (seconds, peak RSS), downsampling, Dask")
+    b.add_argument("--volumes", default="250000,500000,1000000", help="decisions a day (default: %(default)s)")
+    b.add_argument("--record", type=Path, help="also write the Markdown here and the JSON beside it")
+    b.set_defaults(func=cmd_benchmark_volume)
     b = bench.add_parser("streaming", help="pass-through vs our scorer vs naive through the real broker: backlog "
                                            "throughput and latency against offered load, in interleaved repetitions")
     b.add_argument("--messages", type=int, default=30_000, help="messages in each backlog run (default: 30000)")

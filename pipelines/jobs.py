@@ -31,27 +31,63 @@ def training_sets_uri() -> str:
     return os.environ.get("FRAUDLOOP_TRAINING_SETS_URI") or (fraudloop_home() / "training-sets").as_uri()
 
 
+def offline_store():
+    from fraudloop.pipelines.offline.store import OfflineStore, default_uri
+
+    return OfflineStore(default_uri())
+
+
+def export_offline(until: float | None = None, store_url: str | None = None) -> dict:
+    """Export the scorer's store into the offline store up to `until` (default: its newest decision): the days that
+    are new or may have changed (pipelines/offline/export.py)."""
+    from fraudloop.models.store import Store
+    from fraudloop.pipelines.offline.export import export
+
+    store = Store(_store_url(store_url))
+    try:
+        until = store.newest_event_time() if until is None else until
+        if until is None:
+            raise ValueError("the store holds no decisions yet")
+        return export(store, offline_store(), until)
+    finally:
+        store.close()
+
+
 def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_url: str | None = None,
                        history: str | None = None, out: str | None = None, name: str = "latest",
-                       lookback_days: float | None = None) -> dict:
-    """From the store (default) or a simulator history folder; `as_of` None means the newest data.
+                       lookback_days: float | None = None, budget_rows: int | None = -1,
+                       source: str = "offline") -> dict:
+    """From the offline store (default: exported from the scorer's store first, then built out of core by DuckDB
+    within `budget_rows`, -1: the default budget, None: every row), from the scorer's store read into memory
+    (`source="store"`, the path before the offline store), or from a simulator history folder; `as_of` None means
+    the newest data.
 
-    From the store only the `lookback_days` before `as_of` are read (default: what the default split needs,
-    plus the label maturity and a day). Returns the training set's URI, which tasks pass on.
+    Only the `lookback_days` before `as_of` are read (default: what the default split needs, plus the label
+    maturity and a day). Returns the training set's URI, which tasks pass on.
     """
+    from fraudloop.pipelines.offline.build import BUDGET_ROWS, build
     from fraudloop.pipelines.retraining import training_set
     from fraudloop.pipelines.retraining.train import BuildConfig, frauds_by_source
 
     maturity = maturity_days * DAY
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    target = out or f"{training_sets_uri()}/{safe}.parquet"
+    if lookback_days is None:
+        default = BuildConfig()
+        lookback_days = days_needed(default.train_days, default.delay_days, default.test_days, maturity_days)
+    if history is None and source == "offline":
+        exported = export_offline(as_of, store_url)
+        as_of = exported["until"]
+        result = build(offline_store(), as_of, maturity, lookback_days * DAY, target,
+                       BUDGET_ROWS if budget_rows == -1 else budget_rows)
+        return {**result, "exported_days": exported["decision_days"]}
     if history:
         frame = training_set.from_history(Path(history), as_of, maturity)
-    else:
-        if lookback_days is None:
-            default = BuildConfig()
-            lookback_days = days_needed(default.train_days, default.delay_days, default.test_days, maturity_days)
+    elif source == "store":
         frame = training_set.from_store(_store_url(store_url), as_of, maturity, lookback_days * DAY)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    uri = training_set.write(frame, out or f"{training_sets_uri()}/{safe}.parquet")
+    else:
+        raise ValueError(f"source must be 'offline' or 'store', got {source!r}")
+    uri = training_set.write(frame, target)
     return {"uri": uri, "rows": len(frame), "frauds": int(frame["is_fraud"].sum()),
             "frauds_by_source": frauds_by_source(frame),
             "unknown_rows": int(frame.attrs.get("unknown_rows", 0)),  # blocked, no outcome: left out

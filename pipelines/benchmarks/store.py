@@ -55,7 +55,7 @@ def _task(kind: str, url: str, out: str) -> None:
 
     started = time.perf_counter()
     if kind == "training_set":
-        result = jobs.build_training_set(END, maturity_days=7.0, store_url=url, out=out)
+        result = jobs.build_training_set(END, maturity_days=7.0, store_url=url, out=out, source="store")
         rows = result["rows"]
     else:
         from fraudloop.models.store import Store

@@ -89,10 +89,12 @@ def evidence_of(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray) -> 
 
 
 def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenger: np.ndarray,
-          champion: np.ndarray | None, gates: Gates = Gates(), floors: bool = True) -> Verdict:
+          champion: np.ndarray | None, gates: Gates = Gates(), floors: bool = True,
+          weight: np.ndarray | None = None) -> Verdict:
     """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows.
     `floors` False: the evidence and the paired comparison only (a holdout of verdicts on flagged transactions, where
-    floors set for all traffic mean nothing: `with_feedback`)."""
+    floors set for all traffic mean nothing: `with_feedback`). `weight`: a downsampled holdout's row weights, so every
+    metric and the paired interval estimate all the traffic (the evidence counts rows: every fraud is kept)."""
     evidence = evidence_of(time, card_id, is_fraud)
     enough = (evidence.frauds >= max(gates.min_frauds, 1), evidence.fraud_cards >= gates.min_fraud_cards,
               evidence.cards >= gates.min_cards)
@@ -101,8 +103,8 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
                                  f"{evidence.cards:,} cards (min {gates.min_cards})", kind="evidence")]
     if evidence.frauds == 0:  # nothing to measure: insufficient whatever the minimums say
         return Verdict(evidence, tuple(checks))
-    mine = evaluate(time, card_id, is_fraud, challenger)
-    theirs = evaluate(time, card_id, is_fraud, champion) if champion is not None else None
+    mine = evaluate(time, card_id, is_fraud, challenger, weight)
+    theirs = evaluate(time, card_id, is_fraud, champion, weight) if champion is not None else None
 
     def floor(metric: str, minimum: float, label: str) -> None:
         value = mine[metric]
@@ -111,7 +113,7 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
 
     if floors:
         floor("average_precision", gates.min_average_precision, "AP")
-        best = achievable_card_precision(time, card_id, is_fraud)
+        best = achievable_card_precision(time, card_id, is_fraud, weight=weight)
         floor("card_precision_at_100", gates.min_card_precision_share * best,
               f"CP@100 (best achievable here {best:.4f} x {gates.min_card_precision_share})")
         floor("recall_at_1pct_fpr", gates.min_recall_at_1pct_fpr, "recall@1%FPR")
@@ -120,7 +122,7 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
         checks.append(Check(True, "no champion to compare with"))
     else:
         difference = paired_ap_difference(is_fraud, challenger, champion, card_id, gates.resamples, gates.confidence,
-                                          gates.seed)
+                                          gates.seed, weight)
         ok = difference.low > gates.average_precision_margin
         checks.append(Check(ok, f"AP difference vs champion {difference} lower bound "
                                 f"{'>' if ok else '<='} margin {gates.average_precision_margin:+.4f}"))

@@ -21,7 +21,7 @@ from fraudloop.models.training import TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining.cost import measure, predict_cost
 from fraudloop.pipelines.retraining.protocol import Split, split_masks, test_period
-from fraudloop.pipelines.retraining.training_set import mature_rows
+from fraudloop.pipelines.retraining.training_set import mature_rows, sample_weights, uniform_rows
 
 REFERENCE_ARTIFACT = "reference/holdout.parquet"
 SPLIT_TAG = "holdout_split"
@@ -103,12 +103,24 @@ def split_rows(frame: pd.DataFrame, split: Split, feedback_from: float | None) -
     the holdout's last day: a card whose fraud they teach leaves the holdout, as a card known compromised does. (What
     they teach of a pattern, not of a card, the holdout's days may show too: the holdout then favours a challenger
     that learnt the newest pattern, which is the one that will serve.)"""
-    train, test = holdout_masks(frame, split)
-    young_train, young_test = feedback_masks(frame, feedback_from)
-    # not from the holdout's own days (its last is partly young when `as_of` is not midnight)
-    young_train &= frame["event_time"].to_numpy() >= (split.start_day + split.span_days) * DAY
-    learnt = frame["card_id"][young_train & frame["is_fraud"].to_numpy(bool)]
-    return train | young_train, test & ~frame["card_id"].isin(learnt).to_numpy(), young_test
+    train = training_rows(frame, split, feedback_from)
+    _, test = holdout_masks(frame, split)
+    _, young_test = feedback_masks(frame, feedback_from)
+    learnt = frame["card_id"][train & ~mature_rows(frame) & frame["is_fraud"].to_numpy(bool)]
+    return train, test & ~frame["card_id"].isin(learnt).to_numpy(), young_test
+
+
+def training_rows(frame: pd.DataFrame, split: Split, feedback_from: float | None) -> np.ndarray:
+    """The rows that train: the mature ones of the training period, and the young ones newer than the holdout's
+    last day (its last is partly young when `as_of` is not midnight) and older than the feedback holdout. Row by
+    row, no card looked at: each partition of a set decides alone (pipelines/retraining/distributed.py)."""
+    time = frame["event_time"].to_numpy()
+    day, mature = time // DAY, mature_rows(frame)
+    train = mature & (day >= split.start_day) & (day < split.start_day + split.train_days)
+    young = ~mature & (time >= (split.start_day + split.span_days) * DAY)
+    if feedback_from is not None:
+        young &= time < feedback_from
+    return train | young
 
 
 def split_of_version(tags: dict[str, str]) -> Split:
@@ -119,7 +131,7 @@ def drift_reference(frame: pd.DataFrame, split: Split, booster: lgb.Booster) -> 
     """What the monitor compares live traffic with: every row of the holdout days (the evaluation's holdout drops
     cards already known compromised, live traffic does not) with the model's scores and the labels known then
     (so the monitor's decay check compares the champion's live AP with its AP on the same kind of traffic)."""
-    rows = frame[test_period(frame["event_time"].to_numpy(), split) & mature_rows(frame)]
+    rows = frame[test_period(frame["event_time"].to_numpy(), split) & mature_rows(frame) & uniform_rows(frame)]
     return rows[[*FEATURE_NAMES, "event_time", "card_id", "is_fraud"]].assign(score=predict(booster, rows))
 
 
@@ -163,17 +175,27 @@ def frauds_by_source(frame: pd.DataFrame) -> dict[str, int]:
 
 def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: BuildConfig = BuildConfig(),
                      alias: str | None = registry.CHALLENGER, trained_by: str = "fraudloop train",
-                     source: str = "") -> BuildResult:
-    """Train on the training set's latest split, evaluate on its holdout, register a new version under `alias`."""
+                     source: str = "", scheduler: str | None = None) -> BuildResult:
+    """Train on the training set's latest split, evaluate on its holdout, register a new version under `alias`.
+    `scheduler`: a Dask scheduler's address; the training set at `source` is then trained on there
+    (pipelines/retraining/distributed.py), the evaluation stays here."""
     split, feedback_from, train_rows, test_rows, feedback_test = training_split(frame, config)
     is_fraud = frame["is_fraud"].to_numpy()
     if not is_fraud[train_rows].any() or not is_fraud[test_rows].any():
         raise ValueError(f"no labelled fraud in the training or holdout period of {split.describe()}")
+    weight = sample_weights(frame)
     with measure() as cost:
-        booster = fit(frame[train_rows], is_fraud[train_rows], config.params)
+        if scheduler:
+            from fraudloop.pipelines.retraining.distributed import fit_on_cluster
+
+            booster = fit_on_cluster(source, split, feedback_from, config.params, scheduler)
+        else:
+            booster = fit(frame[train_rows], is_fraud[train_rows], config.params,
+                          None if weight is None else weight[train_rows])
     holdout = frame[test_rows]
     scores = predict(booster, holdout)
-    metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores)
+    metrics = evaluate(holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy(), is_fraud[test_rows], scores,
+                       None if weight is None else weight[test_rows])
     metrics.update(cost.as_metrics("training"))
     metrics.update(predict_cost(booster, holdout[list(FEATURE_NAMES)].to_numpy(np.float64)))
     young = ~mature_rows(frame)
@@ -190,6 +212,8 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
         FEEDBACK_TAG: "none" if feedback_from is None else f"{feedback_from:.0f}",
         "train_feedback_rows": str(rows["train_feedback"]),
         "train_rows": str(rows["train"]),
+        # genuine traffic sampled by card at this rate, weighed back (pipelines/offline/build.py); 1: every row
+        "sample_rate": f"{1 / weight.max():.6g}" if weight is not None else "1",
         "test_rows": str(rows["test"]),
         "train_data_fingerprint": fingerprint(frame.loc[train_rows, ["transaction_id", "is_fraud"]]),
         "feature_count": str(len(FEATURE_NAMES)),

@@ -70,6 +70,28 @@ def mature_rows(frame: pd.DataFrame) -> np.ndarray:
     return frame["mature"].to_numpy(bool) if "mature" in frame else np.ones(len(frame), dtype=bool)
 
 
+def sample_weights(frame: pd.DataFrame) -> np.ndarray | None:
+    """A downsampled set's row weights (1 / the rate each row was sampled at: pipelines/offline/build.py); None when
+    every row is there (a set built without a budget, or before budgets were)."""
+    if "weight" not in frame:
+        return None
+    weight = frame["weight"].to_numpy(float)
+    return None if (weight == 1).all() else weight
+
+
+def uniform_rows(frame: pd.DataFrame) -> np.ndarray:
+    """The rows of the cards drawn at a downsampled set's rate (whatever else kept them): a uniform sample of the
+    traffic by card, for what compares distributions (the monitor's reference). All rows of a set without weights."""
+    weight = sample_weights(frame)
+    if weight is None:
+        return np.ones(len(frame), dtype=bool)
+    from fraudloop.pipelines.offline.build import card_fraction
+
+    cards = frame["card_id"].to_numpy()
+    unique, index = np.unique(cards, return_inverse=True)
+    return card_fraction(unique)[index] < 1 / weight.max()
+
+
 def known_outcomes(transaction_ids: pd.Series, decisions: pd.Series | None, labels: pd.DataFrame,
                    as_of: float) -> pd.DataFrame:
     """Each transaction's outcome as known at `as_of`, aligned with `transaction_ids`: `is_fraud` (bool) and
@@ -208,4 +230,7 @@ def read(where: str | Path) -> pd.DataFrame:
     missing = {*ROW_COLUMNS, *FEATURE_NAMES, "is_fraud"} - set(frame.columns)
     if missing:
         raise ValueError(f"{where} is not a training set: it lacks {sorted(missing)}")
+    for column in ("decision", "rule"):  # as `training_set_as_of` gives them (a DuckDB build writes strings)
+        if column in frame and frame[column].dtype == object:
+            frame[column] = frame[column].astype("category")
     return frame

@@ -36,6 +36,7 @@ from fraudloop.pipelines.retraining.training_set import (
     known_outcomes,
     mature_rows,
     observation_weights,
+    sample_weights,
 )
 
 METRICS = ("average_precision", "card_precision_at_100", "recall_at_1pct_fpr", "roc_auc")
@@ -224,6 +225,8 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
         raise ValueError(f"the training set holds no rows of the holdout {split.describe()['test']} of version "
                          f"{version}")
     y, when, cards = holdout["is_fraud"].to_numpy(), holdout["event_time"].to_numpy(), holdout["card_id"].to_numpy()
+    weight = sample_weights(frame)  # a downsampled set: every figure below estimates all the traffic
+    holdout_weight = None if weight is None else weight[holdout_rows]
 
     champion_version = registry.alias_version(reg, registry.CHAMPION)
     if champion_version == version:
@@ -233,26 +236,29 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
         boosters["champion"] = registry.load_version(reg, champion_version)
     challenger_scores = predict(boosters["challenger"], holdout)
     champion_scores = predict(boosters["champion"], holdout) if champion_version else None
-    verdict = judge(when, cards, y, challenger_scores, champion_scores, gates)
+    verdict = judge(when, cards, y, challenger_scores, champion_scores, gates, weight=holdout_weight)
     feedback = None
     if champion_version is not None and feedback_rows.any():
         rows = frame[feedback_rows]
         feedback = judge_feedback(rows["event_time"].to_numpy(), rows["card_id"].to_numpy(),
                                   rows["is_fraud"].to_numpy(), predict(boosters["challenger"], rows),
                                   predict(boosters["champion"], rows), gates)
-    traffic = frame[test_period(frame["event_time"].to_numpy(), split) & mature_rows(frame)]
+    in_traffic = test_period(frame["event_time"].to_numpy(), split) & mature_rows(frame)
+    traffic = frame[in_traffic]
     traffic_time, traffic_fraud = traffic["event_time"].to_numpy(), traffic["is_fraud"].to_numpy()
+    traffic_weight = None if weight is None else weight[in_traffic]
     traffic_scores = {who: predict(booster, traffic) for who, booster in boosters.items()}
     thresholds = {"challenger": policy_thresholds.choose(traffic_time, traffic_fraud, traffic_scores["challenger"],
-                                                         targets)}
+                                                         targets, traffic_weight)}
     if champion_version is not None:
         served = ScorerConfig.load()  # a champion without thresholds of its own serves at the scorer's settings
         thresholds["champion"] = registry.version_thresholds(reg, (served.review_threshold,
                                                                    served.decline_threshold))(champion_version)
-    policy = {who: policy_effect(traffic_time, traffic_fraud, traffic_scores[who], *thresholds[who])
+    policy = {who: policy_effect(traffic_time, traffic_fraud, traffic_scores[who], *thresholds[who], traffic_weight)
               for who in boosters}
     grid = policy_thresholds.table(traffic_time, traffic_fraud, traffic_scores["challenger"],
-                                   [*(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9), *thresholds["challenger"]])
+                                   [*(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9), *thresholds["challenger"]],
+                                   traffic_weight)
     live = None
     if champion_version is not None and store_url is not None:
         maturity = float(registry.client(reg).get_run(info.run_id).data.params.get("maturity_days", 7.0)) * DAY
@@ -260,6 +266,7 @@ def validate_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, versi
     weighted, weighted_policy = {}, {}
     weights = observation_weights(holdout.get("decision"), holdout.get("propensity"))
     if weights is not None:
+        weights = weights if holdout_weight is None else weights * holdout_weight
         reach = explorable(holdout["decision"], holdout["propensity"])
         w, yr, cr = weights[reach], y[reach], cards[reach]
         weighted = {"challenger": weighted_ap(yr, challenger_scores[reach], w, cr)}
