@@ -12,9 +12,11 @@ DOC = """
 
 Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confirmed` asset):
 
-1. **build_training_set**: the scorer's stored decisions (feature values used at scoring time) joined with
-   the labels known at `as_of`; transactions younger than the label maturity are held out, but for those with an
-   analyst's verdict or a cardholder's answer (feedback: known at once).
+1. **build_training_set**: the scorer's store exported into the offline store (day-partitioned Parquet at
+   `FRAUDLOOP_OFFLINE_URI`: the new days and the newest two), then the decisions (feature values used at scoring
+   time) joined with the labels known at `as_of`, out of core by DuckDB; transactions younger than the label
+   maturity are held out, but for those with an analyst's verdict or a cardholder's answer (feedback: known at
+   once). Past the row budget (2,000,000) genuine traffic is sampled by card and weighed back.
 2. **train_challenger**: LightGBM on a time-ordered split; a new MLflow version with alias `challenger`. When
    drift scheduled the run, the split has no gap before the holdout: the newest mature days, the drifted
    ones, are trained on as early as labels allow. The young feedback trains too, but for the newest two days'

@@ -82,7 +82,7 @@ def cmd_training_set(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from fraudloop.pipelines import jobs
 
-    _print_json(jobs.export_offline(_as_of(args.until), store_url=args.store))
+    _print_json(jobs.export_offline(_as_of(args.until), store_url=args.store, every_day=args.all))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -748,6 +748,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the scorer's store into the offline store (day-partitioned Parquet)")
     p.add_argument("--until", help="ISO date/time; default: the newest stored decision")
     p.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or SQLite under FRAUDLOOP_HOME)")
+    p.add_argument("--all", action="store_true", help="every day again, not only the new ones and the newest two "
+                                                      "(after a backfill or an import of old labels)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a challenger on a training set; register it (alias 'challenger')")

@@ -37,9 +37,9 @@ def offline_store():
     return OfflineStore(default_uri())
 
 
-def export_offline(until: float | None = None, store_url: str | None = None) -> dict:
+def export_offline(until: float | None = None, store_url: str | None = None, every_day: bool = False) -> dict:
     """Export the scorer's store into the offline store up to `until` (default: its newest decision): the days that
-    are new or may have changed (pipelines/offline/export.py)."""
+    are new or may have changed, or `every_day` (pipelines/offline/export.py)."""
     from fraudloop.models.store import Store
     from fraudloop.pipelines.offline.export import export
 
@@ -48,7 +48,7 @@ def export_offline(until: float | None = None, store_url: str | None = None) -> 
         until = store.newest_event_time() if until is None else until
         if until is None:
             raise ValueError("the store holds no decisions yet")
-        return export(store, offline_store(), until)
+        return export(store, offline_store(), until, every_day)
     finally:
         store.close()
 
@@ -152,16 +152,23 @@ def rollback(reason: str, actor: str | None = None) -> dict:
     return asdict(back(_registry(), reason, actor))
 
 
-def check_drift(as_of: float, store_url: str | None = None, **settings: float | None) -> dict:
-    """Drift and decay of the champion as of `as_of`. `settings` are MonitorConfig fields; None or absent
-    means the MonitorConfig default, so the DAG, the CLI and the tests share one set of defaults."""
+def check_drift(as_of: float, store_url: str | None = None, source: str = "offline", **settings: float | None) -> dict:
+    """Drift and decay of the champion as of `as_of`, from the offline store (exported up to `as_of` first) or,
+    `source="store"`, the scorer's store. `settings` are MonitorConfig fields; None or absent means the
+    MonitorConfig default, so the DAG, the CLI and the tests share one set of defaults."""
     from dataclasses import replace
 
     from fraudloop.pipelines.retraining.monitor import MonitorConfig
     from fraudloop.pipelines.retraining.monitor import check_and_record as check
 
+    if source not in ("offline", "store"):
+        raise ValueError(f"source must be 'offline' or 'store', got {source!r}")
     config = replace(MonitorConfig(), **{k: v for k, v in settings.items() if v is not None})
-    report = check(_store_url(store_url), _registry(), as_of, config)
+    offline = None
+    if source == "offline":
+        export_offline(as_of, store_url)
+        offline = offline_store()
+    report = check(_store_url(store_url), _registry(), as_of, config, offline=offline)
     return {"as_of": as_of, "retrain": report.retrain, "signal": report.signal, "summary": report.summary,
             "rows": report.rows, "min_rows": report.min_rows, "champion_version": report.champion_version,
             "data_drift": report.data_drift, "score_drift": report.score_drift,

@@ -105,8 +105,37 @@ def test_an_exported_day_is_final_and_exporting_again_writes_the_same_bytes(fill
     assert ((day["event_time"] > days[5] * DAY) & (day["event_time"] <= (days[5] + 1) * DAY)).all()
 
 
-def test_a_store_of_another_feature_set_is_refused_in_one_line(tmp_path):
+def test_a_store_of_another_feature_set_or_another_source_is_refused_in_one_line(tmp_path, filled):
     offline = OfflineStore(tmp_path.as_uri())
-    (tmp_path / "schema.json").write_text('{"version": 1, "features": ["amount"]}')
+    (tmp_path / "schema.json").write_text('{"version": 1, "features": ["amount"], "source": null}')
     with pytest.raises(ValueError, match="export into a new URI"):
         offline.check_schema()
+    store, exported, as_of, folder = filled
+    other = Store(f"sqlite:///{folder / 'other.db'}")
+    try:
+        with pytest.raises(ValueError, match="holds the days of another store"):
+            export(other, exported, until=as_of)
+    finally:
+        other.close()
+
+
+def test_the_monitor_reads_the_same_window_from_the_offline_store_and_a_bounded_sample_past_its_size(filled):
+    from fraudloop.pipelines.retraining.monitor import MonitorConfig, read_offline, read_window
+    from fraudloop.pipelines.retraining.training_set import decode_decisions
+
+    store, offline, as_of, folder = filled
+    config = MonitorConfig(maturity_days=7.0, window_days=2.0)
+    recent, matured, labels = read_window(store, as_of, config)
+    off_recent, off_matured, off_labels = read_offline(offline, as_of, config)
+    np.testing.assert_array_equal(off_recent[list(FEATURE_NAMES)].to_numpy(),
+                                  decode_decisions(recent)[list(FEATURE_NAMES)].to_numpy())
+    assert off_matured["transaction_id"].tolist() == matured["transaction_id"].tolist()
+    assert off_matured["score"].tolist() == matured["score"].tolist()
+    assert sorted(off_labels["transaction_id"]) == sorted(labels["transaction_id"]) and len(labels)
+
+    small = MonitorConfig(maturity_days=7.0, window_days=2.0, sample_rows=len(matured) // 4)
+    _, sampled, sampled_labels = read_offline(offline, as_of, small)
+    assert 0 < len(sampled) < len(matured) // 2
+    rate = small.sample_rows / len(matured)
+    assert (card_fraction(sampled["card_id"]) < rate).all()  # whole cards, drawn as the build draws them
+    assert set(sampled_labels["transaction_id"]) <= set(sampled["transaction_id"])

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import duckdb
 import fsspec
 import numpy as np
+import pandas as pd
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.offline.store import DECISIONS, LABELS, OfflineStore
@@ -131,3 +132,34 @@ def build(offline: OfflineStore, as_of: float, maturity_seconds: float, lookback
             "frauds_by_source": {str(k): int(v) for k, v in sorted((by_source or {}).items())},
             "labelled_rows": int(total), "kept_rows": int(kept), "sample_rate": rate,
             "newest_event": float(newest), "as_of": as_of}
+
+
+def read_sample(offline: OfflineStore, since: float, until: float, columns: Iterable[str], sample_rows: int,
+                known_by: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The decisions with since < event_time <= until (`columns` of them), a uniform sample by card of at most about
+    `sample_rows`, in time order; and the labels of those known by `known_by` (empty without it). What the monitor
+    reads: its memory is set by `sample_rows`, whatever the day's volume."""
+    first, last = int(since // DAY) - 1, int(until // DAY)
+    files = offline.files(DECISIONS, first, last)
+    wanted = ", ".join(f'"{c}"' for c in columns)
+    label_columns = ["transaction_id", "known_at", "is_fraud", "source"]
+    if not files:
+        return pd.DataFrame(columns=list(columns)), pd.DataFrame(columns=label_columns)
+    where = f"event_time > {since!r} AND event_time <= {until!r}"
+    db = connect(offline)
+    try:
+        count = db.execute(f"SELECT count(*) FROM read_parquet({_list(files)}) WHERE {where}").fetchone()[0]
+        if count > sample_rows:
+            where += f" AND md5_number_upper(card_id) / {_TWO_64!r} < {sample_rows / count!r}"
+        rows = db.execute(f"SELECT {wanted} FROM read_parquet({_list(files)}) WHERE {where} "
+                          "ORDER BY event_time, transaction_id").df()
+        label_files = [] if known_by is None else offline.files(LABELS, first, int(known_by // DAY))
+        if not label_files or rows.empty:
+            return rows, pd.DataFrame(columns=label_columns)
+        db.register("sampled", rows[["transaction_id"]])
+        labels = db.execute(f"SELECT {', '.join(label_columns)} FROM read_parquet({_list(label_files)}) "
+                            f"WHERE known_at <= {known_by!r} AND transaction_id IN (SELECT transaction_id FROM sampled)"
+                            ).df()
+    finally:
+        db.close()
+    return rows, labels

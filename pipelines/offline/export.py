@@ -8,6 +8,7 @@ at once, writes the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pandas as pd
@@ -53,16 +54,25 @@ def _to_write(store: sql.Store, offline: OfflineStore, kind: str, column: sa.Col
     bounds = _bounds(store, column, until)
     if bounds is None:
         return []
-    first, last = file_day(bounds[0]), file_day(until)
+    first, last = file_day(bounds[0]), file_day(bounds[1])  # never a day past the data: it would look final
     done = set(offline.days(kind))
     redo_from = max(done) - 1 if done else first
     return [d for d in range(first, last + 1) if d not in done or d >= redo_from]
 
 
-def export(store: sql.Store, offline: OfflineStore, until: float) -> dict:
+def source_fingerprint(store: sql.Store) -> str:
+    """Which SQL store an offline store's days came from (its URL's hash: no password, no path in the marker)."""
+    return hashlib.sha256(store.engine.url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
+
+
+def export(store: sql.Store, offline: OfflineStore, until: float, every_day: bool = False) -> dict:
     """Export every day up to `until`'s that is new or may have changed, whole (a reader filters by time: what a day
-    holds after `until` is never read as known before it); returns what was written."""
-    offline.check_schema()
+    holds after `until` is never read as known before it); returns what was written. `every_day`: all the store's
+    days again (after writing into days already exported: a backfill, an import of old labels)."""
+    offline.check_schema(source_fingerprint(store))
+    if every_day:
+        for kind in (DECISIONS, LABELS):
+            offline.forget(kind)
     written = {DECISIONS: 0, LABELS: 0}
     days = {DECISIONS: 0, LABELS: 0}
     for day in _to_write(store, offline, DECISIONS, sql.decisions.c.event_time, until):

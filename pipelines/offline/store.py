@@ -83,17 +83,22 @@ class OfflineStore:
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
         return [prefix + self.path(kind, d) for d in self.days(kind) if first_day <= d <= last_day]
 
-    def check_schema(self) -> None:
-        """Write the schema marker on first use; refuse a store written with another schema or feature set."""
+    def check_schema(self, source: str | None = None) -> None:
+        """Write the schema marker on first use; refuse a store written with another schema or feature set, or
+        exported from another SQL store (`source`: its fingerprint), whose days would mix with these."""
         marker = f"{self.root}/schema.json"
-        mine = {"version": SCHEMA_VERSION, "features": list(FEATURE_NAMES)}
+        mine = {"version": SCHEMA_VERSION, "features": list(FEATURE_NAMES), "source": source}
         if not self.fs.exists(marker):
             self.fs.makedirs(self.root, exist_ok=True)
             with self.fs.open(marker, "w") as out:
                 json.dump(mine, out)
             return
-        with self.fs.open(marker) as source:
-            theirs = json.load(source)
+        with self.fs.open(marker) as written:
+            theirs = json.load(written)
+        if theirs.get("source") != source:
+            raise ValueError(f"the offline store {self.uri} holds the days of another store (fingerprint "
+                             f"{theirs.get('source')}, this one {source}): give each store its own URI "
+                             "(FRAUDLOOP_OFFLINE_URI)")
         if theirs != mine:
             raise ValueError(f"the offline store {self.uri} holds schema {theirs.get('version')} with "
                              f"{len(theirs.get('features', []))} features; this version writes schema {SCHEMA_VERSION} "
@@ -111,6 +116,11 @@ class OfflineStore:
                 rows += table.num_rows
         self.fs.mv(temporary, final)
         return rows
+
+    def forget(self, kind: str) -> None:
+        """Remove every day of `kind` (to export them all again)."""
+        if self.fs.exists(f"{self.root}/{kind}"):
+            self.fs.rm(f"{self.root}/{kind}", recursive=True)
 
     def bytes_on_disk(self, kind: str) -> int:
         return sum(self.fs.du(f"{self.root}/{kind}", total=False).values()) if self.days(kind) else 0

@@ -63,6 +63,9 @@ class MonitorConfig:
     min_frauds: int = 30  # fewer labelled frauds than this: no performance verdict
     cooldown_days: float = 1.0  # a drift episode signals at most one retrain per this long
     resamples: int = 500
+    # From the offline store, each of the two windows is read as a uniform sample by card of at most about this
+    # many rows: the check's memory does not grow with the volume (PSI and AP need far fewer)
+    sample_rows: int = 250_000
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,24 @@ def read_window(store, as_of: float, config: MonitorConfig) -> tuple[pd.DataFram
     return recent, matured, labels
 
 
+def read_offline(offline, as_of: float, config: MonitorConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """`read_window`'s three frames from the offline store (the recent one with a column a feature, as
+    `decode_decisions` gives), each window a sample of at most about `config.sample_rows` rows."""
+    from fraudloop.pipelines.offline.build import read_sample
+
+    maturity = config.maturity_days * DAY
+    policy = ["transaction_id", "card_id", "event_time", "score", "model_version", "decision", "propensity"]
+    recent, _ = read_sample(offline, as_of - config.window_days * DAY, as_of, [*policy, *FEATURE_NAMES],
+                            config.sample_rows)
+    matured, labels = read_sample(offline, as_of - maturity - config.performance_window_days * DAY, as_of - maturity,
+                                  policy, config.sample_rows, known_by=as_of)
+    return recent, matured, labels
+
+
 def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
-                config: MonitorConfig = MonitorConfig(), log: bool = True) -> DriftReport:
-    """Read the store and the champion's reference, assess, and log the report to MLflow."""
+                config: MonitorConfig = MonitorConfig(), log: bool = True, offline=None) -> DriftReport:
+    """Read the store (`offline`: the offline store, pipelines/offline/) and the champion's reference, assess, and
+    log the report to MLflow."""
     from fraudloop.models.store import Store
 
     version = registry.alias_version(reg, registry.CHAMPION)
@@ -199,12 +217,16 @@ def check_and_record(store_url: str, reg: registry.RegistryConfig, as_of: float,
     if key in cached:  # the costly part of the calibration depends only on the champion and these settings
         calibrated.min_rows = int(cached[key])
 
-    store = Store(store_url)
-    try:
-        recent_decisions, own, labels = read_window(store, as_of, config)
-    finally:
-        store.close()
-    recent = decode_decisions(recent_decisions)
+    if offline is not None:
+        recent_decisions, own, labels = read_offline(offline, as_of, config)
+        recent = recent_decisions
+    else:
+        store = Store(store_url)
+        try:
+            recent_decisions, own, labels = read_window(store, as_of, config)
+        finally:
+            store.close()
+        recent = decode_decisions(recent_decisions)
     recent_scores = recent_decisions.loc[recent_decisions["model_version"] == version, "score"].to_numpy(float)
     own = own[own["model_version"] == version]
     # the unknown ones (blocked, no outcome) are left out, as in training sets (training_set.py says why)
