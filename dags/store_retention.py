@@ -1,4 +1,4 @@
-"""Store retention: the scorer's store keeps only the days retraining and monitoring can use."""
+"""Store retention: the scorer's store keeps only the days the scorer reads back; the offline store keeps the rest."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from fraudloop.pipelines.jobs import run_as_of
 DOC = """
 ### Bound the scorer's store
 
-Daily: **prune** deletes decisions on transactions more than `keep_days` older than the run's `as_of` or the
-newest stored transaction, whichever is earlier (a replayed or simulated stream keeps its own clock: the wall
-clock never empties its store), with their labels and shadow scores. The default (`pipelines/jobs.py`
-RETENTION_DAYS) outlasts what `retrain` reads (its split plus the label maturity) and what `drift_monitor`
-reads (its window and the matured performance window), so nothing either needs is deleted, and the store,
-the training-set build and the monitor stay bounded in size and time.
+Daily: **prune** exports the scorer's store into the offline store (day-partitioned Parquet at
+`FRAUDLOOP_OFFLINE_URI`, which keeps everything: what `retrain` and `drift_monitor` read), then deletes decisions on
+transactions more than `keep_days` older than the run's `as_of` or the newest stored transaction, whichever is
+earlier (a replayed or simulated stream keeps its own clock: the wall clock never empties its store), with their
+labels and shadow scores. The default (`pipelines/jobs.py` RETENTION_DAYS, 45) outlasts what the scorer reads back
+(its feature state's 38 days, rebuilt from the store on a start or a rebalance), so the scorer's store stays
+bounded in size whatever the history kept.
 """
 
 

@@ -181,20 +181,24 @@ def days_needed(train_days: float, delay_days: float, test_days: float, maturity
     return train_days + delay_days + test_days + maturity_days + 1
 
 
-RETENTION_DAYS = 90.0
-MIN_RETENTION_DAYS = days_needed(28, 7, 7, 7)  # the default retrain's reach (the monitor's is 15 days)
+# The scorer's store keeps what the scorer reads back: its feature state's reach (rebuilt from the store on a start
+# or a rebalance: 38 days, the terminals' risk windows and their delay) and a day. Retraining and the monitor read
+# the offline store, which keeps everything.
+MIN_RETENTION_DAYS = 39.0
+RETENTION_DAYS = 45.0
 
 
 def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str | None = None) -> dict:
-    """Retention: delete decisions (and their labels and shadow scores) on transactions more than `keep_days`
-    older than `as_of` or than the newest stored transaction, whichever is earlier: a store that runs on a
-    clock of its own (a replayed or simulated stream) is measured by its own newest data, never emptied by
-    the wall clock."""
+    """Retention: export into the offline store (so nothing is deleted that it does not hold), then delete decisions
+    (and their labels and shadow scores) on transactions more than `keep_days` older than `as_of` or than the
+    newest stored transaction, whichever is earlier: a store that runs on a clock of its own (a replayed or
+    simulated stream) is measured by its own newest data, never emptied by the wall clock."""
     from fraudloop.models.store import Store
 
     if keep_days < MIN_RETENTION_DAYS:
-        raise ValueError(f"keep_days must be at least {MIN_RETENTION_DAYS:g} (what the default retrain and "
-                         f"drift_monitor read), got {keep_days:g}")
+        raise ValueError(f"keep_days must be at least {MIN_RETENTION_DAYS:g} (what the scorer's feature state "
+                         f"reaches back, rebuilt from the store), got {keep_days:g}")
+    exported = export_offline(store_url=store_url) if _has_decisions(store_url) else None
     store = Store(_store_url(store_url))
     try:
         newest = store.newest_event_time()
@@ -203,7 +207,17 @@ def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str 
     finally:
         store.close()
     return {"as_of": as_of, "keep_days": keep_days, "deleted_before": before, "deleted_decisions": decisions,
-            "deleted_labels": labels}
+            "deleted_labels": labels, "exported_days": exported["decision_days"] if exported else 0}
+
+
+def _has_decisions(store_url: str | None) -> bool:
+    from fraudloop.models.store import Store
+
+    store = Store(_store_url(store_url))
+    try:
+        return store.newest_event_time() is not None
+    finally:
+        store.close()
 
 
 def record_serving_cost(store_url: str | None = None) -> dict:

@@ -7,6 +7,7 @@ each copy with its own card and transaction ids. Then, each in a fresh process s
 - build: the point-in-time training set of a 30-day window within the default row budget (DuckDB);
 - train: `fraudloop train` on it (LightGBM, MLflow version, figures, drift reference);
 - validate: `fraudloop validate` on it (gates, thresholds, report);
+- monitor: one drift check of the trained version as champion (the last day's sample, the matured week's);
 and once, at the smallest volume, the same training on a Dask LocalCluster (2 workers) against the single machine.
 Downsampling's cost in quality is measured on the reference protocol (the folds of `fraudloop benchmark model`):
 each training week sampled by card at the rate the budget takes at the largest volume, weighed back, against the
@@ -137,6 +138,16 @@ def _stage(kind: str, work: str) -> None:
     elif kind == "validate":
         verdict = jobs.validate_version(out, json.loads(state.read_text())["version"])
         result = {"status": verdict["status"]}
+    elif kind == "monitor":
+        from fraudloop.models import registry
+        from fraudloop.pipelines.retraining.monitor import MonitorConfig, check_and_record
+
+        reg = registry.RegistryConfig.from_env()
+        registry.set_alias(reg, registry.CHAMPION, json.loads(state.read_text())["version"])
+        report = check_and_record("", reg, float((START_DAY + DAYS) * DAY), MonitorConfig(),
+                                  offline=jobs.offline_store())
+        result = {"rows": report.rows, "data_drift": report.data_drift,
+                  "recent_average_precision": report.recent_average_precision}
     elif kind == "dask":
         from distributed import Client, LocalCluster
         from fraudloop.models.metrics import evaluate
@@ -225,7 +236,7 @@ def run(work: Path, volumes: tuple[int, ...] = VOLUMES, progress: bool = True) -
         if progress:
             print(f"{volume:,} a day: {entry['fill']['decisions']:,} decisions written in "
                   f"{entry['fill']['seconds']:.0f} s", flush=True)
-        for kind in ("build", "train", "validate"):
+        for kind in ("build", "train", "validate", "monitor"):
             entry[kind] = measure(kind, folder)
             if progress:
                 print(f"  {kind}: {entry[kind]}", flush=True)
@@ -235,7 +246,8 @@ def run(work: Path, volumes: tuple[int, ...] = VOLUMES, progress: bool = True) -
             if progress:
                 print(f"  dask: {result.dask}", flush=True)
         result.volumes[str(volume)] = entry
-        result.peak_rss_mb[str(volume)] = max(entry[k]["peak_rss_mb"] for k in ("build", "train", "validate"))
+        result.peak_rss_mb[str(volume)] = max(entry[k]["peak_rss_mb"] for k in ("build", "train", "validate",
+                                                                               "monitor"))
         result.retrain_seconds[str(volume)] = sum(entry[k]["seconds"] for k in ("build", "train", "validate"))
         shutil.rmtree(folder / "offline", ignore_errors=True)
     rate = result.volumes[str(max(volumes))]["build"]["sample_rate"]
@@ -257,18 +269,20 @@ def to_markdown(result: Result, command: str) -> str:
         "cards tiled into copies with their own ids: its fraud rate, card structure, label delays and a model's "
         f"decisions), a {WINDOW_DAYS:g}-day window as of the end (split {SPLIT['train_days']} + "
         f"{SPLIT['delay_days']} + {SPLIT['test_days']} mature days, {MATURITY_DAYS:g} days of maturity), the default "
-        "row budget (2,000,000). Each step in a fresh process: its peak RSS is its own.",
+        "row budget (2,000,000); the monitor's sample of at most 250,000 rows a window. Each step in a fresh "
+        "process: its peak RSS is its own. Retrain seconds: build + train + validate.",
         "",
         "| decisions a day | stored | bytes on disk a decision | fill s | build: rows (rate), s, MB | "
-        "train: s, MB | validate: s, MB | retrain s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "train: s, MB | validate: s, MB | monitor: rows, s, MB | retrain s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v, e in result.volumes.items():
-        b, t, val = e["build"], e["train"], e["validate"]
+        b, t, val, m = e["build"], e["train"], e["validate"], e["monitor"]
         lines.append(f"| {int(v):,} | {e['fill']['decisions']:,} | {e['fill']['bytes_per_decision']:.0f} | "
                      f"{e['fill']['seconds']:.0f} | {b['rows']:,} ({b['sample_rate']:.3f}), {b['seconds']:.0f}, "
                      f"{b['peak_rss_mb']:,.0f} | {t['seconds']:.0f}, {t['peak_rss_mb']:,.0f} | {val['seconds']:.0f}, "
-                     f"{val['peak_rss_mb']:,.0f} | {result.retrain_seconds[v]:.0f} | {result.peak_rss_mb[v]:,.0f} |")
+                     f"{val['peak_rss_mb']:,.0f} | {m['rows']:,}, {m['seconds']:.0f}, {m['peak_rss_mb']:,.0f} | "
+                     f"{result.retrain_seconds[v]:.0f} | {result.peak_rss_mb[v]:,.0f} |")
     lines += [
         "",
         "| key | target | measured |",
