@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         path = jobs.build_training_set(None, args.maturity_days, history=str(args.history))["uri"]
     result = jobs.train_challenger(str(path), train_days=args.train_days, delay_days=args.delay_days,
                                    test_days=args.test_days, maturity_days=args.maturity_days,
-                                   num_boost_round=args.num_boost_round)
+                                   num_boost_round=args.num_boost_round, scheduler=args.dask_scheduler)
     _print_json(result)
     if args.promote:
         from fraudloop.pipelines.retraining.validate import describe
@@ -762,6 +762,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--maturity-days", type=float, default=7.0)
     p.add_argument("--num-boost-round", type=int, default=600)
     p.add_argument("--promote", action="store_true", help=f"validate, then move '{CHAMPION}' if it passed")
+    p.add_argument("--dask-scheduler", help="train on this Dask cluster (e.g. tcp://scheduler:8786; default: "
+                                            "FRAUDLOOP_DASK_SCHEDULER, else this machine)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="challenger vs champion on the challenger's holdout; verdict to MLflow")

@@ -96,19 +96,23 @@ def build_training_set(as_of: float | None, maturity_days: float = 7.0, store_ur
 
 def train_challenger(training_set: str, *, train_days: int = 28, delay_days: int = 7, test_days: int = 7,
           maturity_days: float = 7.0, num_boost_round: int = 600, shuffle_labels: bool = False,
-          trained_by: str = "fraudloop train", alias: str | None = "challenger") -> dict:
+          trained_by: str = "fraudloop train", alias: str | None = "challenger", scheduler: str | None = None) -> dict:
+    """`scheduler`: a Dask scheduler's address to train on (default FRAUDLOOP_DASK_SCHEDULER; neither: here)."""
     import numpy as np
     from fraudloop.models.training import TrainParams
     from fraudloop.pipelines.retraining import training_set as sets
     from fraudloop.pipelines.retraining.train import BuildConfig, train_challenger
 
     frame = sets.read(training_set)
+    scheduler = scheduler or os.environ.get("FRAUDLOOP_DASK_SCHEDULER") or None
+    if shuffle_labels and scheduler:
+        raise ValueError("shuffle_labels trains on this machine only (the cluster reads the set as written)")
     if shuffle_labels:  # a deliberately worse model, to show the gates hold
         frame = frame.assign(is_fraud=np.random.default_rng(0).permutation(frame["is_fraud"].to_numpy()))
         trained_by += " (shuffled labels)"
     config = BuildConfig(train_days, delay_days, test_days, maturity_days, TrainParams(num_boost_round=num_boost_round))
     result = train_challenger(frame, _registry(), config, alias=alias, trained_by=trained_by,
-                              source=sets.location(training_set))
+                              source=sets.location(training_set), scheduler=scheduler)
     return {"version": result.model.version, "run_id": result.model.run_id, **result.split,
             **{k: round(v, 4) for k, v in result.metrics.items()}}
 

@@ -9,10 +9,10 @@ from fraudloop.models.training import TrainParams, fit, predict
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.retraining import training_set
 from fraudloop.pipelines.retraining.distributed import fit_on_cluster
-from fraudloop.pipelines.retraining.train import BuildConfig, training_split
+from fraudloop.pipelines.retraining.train import BuildConfig, train_challenger, training_split
 
 
-def test_a_dask_cluster_trains_a_model_as_good_as_one_machine(tmp_path, small_history, small_labels):
+def test_a_dask_cluster_trains_a_model_as_good_as_one_machine(tmp_path, small_history, small_labels, registry):
     from distributed import Client, LocalCluster
 
     rows = training_set.history_rows(small_history, small_labels)
@@ -30,5 +30,8 @@ def test_a_dask_cluster_trains_a_model_as_good_as_one_machine(tmp_path, small_hi
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         spread = fit_on_cluster(uri, split, feedback_from, config.params, client)
+        # the retrain step, asked to train on the cluster by its address: a registered version of that quality
+        version = train_challenger(frame, registry, config, source=uri, scheduler=cluster.scheduler_address)
     assert spread.num_trees() == alone.num_trees() == 150
     assert quality(spread) == pytest.approx(quality(alone), abs=0.005)
+    assert version.metrics["average_precision"] == pytest.approx(quality(alone), abs=0.005)
