@@ -81,3 +81,13 @@ def test_simulate_then_train_registers_a_version(tmp_path):
 def test_a_bad_time_is_one_clear_line():
     result = run("training-set", "--as-of", "yesterday")
     assert result.returncode == 2 and result.stderr.strip().startswith("fraudloop training-set: error: --as-of")
+
+
+def test_a_bad_budget_and_an_empty_store_are_one_clear_line(tmp_path):
+    result = run("training-set", "--budget-rows", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "fraudloop training-set: error: --budget-rows must be at least 1, got 0"
+    env = {**os.environ, "FRAUDLOOP_HOME": str(tmp_path / "home")}
+    result = run("export", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "fraudloop export: error: the store holds no decisions yet"

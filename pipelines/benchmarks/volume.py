@@ -277,7 +277,7 @@ def to_markdown(result: Result, command: str) -> str:
         "cards tiled into copies with their own ids: its fraud rate, card structure, label delays and a model's "
         f"decisions), a {WINDOW_DAYS:g}-day window as of the end (split {SPLIT['train_days']} + "
         f"{SPLIT['delay_days']} + {SPLIT['test_days']} mature days, {MATURITY_DAYS:g} days of maturity), the default "
-        "row budget (2,000,000); the monitor's sample of at most 250,000 rows a window. Each step in a fresh "
+        "row budget (2,000,000); the monitor's sample of at most 50,000 rows a window. Each step in a fresh "
         "process: its peak RSS is its own. Retrain seconds: build + train + validate.",
         "",
         "| decisions a day | stored | bytes on disk a decision | fill s | build: rows (rate), s, MB | "
