@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.models.schema import Label
-from fraudloop.models.store import Store
+from fraudloop.models.schema import Label, Transaction
+from fraudloop.models.store import DecisionRow, Store
 from fraudloop.models.training import TrainParams, fit
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.data.backfill import backfill
@@ -96,7 +96,13 @@ def test_an_exported_day_is_final_and_exporting_again_writes_the_same_bytes(fill
     assert len(days) >= 70 and offline.days(LABELS)
     before = {d: offline.fs.cat_file(offline.path(DECISIONS, d)) for d in days[:3]}
     again = export(store, offline, until=as_of + 10 * DAY)
-    assert again["decision_days"] == 2  # the newest two only: the older ones are final
+    assert again["decision_days"] == 0  # the older days are final, the newest two unchanged
+    newest = max(days)
+    store.write([DecisionRow(Transaction("late", "C-late", "T1", newest * DAY + 60, 100), 0.1, "approve", "1",
+                             [0.0] * len(FEATURE_NAMES), newest * DAY + 61)], [])
+    again = export(store, offline, until=as_of + 10 * DAY)
+    assert again["decision_days"] == 1 and offline.rows(DECISIONS, newest) == len(
+        pd.read_parquet(offline.path(DECISIONS, newest)))  # the day that received a row, written again
     copy = OfflineStore((folder / "copy").as_uri())
     export(store, copy, until=as_of + 10 * DAY)
     for day, content in before.items():

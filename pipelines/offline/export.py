@@ -1,9 +1,9 @@
 """Export the SQL store's decisions and labels into the offline store, a day at a time, bounded in memory.
 
 File day D holds the rows with D*DAY < time <= (D+1)*DAY (the store's own window convention). Days already
-exported are skipped but for the newest two: the newest may have been written before its day ended, and the one
-before it may have received a late event since. Everything older is final, so running the export again, or twice
-at once, writes the same bytes.
+exported are skipped but for the newest two, written again when their row count moved: the newest may have been
+written before its day ended, and the one before it may have received a late event since. Everything older is
+final, so running the export again, or twice at once, writes the same bytes.
 """
 
 from __future__ import annotations
@@ -51,13 +51,22 @@ def _bounds(store: sql.Store, column: sa.Column, until: float) -> tuple[float, f
 
 
 def _to_write(store: sql.Store, offline: OfflineStore, kind: str, column: sa.Column, until: float) -> list[int]:
+    """The days to write: the new ones, and of the newest two those whose row count moved (rows are only ever
+    inserted, by transaction id or by transaction and time, so the same count is the same content)."""
     bounds = _bounds(store, column, until)
     if bounds is None:
         return []
     first, last = file_day(bounds[0]), file_day(bounds[1])  # never a day past the data: it would look final
     done = set(offline.days(kind))
     redo_from = max(done) - 1 if done else first
-    return [d for d in range(first, last + 1) if d not in done or d >= redo_from]
+    return [d for d in range(first, last + 1)
+            if d not in done or (d >= redo_from and _count(store, column, d) != offline.rows(kind, d))]
+
+
+def _count(store: sql.Store, column: sa.Column, day: int) -> int:
+    with store.engine.connect() as db:
+        return int(db.execute(sa.select(sa.func.count()).where(column > day * DAY, column <= (day + 1) * DAY))
+                   .scalar_one())
 
 
 def source_fingerprint(store: sql.Store) -> str:

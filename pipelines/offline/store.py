@@ -117,6 +117,11 @@ class OfflineStore:
         self.fs.mv(temporary, final)
         return rows
 
+    def rows(self, kind: str, day: int) -> int:
+        """Rows in a written day (from the file's footer, not its data)."""
+        with self.fs.open(self.path(kind, day), "rb") as source:
+            return pq.read_metadata(source).num_rows
+
     def forget(self, kind: str) -> None:
         """Remove every day of `kind` (to export them all again)."""
         if self.fs.exists(f"{self.root}/{kind}"):
