@@ -39,6 +39,7 @@ DAYS, WINDOW_DAYS, MATURITY_DAYS = 35, 30, 7.0
 SPLIT = {"train_days": 13, "delay_days": 3, "test_days": 6}  # the mature 23 days of a 30-day window
 START_DAY = 20_000  # 2024-10-04: any day will do
 CURVE_RATES = (0.15, 0.3, 0.5)  # downsampling's cost at these rates too: what it depends on
+RESULT = "volume-step-result: "  # the line a step's figures are on (libraries print to stdout too)
 
 
 def base_world(customers: int = 2_000, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -172,7 +173,7 @@ def _stage(kind: str, work: str) -> None:
             predict(booster, holdout), holdout["weight"].to_numpy())["average_precision"]}
     result.update(seconds=time.perf_counter() - started,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(json.dumps(result))
+    print(RESULT + json.dumps(result))
 
 
 def measure(kind: str, work: Path) -> dict:
@@ -183,7 +184,8 @@ def measure(kind: str, work: Path) -> dict:
                           capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"the {kind} step failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    marked = [line[len(RESULT):] for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    return json.loads(marked[-1])
 
 
 def downsampled_quality(rates: tuple[float, ...], seed: int = 0) -> list[dict]:
