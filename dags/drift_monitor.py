@@ -16,8 +16,9 @@ Hourly:
    reference (its holdout), and PSI of its scores, each against a threshold calibrated for the window's size
    to `false_alarm_rate` and no lower than a material shift (`material_mean_psi`, `material_score_psi`); a
    window too small to detect `detectable_psi` gets no verdict; and its Average
-   Precision on transactions whose labels have matured. A report (table, plots, verdict) is logged to MLflow
-   (`card-fraud-monitoring`).
+   Precision on transactions whose labels have matured. Both windows are read from the offline store (the
+   scorer's store exported into it first), as a uniform sample by card of at most 50,000 rows each, whatever the
+   volume. A report (table, plots, verdict) is logged to MLflow (`card-fraud-monitoring`).
 2. **record_serving_cost**: CPU time per 1,000 transactions the scorer spent on the champion, as version tags.
 3. **drift_confirmed** → **signal_retrain**: only when the verdict says so, and at most once per
    `cooldown_days` for one champion, the `card_fraud_drift_confirmed` asset is updated, which schedules
