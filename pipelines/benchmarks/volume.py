@@ -173,7 +173,7 @@ def _stage(kind: str, work: str) -> None:
             predict(booster, holdout), holdout["weight"].to_numpy())["average_precision"]}
     result.update(seconds=time.perf_counter() - started,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(RESULT + json.dumps(result))
+    print("\n" + RESULT + json.dumps(result), flush=True)  # on a line of its own: a library may leave one open
 
 
 def measure(kind: str, work: Path) -> dict:
@@ -184,7 +184,9 @@ def measure(kind: str, work: Path) -> dict:
                           capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"the {kind} step failed:\n{done.stderr[-3000:]}")
-    marked = [line[len(RESULT):] for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    marked = [line.split(RESULT, 1)[1] for line in done.stdout.splitlines() if RESULT in line]
+    if not marked:
+        raise RuntimeError(f"the {kind} step printed no figures:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return json.loads(marked[-1])
 
 
