@@ -359,10 +359,11 @@ class Store:
             return {str(name): int(n) for name, n in rows}
 
     def prune(self, before: float) -> tuple[int, int]:
-        """Delete decisions on transactions older than `before` and their labels (retention); (decisions, labels)."""
-        old = sa.select(decisions.c.transaction_id).where(decisions.c.event_time < before)
+        """Delete decisions on transactions older than `before`, and labels that became known before it (retention);
+        (decisions, labels). A late label of a deleted transaction stays until it ages out too: the offline store
+        files labels by the day they became known, and a day must never lose a row it was exported with."""
         with self.engine.begin() as db:
-            gone_labels = db.execute(sa.delete(labels).where(labels.c.transaction_id.in_(old))).rowcount
+            gone_labels = db.execute(sa.delete(labels).where(labels.c.known_at < before)).rowcount
             db.execute(sa.delete(shadow_scores).where(shadow_scores.c.event_time < before))
             gone = db.execute(sa.delete(decisions).where(decisions.c.event_time < before)).rowcount
         return gone, gone_labels

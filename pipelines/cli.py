@@ -748,8 +748,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the scorer's store into the offline store (day-partitioned Parquet)")
     p.add_argument("--until", help="ISO date/time; default: the newest stored decision")
     p.add_argument("--store", help="store URL (default: FRAUDLOOP_STORE_URL or SQLite under FRAUDLOOP_HOME)")
-    p.add_argument("--all", action="store_true", help="every day again, not only the new ones and the newest two "
-                                                      "(after a backfill or an import of old labels)")
+    p.add_argument("--all", action="store_true", help="check every day for rows the offline store lacks, not only "
+                                                      "the last week's (after a backfill or an import of old labels)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a challenger on a training set; register it (alias 'challenger')")

@@ -39,7 +39,7 @@ def offline_store():
 
 def export_offline(until: float | None = None, store_url: str | None = None, every_day: bool = False) -> dict:
     """Export the scorer's store into the offline store up to `until` (default: its newest decision): the days that
-    are new or may have changed, or `every_day` (pipelines/offline/export.py)."""
+    are new or may have received rows (`every_day`: checking all; pipelines/offline/export.py)."""
     from fraudloop.models.store import Store
     from fraudloop.pipelines.offline.export import export
 

@@ -145,3 +145,27 @@ def test_the_monitor_reads_the_same_window_from_the_offline_store_and_a_bounded_
     rate = small.sample_rows / len(matured)
     assert (card_fraction(sampled["card_id"]) < rate).all()  # whole cards, drawn as the build draws them
     assert set(sampled_labels["transaction_id"]) <= set(sampled["transaction_id"])
+
+
+def test_retention_in_the_scorer_store_never_takes_a_row_from_the_offline_store(tmp_path):
+    import math
+
+    store = Store(f"sqlite:///{tmp_path / 'scoring.db'}")
+    t0 = 1_800_000_000.0
+    for i in range(40):  # a decision a day, and its chargeback 30 days later
+        store.write([DecisionRow(Transaction(f"t{i}", "C1", "T1", t0 + i * DAY, 100), 0.1, "approve", "1",
+                                 [0.0] * (len(FEATURE_NAMES) - 1) + [math.nan], t0 + i * DAY)],
+                    [Label(f"t{i}", True, t0 + (i + 30) * DAY)] if i < 5 else [])
+    offline = OfflineStore((tmp_path / "offline").as_uri())
+    export(store, offline, until=t0 + 40 * DAY)
+    exported = {kind: {d: offline.rows(kind, d) for d in offline.days(kind)} for kind in (DECISIONS, LABELS)}
+    assert sum(exported[LABELS].values()) == 5
+    store.prune(before=t0 + 32 * DAY)  # the decisions of 32 days go, and no label (they became known later)
+    store.write([DecisionRow(Transaction("new", "C1", "T1", t0 + 40 * DAY, 100), 0.1, "approve", "1",
+                             [0.0] * len(FEATURE_NAMES), t0 + 40 * DAY)], [])
+    export(store, offline, until=t0 + 41 * DAY, every_day=True)
+    for kind in (DECISIONS, LABELS):
+        for day, rows in exported[kind].items():
+            assert offline.rows(kind, day) >= rows, (kind, day)
+    assert sum(offline.rows(DECISIONS, d) for d in offline.days(DECISIONS)) == 41
+    store.close()

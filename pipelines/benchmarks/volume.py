@@ -192,7 +192,8 @@ def measure(kind: str, work: Path) -> dict:
 
 def downsampled_quality(rates: tuple[float, ...], seed: int = 0) -> list[dict]:
     """The reference protocol's test weeks, trained on each whole training week and on the week sampled by card at
-    each rate (every fraud kept, the rest weighed 1 / rate), as the build samples: mean test AP and CP@100."""
+    each rate (every fraud kept, the rest weighed 1 / rate), as the build samples (the protocol's history has no
+    blocks or feedback, which the build keeps too): mean test AP and CP@100."""
     from fraudloop.models.metrics import evaluate
     from fraudloop.models.training import TrainParams, fit, predict
     from fraudloop.pipelines.benchmarks.model import published_test_folds

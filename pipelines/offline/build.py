@@ -19,8 +19,10 @@ same card is in or out of every training set (a reader can recompute it: `card_f
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import duckdb
 import fsspec
@@ -44,22 +46,34 @@ def card_fraction(card_ids: Iterable[str]) -> np.ndarray:
 
 
 def _list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(_text(p) for p in paths) + "]"
 
 
 def _sql_set(values: Iterable[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in sorted(values)) + ")"
 
 
-def connect(offline: OfflineStore, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+@contextmanager
+def connect(offline: OfflineStore, memory_limit: str = MEMORY_LIMIT) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection with a memory limit, spilling to a folder of its own (removed after)."""
+    spill = tempfile.mkdtemp(prefix="fraudloop-duckdb-")
     db = duckdb.connect()
-    db.execute(f"SET memory_limit = '{memory_limit}'")
-    db.execute(f"SET temp_directory = '{tempfile.gettempdir()}/fraudloop-duckdb'")
-    db.execute("SET preserve_insertion_order = false")
-    protocol = offline.fs.protocol if isinstance(offline.fs.protocol, str) else offline.fs.protocol[0]
-    if protocol not in ("file", "local"):
-        db.register_filesystem(offline.fs)
-    return db
+    try:
+        db.execute(f"SET memory_limit = {_text(memory_limit)}")
+        db.execute(f"SET temp_directory = {_text(spill)}")
+        db.execute("SET preserve_insertion_order = false")
+        protocol = offline.fs.protocol if isinstance(offline.fs.protocol, str) else offline.fs.protocol[0]
+        if protocol not in ("file", "local"):
+            db.register_filesystem(offline.fs)
+        yield db
+    finally:
+        db.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _text(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _labelled(offline: OfflineStore, since: float, as_of: float, maturity: float) -> str | None:
@@ -92,13 +106,13 @@ def build(offline: OfflineStore, as_of: float, maturity_seconds: float, lookback
 
     Its rows and labels are those of `training_set.training_set_as_of(..., feedback_seconds)` (default: the
     maturity), in the same order, plus a `weight` column; `budget_rows` None keeps every row (weight 1)."""
-    feedback = maturity_seconds if feedback_seconds is None else feedback_seconds
-    labelled = _labelled(offline, as_of - lookback_seconds, as_of, maturity_seconds)
+    as_of, maturity_seconds = float(as_of), float(maturity_seconds)  # written into the SQL as Python floats
+    feedback = maturity_seconds if feedback_seconds is None else float(feedback_seconds)
+    labelled = _labelled(offline, as_of - float(lookback_seconds), as_of, maturity_seconds)
     if labelled is None:
         raise ValueError(f"the offline store {offline.uri} holds no decisions up to the day of {as_of!r} "
                          "(run 'fraudloop export' first)")
-    db = connect(offline, memory_limit)
-    try:
+    with connect(offline, memory_limit) as db:
         db.execute(f"""CREATE TEMP VIEW chosen AS SELECT * FROM ({labelled})
             WHERE label_source <> '{UNKNOWN}' AND (mature OR (event_time > {as_of - feedback!r}
                   AND label_source IN {_sql_set(FEEDBACK_SOURCES)}))""")
@@ -122,12 +136,10 @@ def build(offline: OfflineStore, as_of: float, maturity_seconds: float, lookback
         weight = f"CAST(CASE WHEN kept THEN 1 ELSE {1 / rate!r} END AS DOUBLE) AS weight"
         db.execute(f"""COPY (SELECT {columns}, {weight} FROM marked WHERE kept OR {sampled}
                              ORDER BY event_time, transaction_id)
-                       TO '{target}' (FORMAT parquet, COMPRESSION zstd)""")
+                       TO {_text(target)} (FORMAT parquet, COMPRESSION zstd)""")
         rows, newest, by_source = db.execute(
             f"SELECT count(*), max(event_time), histogram(label_source) FILTER (WHERE is_fraud) "
-            f"FROM read_parquet('{target}')").fetchone()
-    finally:
-        db.close()
+            f"FROM read_parquet({_text(target)})").fetchone()
     return {"uri": uri, "rows": int(rows), "frauds": int(frauds), "unknown_rows": int(unknown),
             "frauds_by_source": {str(k): int(v) for k, v in sorted((by_source or {}).items())},
             "labelled_rows": int(total), "kept_rows": int(kept), "sample_rate": rate,
@@ -145,9 +157,8 @@ def read_sample(offline: OfflineStore, since: float, until: float, columns: Iter
     label_columns = ["transaction_id", "known_at", "is_fraud", "source"]
     if not files:
         return pd.DataFrame(columns=list(columns)), pd.DataFrame(columns=label_columns)
-    where = f"event_time > {since!r} AND event_time <= {until!r}"
-    db = connect(offline)
-    try:
+    where = f"event_time > {float(since)!r} AND event_time <= {float(until)!r}"
+    with connect(offline) as db:
         count = db.execute(f"SELECT count(*) FROM read_parquet({_list(files)}) WHERE {where}").fetchone()[0]
         if count > sample_rows:
             where += f" AND md5_number_upper(card_id) / {_TWO_64!r} < {sample_rows / count!r}"
@@ -158,8 +169,6 @@ def read_sample(offline: OfflineStore, since: float, until: float, columns: Iter
             return rows, pd.DataFrame(columns=label_columns)
         db.register("sampled", rows[["transaction_id"]])
         labels = db.execute(f"SELECT {', '.join(label_columns)} FROM read_parquet({_list(label_files)}) "
-                            f"WHERE known_at <= {known_by!r} AND transaction_id IN (SELECT transaction_id FROM sampled)"
-                            ).df()
-    finally:
-        db.close()
+                            f"WHERE known_at <= {float(known_by)!r} "
+                            "AND transaction_id IN (SELECT transaction_id FROM sampled)").df()
     return rows, labels

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,25 +108,24 @@ class OfflineStore:
     def write_day(self, kind: str, day: int, tables: Iterable[pa.Table]) -> int:
         """Write one day (replacing what was there) from its tables in order; returns the rows written."""
         final = self.path(kind, day)
-        temporary = final.replace("part-0.parquet", f".part-0.{os.getpid()}.tmp")
+        temporary = final.replace("part-0.parquet", f".part-0.{uuid.uuid4().hex}.tmp")  # writers on other hosts too
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         rows = 0
-        with self.fs.open(temporary, "wb") as out, pq.ParquetWriter(out, SCHEMAS[kind], compression="zstd") as writer:
-            for table in tables:
-                writer.write_table(table.select(SCHEMAS[kind].names).cast(SCHEMAS[kind]), row_group_size=131_072)
-                rows += table.num_rows
-        self.fs.mv(temporary, final)
+        try:
+            with self.fs.open(temporary, "wb") as out, pq.ParquetWriter(out, SCHEMAS[kind], compression="zstd") as w:
+                for table in tables:
+                    w.write_table(table.select(SCHEMAS[kind].names).cast(SCHEMAS[kind]), row_group_size=131_072)
+                    rows += table.num_rows
+            self.fs.mv(temporary, final)
+        finally:
+            if self.fs.exists(temporary):
+                self.fs.rm(temporary)
         return rows
 
     def rows(self, kind: str, day: int) -> int:
         """Rows in a written day (from the file's footer, not its data)."""
         with self.fs.open(self.path(kind, day), "rb") as source:
             return pq.read_metadata(source).num_rows
-
-    def forget(self, kind: str) -> None:
-        """Remove every day of `kind` (to export them all again)."""
-        if self.fs.exists(f"{self.root}/{kind}"):
-            self.fs.rm(f"{self.root}/{kind}", recursive=True)
 
     def bytes_on_disk(self, kind: str) -> int:
         return sum(self.fs.du(f"{self.root}/{kind}", total=False).values()) if self.days(kind) else 0

@@ -179,6 +179,8 @@ def train_challenger(frame: pd.DataFrame, reg: registry.RegistryConfig, config: 
     """Train on the training set's latest split, evaluate on its holdout, register a new version under `alias`.
     `scheduler`: a Dask scheduler's address; the training set at `source` is then trained on there
     (pipelines/retraining/distributed.py), the evaluation stays here."""
+    if scheduler and not source:
+        raise ValueError("training on a Dask cluster reads the training set from its URI: give `source`")
     split, feedback_from, train_rows, test_rows, feedback_test = training_split(frame, config)
     is_fraud = frame["is_fraud"].to_numpy()
     if not is_fraud[train_rows].any() or not is_fraud[test_rows].any():
