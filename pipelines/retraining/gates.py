@@ -94,7 +94,8 @@ def judge(time: np.ndarray, card_id: np.ndarray, is_fraud: np.ndarray, challenge
     """The verdict on the challenger's scores (and the champion's, when there is one) over the same holdout rows.
     `floors` False: the evidence and the paired comparison only (a holdout of verdicts on flagged transactions, where
     floors set for all traffic mean nothing: `with_feedback`). `weight`: a downsampled holdout's row weights, so every
-    metric and the paired interval estimate all the traffic (the evidence counts rows: every fraud is kept)."""
+    metric and the paired interval estimate all the traffic (the evidence's frauds and compromised cards are all
+    there, as every fraud is kept; its count of cards is of the sample's)."""
     evidence = evidence_of(time, card_id, is_fraud)
     enough = (evidence.frauds >= max(gates.min_frauds, 1), evidence.fraud_cards >= gates.min_fraud_cards,
               evidence.cards >= gates.min_cards)
