@@ -23,6 +23,8 @@ Hourly:
 3. **drift_confirmed** → **signal_retrain**: only when the verdict says so, and at most once per
    `cooldown_days` for one champion, the `card_fraud_drift_confirmed` asset is updated, which schedules
    `retrain` with this run's `as_of`.
+
+Before any champion exists (a fresh home), the run ends **skipped**, with the reason in the tasks' log.
 """
 DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
 
@@ -60,13 +62,13 @@ def drift_monitor() -> None:
         from fraudloop.pipelines import jobs
 
         settings = {k: v for k, v in context["params"].items() if k != "as_of"}
-        return jobs.check_drift(as_of=run_as_of(context), **settings)
+        return jobs.as_task(jobs.check_drift, as_of=run_as_of(context), **settings)
 
     @task(doc_md="Serving CPU per 1,000 transactions, from the scorer's store, onto the champion's version.")
     def record_serving_cost() -> dict:
         from fraudloop.pipelines import jobs
 
-        return jobs.record_serving_cost()
+        return jobs.as_task(jobs.record_serving_cost)
 
     @task.short_circuit(doc_md="Go on only when drift is confirmed and this episode has not signalled a retrain "
                                "within the cooldown.")

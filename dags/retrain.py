@@ -30,6 +30,8 @@ Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confir
 4. **decide** → **promote** (move `champion`, keep `previous_champion`) or **reject** (champion stays; a
    holdout too small to tell the models apart is rejected as `insufficient evidence`, not failed or retried).
 
+On a home whose store holds no decisions yet the run ends **skipped**, with the reason in the first task's log,
+never a failure to retry.
 Every task is a function in `pipelines/jobs.py`; `fraudloop <command>` runs the same step by hand.
 Settings: `FRAUDLOOP_*` environment variables (store, MLflow) and the params below.
 """
@@ -69,8 +71,8 @@ def retrain() -> None:
 
         p = context["params"]
         lookback = jobs.days_needed(p["train_days"], p["delay_days"], p["test_days"], p["maturity_days"])
-        return jobs.build_training_set(as_of=run_as_of(context), maturity_days=p["maturity_days"],
-                                       name=context["run_id"], lookback_days=lookback)["uri"]
+        return jobs.as_task(jobs.build_training_set, as_of=run_as_of(context), maturity_days=p["maturity_days"],
+                            name=context["run_id"], lookback_days=lookback)["uri"]
 
     @task(doc_md="Train and register a challenger (alias `challenger`); returns its version. A run scheduled by "
                  "drift trains without the gap before the holdout, so the newest mature (drifted) days are learnt.")

@@ -17,6 +17,8 @@ earlier (a replayed or simulated stream keeps its own clock: the wall clock neve
 labels and shadow scores. The default (`pipelines/jobs.py` RETENTION_DAYS, 45) outlasts what the scorer reads back
 (its feature state's 38 days, rebuilt from the store on a start or a rebalance), so the scorer's store stays
 bounded in size whatever the history kept.
+
+On a store with no decisions yet the task ends **skipped**, with the reason in its log.
 """
 
 
@@ -40,7 +42,7 @@ def store_retention() -> None:
         from fraudloop.pipelines import jobs
 
         keep = context["params"]["keep_days"]
-        return jobs.prune_store(run_as_of(context), **({"keep_days": keep} if keep is not None else {}))
+        return jobs.as_task(jobs.prune_store, run_as_of(context), **({"keep_days": keep} if keep is not None else {}))
 
     prune()
 

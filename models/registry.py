@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.models.home import fraudloop_home
+from fraudloop.models.home import first_use_lock, fraudloop_home, sqlite_path
 from fraudloop.models.thresholds import from_tags
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
@@ -29,6 +29,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 DEFAULT_MODEL_NAME = "card-fraud"
+_CREATED: set[str] = set()  # the SQLite stores this process has created or found made (RegistryConfig.create_store)
 FEATURE_SPEC_FILE = "feature_spec.json"
 
 
@@ -55,8 +56,22 @@ class RegistryConfig:
 
     def point_mlflow(self) -> None:
         """MLflow's fluent API and models:/ URIs use process-wide URIs: set both to this store."""
+        self.create_store()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+
+    def create_store(self) -> None:
+        """Create and migrate an embedded SQLite store once, under a lock.
+
+        MLflow creates its tables on first use, unguarded: two processes doing it at once each run the
+        migrations, both fail, and the half-migrated file fails every later command. Once per process and store.
+        """
+        path = sqlite_path(self.tracking_uri)
+        if path is None or self.tracking_uri in _CREATED:
+            return
+        with first_use_lock(path):
+            MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri).search_experiments(max_results=1)
+        _CREATED.add(self.tracking_uri)
 
     def activate(self) -> MlflowClient:
         """Point MLflow at this store and make sure the experiment exists with our artifact root."""
@@ -143,9 +158,11 @@ def server_env() -> dict[str, str]:
 
 
 def server_command(config: RegistryConfig, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """`mlflow server` over this store: the review UI (and a tracking server for other processes)."""
+    """`mlflow server` over this store: the review UI (and a tracking server for other processes). The store is
+    created first, so a server started beside other first users of a fresh home does not race them."""
     import sys
 
+    config.create_store()
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", config.tracking_uri,
             "--default-artifact-root", config.artifact_root, "--host", host, "--port", str(port), "--workers", "1"]
 

@@ -7,6 +7,7 @@ Writes are idempotent by transaction id: a batch replayed after a crash changes 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import orjson
@@ -14,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 from fraudloop.models.currency import REFERENCE_CURRENCY
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.models.home import fraudloop_home
+from fraudloop.models.home import first_use_lock, fraudloop_home, sqlite_path
 from fraudloop.models.schema import Label, Transaction
 
 metadata = sa.MetaData()
@@ -124,8 +125,7 @@ class Store:
         self.engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        _create_schema(self.engine)
         self._upsert = _dialect_insert(self.engine.dialect.name)
         self._insert = lambda table: self._upsert(table).on_conflict_do_nothing()
         marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
@@ -388,18 +388,32 @@ def _window(since: float, until: float) -> tuple:
     return decisions.c.event_time > since, decisions.c.event_time <= until
 
 
-def _add_missing_columns(engine: sa.Engine) -> None:
+def _create_schema(engine: sa.Engine) -> None:
+    """Tables, columns and indexes, made by one process at a time: concurrent first users of a fresh store (two
+    Airflow tasks, a scorer and a CLI command) would otherwise both create them and one would fail. A file lock
+    for SQLite, a transaction-scoped advisory lock for PostgreSQL."""
+    path = sqlite_path(str(engine.url))
+    with first_use_lock(path) if path else nullcontext(), engine.begin() as db:
+        if engine.dialect.name == "postgresql":
+            db.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+        metadata.create_all(db)
+        _add_missing_columns(db)
+
+
+SCHEMA_LOCK_KEY = 0x66726175  # any constant the project's stores agree on ("frau")
+
+
+def _add_missing_columns(db: sa.Connection) -> None:
     """A store made by an earlier version gets the columns added since (nullable ones, so no rewrite)."""
-    inspector = sa.inspect(engine)
-    with engine.begin() as db:
-        for table in (decisions, labels):
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
-                                       f"{column.type.compile(engine.dialect)}")
+    inspector = sa.inspect(db)
+    for table in (decisions, labels):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                   f"{column.type.compile(db.dialect)}")
     for index in decisions.indexes:  # create_all leaves an existing table's new indexes out
-        index.create(engine, checkfirst=True)
+        index.create(db, checkfirst=True)
 
 
 def _sqlite_pragmas(connection, _record) -> None:

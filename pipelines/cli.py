@@ -12,7 +12,7 @@ from pathlib import Path
 from fraudloop.models.aliases import CHAMPION, PREVIOUS_CHAMPION
 from fraudloop.models.schema import InvalidRecord
 from fraudloop.pipelines.data.simulate import SimulationConfig
-from fraudloop.pipelines.jobs import RETENTION_DAYS
+from fraudloop.pipelines.jobs import RETENTION_DAYS, NothingToDo
 
 SIM_FIELDS = {
     "customers": int, "terminals": int, "days": int, "start_date": str, "seed": int,
@@ -831,8 +831,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_backfill)
 
-    p = sub.add_parser("dag", help="run a DAG (retrain, drift_monitor) once with Airflow's dag.test() runner")
-    p.add_argument("dag_id", choices=["retrain", "drift_monitor"])
+    p = sub.add_parser("dag", help="run a DAG once with Airflow's dag.test() runner")
+    p.add_argument("dag_id", choices=["retrain", "drift_monitor", "store_retention"])
     p.add_argument("--conf", help='JSON params, e.g. \'{"as_of": "2018-06-01", "num_boost_round": 300}\'')
     p.set_defaults(func=cmd_dag)
 
@@ -1011,6 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, InvalidRecord, RuntimeError) as error:
         print(f"fraudloop {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except NothingToDo as reason:  # a fresh home, no champion yet: said, and not a failure
+        print(f"fraudloop {args.command}: nothing to do: {reason}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -7,10 +7,41 @@ given come from the environment: FRAUDLOOP_HOME, FRAUDLOOP_STORE_URL, MLFLOW_TRA
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fraudloop.models.home import fraudloop_home
 from fraudloop.models.units import DAY
+
+
+class NothingToDo(Exception):  # noqa: N818 (not an error: the step's outcome)
+    """A step with nothing to work on yet: a fresh home, a store with no decisions, no champion to monitor.
+
+    Not a failure to retry: an Airflow task ends skipped with this reason (`as_task`), the CLI prints it and
+    exits 0.
+    """
+
+
+def as_task(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a step as an Airflow task: NothingToDo becomes a skip that shows its reason, never a retry loop."""
+    try:
+        return step(*args, **kwargs)
+    except NothingToDo as reason:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(str(reason)) from None
+
+
+def _require_champion():
+    from fraudloop.models import registry
+
+    reg = _registry()
+    version = registry.alias_version(reg, registry.CHAMPION)
+    if version is None:
+        raise NothingToDo(f"no '{registry.CHAMPION}' version of {reg.model_name} yet: nothing is served to "
+                          "monitor (train and promote one first: the retrain DAG, or fraudloop train)")
+    return reg, version
 
 
 def _store_url(store_url: str | None) -> str:
@@ -45,10 +76,10 @@ def export_offline(until: float | None = None, store_url: str | None = None, eve
 
     store = Store(_store_url(store_url))
     try:
-        until = store.newest_event_time() if until is None else until
-        if until is None:
-            raise ValueError("the store holds no decisions yet")
-        return export(store, offline_store(), until, every_day)
+        newest = store.newest_event_time()
+        if newest is None:
+            raise NothingToDo("the scorer's store holds no decisions yet: nothing to export or learn from")
+        return export(store, offline_store(), newest if until is None else until, every_day)
     finally:
         store.close()
 
@@ -168,6 +199,7 @@ def check_drift(as_of: float, store_url: str | None = None, source: str = "offli
     if source not in ("offline", "store"):
         raise ValueError(f"source must be 'offline' or 'store', got {source!r}")
     config = replace(MonitorConfig(), **{k: v for k, v in settings.items() if v is not None})
+    _require_champion()
     offline = None
     if source == "offline":
         export_offline(as_of, store_url)
@@ -202,7 +234,7 @@ def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str 
     if keep_days < MIN_RETENTION_DAYS:
         raise ValueError(f"keep_days must be at least {MIN_RETENTION_DAYS:g} (what the scorer's feature state "
                          f"reaches back, rebuilt from the store), got {keep_days:g}")
-    exported = export_offline(store_url=store_url) if _has_decisions(store_url) else None
+    exported = export_offline(store_url=store_url)  # NothingToDo on an empty store
     store = Store(_store_url(store_url))
     try:
         newest = store.newest_event_time()
@@ -211,17 +243,7 @@ def prune_store(as_of: float, keep_days: float = RETENTION_DAYS, store_url: str 
     finally:
         store.close()
     return {"as_of": as_of, "keep_days": keep_days, "deleted_before": before, "deleted_decisions": decisions,
-            "deleted_labels": labels, "exported_days": exported["decision_days"] if exported else 0}
-
-
-def _has_decisions(store_url: str | None) -> bool:
-    from fraudloop.models.store import Store
-
-    store = Store(_store_url(store_url))
-    try:
-        return store.newest_event_time() is not None
-    finally:
-        store.close()
+            "deleted_labels": labels, "exported_days": exported["decision_days"]}
 
 
 def record_serving_cost(store_url: str | None = None) -> dict:
@@ -229,10 +251,7 @@ def record_serving_cost(store_url: str | None = None) -> dict:
     from fraudloop.models import registry
     from fraudloop.models.store import Store
 
-    reg = _registry()
-    version = registry.alias_version(reg, registry.CHAMPION)
-    if version is None:
-        return {"version": None}
+    reg, version = _require_champion()
     store = Store(_store_url(store_url))
     try:
         served, cpu = store.serving_cost(version)

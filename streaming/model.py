@@ -82,6 +82,7 @@ class ModelHolder:
     def from_registry(cls, config: RegistryConfig, alias: str, check_every: float, optional: bool = False,
                       **kwargs) -> ModelHolder:
         """`optional`: the alias may not exist (the shadow's `challenger`): then nothing is served, quietly."""
+        config.create_store()
         client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
 
         def resolve() -> str | None:

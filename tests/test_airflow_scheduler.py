@@ -1,6 +1,7 @@
 """The DAGs under a real Airflow: `airflow standalone` (api-server, scheduler, dag-processor, triggerer,
 LocalExecutor) over this project's dags/ folder. drift_monitor flags drift, its asset event schedules retrain
-through the scheduler (not dag.test()), and retrain promotes the challenger with the DAG's default settings.
+through the scheduler (not dag.test()), and retrain promotes the challenger with the DAG's default settings. On an
+empty home, the three DAGs triggered at once end skipped, and the stores their tasks created at once stay usable.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import os
 import signal
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -90,8 +94,10 @@ def world(registry: RegistryConfig):
     return start, champion["version"]
 
 
-def test_drift_monitor_schedules_retrain_through_the_scheduler_and_it_promotes(world, registry, tmp_path):
-    start, champion = world
+@contextmanager
+def airflow(tmp_path, dag_ids: tuple[str, ...]) -> Iterator[tuple[Api, Callable, Path]]:
+    """A running `airflow standalone` with `dag_ids` parsed and unpaused: its API, a `finished(dag_id, run_id)`
+    check (the run's final state, or None) and its log's path."""
     port = free_port()
     home = tmp_path / "airflow"
     _, password = airflow_local.standalone_env(home, port)
@@ -101,29 +107,15 @@ def test_drift_monitor_schedules_retrain_through_the_scheduler_and_it_promotes(w
         try:
             api = wait_for("Airflow answers", lambda: Api(port, password), 300, log_path)
             wait_for("the DAGs are parsed", lambda: {d["dag_id"] for d in api.get("/api/v2/dags")["dags"]}
-                     >= {"drift_monitor", "retrain"}, 180, log_path)
-            for dag_id in ("drift_monitor", "retrain"):
+                     >= set(dag_ids), 180, log_path)
+            for dag_id in dag_ids:
                 api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
-            as_of = pd.Timestamp(start + WORLD.days * DAY, unit="s", tz="UTC").isoformat()
-            run = api.post("/api/v2/dags/drift_monitor/dagRuns", {"logical_date": None, "conf": {"as_of": as_of}})
 
             def finished(dag_id: str, run_id: str) -> str | None:
                 state = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
                 return state if state in ("success", "failed") else None
 
-            assert wait_for("drift_monitor finishes", lambda: finished("drift_monitor", run["dag_run_id"]), 600,
-                            log_path) == "success"
-            tasks = {t["task_id"]: t["state"] for t in api.get(
-                f"/api/v2/dags/drift_monitor/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]}
-            assert tasks["signal_retrain"] == "success", tasks
-
-            def asset_run() -> dict | None:
-                runs = api.get("/api/v2/dags/retrain/dagRuns")["dag_runs"]
-                return next((r for r in runs if r["run_type"] == "asset_triggered"), None)
-
-            retrain = wait_for("the drift asset schedules retrain", asset_run, 180, log_path)
-            assert wait_for("retrain finishes", lambda: finished("retrain", retrain["dag_run_id"]), 900,
-                            log_path) == "success"
+            yield api, finished, log_path
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -131,6 +123,41 @@ def test_drift_monitor_schedules_retrain_through_the_scheduler_and_it_promotes(w
             except Exception:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def test_on_an_empty_home_the_three_dags_end_skipped_with_their_reason(registry, tmp_path):
+    dag_ids = ("drift_monitor", "retrain", "store_retention")
+    with airflow(tmp_path, dag_ids) as (api, finished, log_path):
+        runs = {dag_id: api.post(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
+                for dag_id in dag_ids}  # at once: their first tasks create the stores together
+        for dag_id, run_id in runs.items():
+            assert wait_for(f"{dag_id} finishes", lambda d=dag_id, r=run_id: finished(d, r), 600, log_path) == "success"
+            tasks = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+            assert {t["state"] for t in tasks} == {"skipped"}, (dag_id, tasks)
+            assert all(t["try_number"] <= 1 for t in tasks), tasks  # skipped, never retried
+    assert alias_version(registry, CHAMPION) is None  # the MLflow store the tasks created at once is usable
+    assert Store("").newest_event_time() is None
+
+
+def test_drift_monitor_schedules_retrain_through_the_scheduler_and_it_promotes(world, registry, tmp_path):
+    start, champion = world
+    with airflow(tmp_path, ("drift_monitor", "retrain")) as (api, finished, log_path):
+        as_of = pd.Timestamp(start + WORLD.days * DAY, unit="s", tz="UTC").isoformat()
+        run = api.post("/api/v2/dags/drift_monitor/dagRuns", {"logical_date": None, "conf": {"as_of": as_of}})
+
+        assert wait_for("drift_monitor finishes", lambda: finished("drift_monitor", run["dag_run_id"]), 600,
+                        log_path) == "success"
+        tasks = {t["task_id"]: t["state"] for t in api.get(
+            f"/api/v2/dags/drift_monitor/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]}
+        assert tasks["signal_retrain"] == "success", tasks
+
+        def asset_run() -> dict | None:
+            runs = api.get("/api/v2/dags/retrain/dagRuns")["dag_runs"]
+            return next((r for r in runs if r["run_type"] == "asset_triggered"), None)
+
+        retrain = wait_for("the drift asset schedules retrain", asset_run, 180, log_path)
+        assert wait_for("retrain finishes", lambda: finished("retrain", retrain["dag_run_id"]), 900,
+                        log_path) == "success"
 
     promoted = alias_version(registry, CHAMPION)
     assert promoted != champion
