@@ -10,6 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from fraudloop.streaming import children
+
 DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
 
 
@@ -78,12 +80,13 @@ class Runner:
         """`nice`: added to the runner's CPU niceness before it starts anything (its tasks' threads inherit it)."""
         import sys
 
-        env = {**os.environ}
-        self.process = subprocess.Popen(
+        self.child = children.start(
             [sys.executable, "-c", f"import os; os.nice({int(nice)}); "
                                    "from fraudloop.pipelines import airflow_local as a; "
                                    f"a.prepare(__import__('pathlib').Path({str(home)!r})); a.serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
+            name="dag runner", grace=5.0, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            env={**os.environ})
+        self.process = self.child.process
         self._answer()
 
     def _answer(self) -> dict:
@@ -105,13 +108,10 @@ class Runner:
         return answer["states"]
 
     def stop(self) -> None:
+        """Closing its input ends a runner between two runs; one still running a DAG is stopped after 5 s."""
         if self.process.poll() is None:
             self.process.stdin.close()
-            try:
-                self.process.wait(timeout=5)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
+        self.child.stop()
 
 
 def standalone_env(home: Path, port: int) -> tuple[dict[str, str], str]:
@@ -142,12 +142,12 @@ def standalone_env(home: Path, port: int) -> tuple[dict[str, str], str]:
     return env, json.loads(passwords.read_text())["admin"]
 
 
-def standalone(home: Path, port: int, log) -> subprocess.Popen:
-    """Start `airflow standalone` on loopback; returns the process (its own session: stop it with `stop`)."""
+def standalone(home: Path, port: int, log) -> children.Child:
+    """Start `airflow standalone` on loopback; `stop()` ends it and every component it started (its process group)."""
     import sys
 
     env, _ = standalone_env(home, port)
     airflow = Path(sys.executable).with_name("airflow")
     env["PATH"] = f"{airflow.parent}{os.pathsep}{env.get('PATH', '')}"  # it starts its components as `airflow ...`
-    return subprocess.Popen([str(airflow), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return children.start([str(airflow), "standalone"], name="airflow standalone", grace=30.0, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)

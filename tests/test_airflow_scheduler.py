@@ -7,8 +7,6 @@ empty home, the three DAGs triggered at once end skipped, and the stores their t
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -102,27 +100,18 @@ def airflow(tmp_path, dag_ids: tuple[str, ...]) -> Iterator[tuple[Api, Callable,
     home = tmp_path / "airflow"
     _, password = airflow_local.standalone_env(home, port)
     log_path = tmp_path / "standalone.log"
-    with open(log_path, "ab") as log:
-        process = airflow_local.standalone(home, port, log)
-        try:
-            api = wait_for("Airflow answers", lambda: Api(port, password), 300, log_path)
-            wait_for("the DAGs are parsed", lambda: {d["dag_id"] for d in api.get("/api/v2/dags")["dags"]}
-                     >= set(dag_ids), 180, log_path)
-            for dag_id in dag_ids:
-                api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    with open(log_path, "ab") as log, airflow_local.standalone(home, port, log):
+        api = wait_for("Airflow answers", lambda: Api(port, password), 300, log_path)
+        wait_for("the DAGs are parsed", lambda: {d["dag_id"] for d in api.get("/api/v2/dags")["dags"]}
+                 >= set(dag_ids), 180, log_path)
+        for dag_id in dag_ids:
+            api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
-            def finished(dag_id: str, run_id: str) -> str | None:
-                state = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
-                return state if state in ("success", "failed") else None
+        def finished(dag_id: str, run_id: str) -> str | None:
+            state = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            return state if state in ("success", "failed") else None
 
-            yield api, finished, log_path
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except Exception:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        yield api, finished, log_path
 
 
 def test_on_an_empty_home_the_three_dags_end_skipped_with_their_reason(registry, tmp_path):

@@ -43,6 +43,7 @@ from fraudloop.models.store import Store
 from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.benchmarks.streaming import _produce, _say, prepare, spread
 from fraudloop.pipelines.data.simulate import labels_of
+from fraudloop.streaming import children
 from fraudloop.streaming.broker import create_topics, free_port, start_broker
 from fraudloop.streaming.config import PREFIX
 from fraudloop.streaming.event_time import EventTimePolicy
@@ -61,7 +62,7 @@ LABEL_FEATURES = [j for j, name in enumerate(FEATURE_NAMES) if "risk" in name or
 class Instance:
     """One `fraudloop score` process (and its worker), with its metrics endpoint."""
 
-    process: subprocess.Popen
+    child: children.Child
     port: int
     log: Path
 
@@ -73,7 +74,7 @@ class Instance:
 
     def processes(self) -> list[psutil.Process]:
         """The Kafka process and its scoring worker."""
-        main = psutil.Process(self.process.pid)
+        main = psutil.Process(self.child.pid)
         return [main, *(c for c in main.children() if "fraudloop.streaming.worker" in " ".join(c.cmdline()))]
 
     def cpu_seconds(self, processes: list[psutil.Process]) -> float:
@@ -84,13 +85,7 @@ class Instance:
             raise RuntimeError(f"a scorer instance exited; see {self.log}") from None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.child.stop()
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -220,10 +215,10 @@ class Bench:
                 port = free_port()
                 log = self.work / f"{name}-{number}.log"
                 with log.open("w") as out:
-                    running.append(Instance(subprocess.Popen(
+                    running.append(Instance(children.start(
                         [sys.executable, "-c", "from fraudloop.pipelines.cli import main; main()", "score",
                          "--bootstrap", self.boot, "--group-id", name, "--metrics-port", str(port)],
-                        env=env, stdout=out, stderr=subprocess.STDOUT), port, log))
+                        name=f"scorer {number}", grace=30.0, env=env, stdout=out, stderr=subprocess.STDOUT), port, log))
             _wait_for_group(running)
             # Phase 1, parity: the first part of the stream paced, labels at their time, as live traffic comes.
             paced = self.phases[0]
@@ -306,7 +301,7 @@ def _wait_for_group(running: list[Instance], timeout: float = 180.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the group did not spread the partitions in {timeout:.0f} s; see {running[0].log}")
         for instance in running:
-            if instance.process.poll() is not None:
+            if instance.child.poll() is not None:
                 raise RuntimeError(f"a scorer instance exited; see {instance.log}")
         try:
             counts = [i.metrics().get("fraud_partitions_assigned", 0) for i in running]

@@ -37,6 +37,7 @@ from fraudloop.models.features import labels_in_order, transactions_of
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.benchmarks import write_record
+from fraudloop.streaming import children
 from fraudloop.streaming.broker import Broker, create_topics, free_port, start_broker
 from fraudloop.streaming.config import CODECS, ScorerConfig
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -230,7 +231,7 @@ def _where(config: ScorerConfig, bootstrap: str) -> dict[str, str]:
     return found
 
 
-def rss_mb(process: subprocess.Popen) -> float:
+def rss_mb(process: children.Child) -> float:
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(process.pid)
         return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
@@ -288,9 +289,9 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
                "--group-id", "soak", "--metrics-port", str(metrics_port)]
     scorer_log = open(work / "scorer.log", "ab")  # noqa: SIM115 - closed at the end
 
-    def start_scorer() -> subprocess.Popen:
-        return subprocess.Popen(command, env=env, stdout=scorer_log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    def start_scorer() -> children.Child:
+        return children.start(command, name="scorer", grace=30.0, env=env, stdout=scorer_log,
+                              stderr=subprocess.STDOUT)
 
     def stream_events():  # in event time; a label before a transaction of the same second, as the replay sends
         txs = ((tx.time, 1, "transaction", tx) for tx in transactions_of(stream))
@@ -306,7 +307,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
     try:
         while len(collector.decisions) < 100:
             if scorer.poll() is not None:
-                raise RuntimeError(f"the scorer exited at start (code {scorer.returncode}); see {work / 'scorer.log'}")
+                raise RuntimeError(f"the scorer exited at start (code {scorer.poll()}); see {work / 'scorer.log'}")
             time.sleep(0.2)
         result.rss_start_mb = rss_mb(scorer)
         end = time.monotonic() + minutes * 60
@@ -319,8 +320,8 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
                 kinds = list(KINDS)
             kind = kinds.pop(rng.randrange(len(kinds)))  # each kind once in every three events
             if kind == "kill":
-                scorer.send_signal(signal.SIGKILL)
-                scorer.wait()
+                scorer.process.send_signal(signal.SIGKILL)  # a crash: nothing graceful
+                scorer.stop()
                 result.scorer_kills += 1
                 time.sleep(rng.uniform(0.5, 3))
                 scorer = start_scorer()
@@ -341,7 +342,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
                 result.poison_bursts += 1
                 say(f"soak: poison sent ({result.poison_bursts})")
             if scorer.poll() is not None:
-                raise RuntimeError(f"the scorer exited (code {scorer.returncode}); see {work / 'scorer.log'}")
+                raise RuntimeError(f"the scorer exited (code {scorer.poll()}); see {work / 'scorer.log'}")
         producer.stop.set()
         producer.join(30)
         result.codec_switches = producer.codec_switches
@@ -354,13 +355,9 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
         where = _where(config, broker[0].bootstrap)  # the last broker's log: where each transaction is
         result.rss_end_mb = rss_mb(scorer)
         if scorer.poll() is not None:
-            raise RuntimeError(f"the scorer exited (code {scorer.returncode}); see {work / 'scorer.log'}")
+            raise RuntimeError(f"the scorer exited (code {scorer.poll()}); see {work / 'scorer.log'}")
     finally:
-        scorer.send_signal(signal.SIGTERM)
-        try:
-            scorer.wait(30)
-        except subprocess.TimeoutExpired:
-            scorer.kill()
+        scorer.stop()
         collector.stop.set()
         producer.stop.set()
         broker[0].stop()

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from fraudloop.models.home import fraudloop_home
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.data.outcomes import IssuerConfig
 from fraudloop.pipelines.demo.report import build_report, histogram_quantile, print_report, scrape
+from fraudloop.streaming import children
 from fraudloop.streaming.config import ScorerConfig
 
 TOPICS = tuple(ScorerConfig().topics)
@@ -68,18 +68,11 @@ class DemoConfig:
 
 @dataclass
 class Services:
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    """What the demo closes on its way out, after its child processes (streaming/children.py) are stopped."""
     closers: list = field(default_factory=list)
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in reversed(self.processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        children.stop_all()
         for close in reversed(self.closers):
             close()
 
@@ -108,11 +101,10 @@ def start_mlflow(config: DemoConfig, services: Services) -> str:
     reg = registry.RegistryConfig.from_env(config.home)
     log = open(config.home / "mlflow-server.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
-    process = subprocess.Popen(registry.server_command(reg, "127.0.0.1", config.ui_port), env=registry.server_env(),
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    services.processes.append(process)
+    server = children.start(registry.server_command(reg, "127.0.0.1", config.ui_port), name="MLflow server",
+                            env=registry.server_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{config.ui_port}"
-    wait_http(f"{url}/health", process, 90, "the MLflow server")
+    wait_http(f"{url}/health", server.process, 90, "the MLflow server")
     return url
 
 
@@ -124,28 +116,27 @@ def start_review(config: DemoConfig, services: Services, bootstrap: str) -> str:
     env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_EVENT_CLOCK": "stream"}
     log = open(config.home / "review.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
-    process = subprocess.Popen([sys.executable, "-m", "fraudloop.pipelines.cli", "review", "--bootstrap", bootstrap,
-                                "--port", str(config.review_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    services.processes.append(process)
+    page = children.start([sys.executable, "-m", "fraudloop.pipelines.cli", "review", "--bootstrap", bootstrap,
+                           "--port", str(config.review_port)], name="review page", env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{config.review_port}"
-    wait_http(f"{url}/metrics", process, 60, "the review queue page")
+    wait_http(f"{url}/metrics", page.process, 60, "the review queue page")
     return url
 
 
-def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics_port: int) -> subprocess.Popen:
+def start_scorer(config: DemoConfig, services: Services, bootstrap: str, metrics_port: int) -> children.Child:
     served_rules = config.home / "rules.toml"
     shutil.copyfile(RULES, served_rules)
     env = {**os.environ, "FRAUDLOOP_HOME": str(config.home), "FRAUDLOOP_MODEL_CHECK_SECONDS": "2",
            "FRAUDLOOP_RULES_FILE": str(served_rules), "FRAUDLOOP_EXPLORATION_SHARE": f"{config.exploration_share:g}"}
     log = open(config.home / "scorer.log", "ab")  # noqa: SIM115 (closed with the services)
     services.closers.append(log.close)
-    process = subprocess.Popen([sys.executable, "-m", "fraudloop.pipelines.cli", "score", "--bootstrap", bootstrap,
-                                "--metrics-port", str(metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    services.processes.append(process)
-    wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process, 120, "the scorer")
-    return process
+    # a graceful stop drains its batch and writes its last serving costs: up to a minute before SIGKILL
+    scorer = children.start([sys.executable, "-m", "fraudloop.pipelines.cli", "score", "--bootstrap", bootstrap,
+                             "--metrics-port", str(metrics_port)], name="scorer", grace=60.0, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{metrics_port}/metrics", scorer.process, 120, "the scorer")
+    return scorer
 
 
 class Footprint(threading.Thread):
@@ -202,21 +193,14 @@ class StatusLine(threading.Thread):
 
 @contextlib.contextmanager
 def running(config: DemoConfig) -> Iterator[Services]:
+    """Ctrl-C or SIGTERM at any point stops every process the demo started (streaming/children.py)."""
     services = Services()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def interrupted(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    try:
-        yield services
-    finally:
-        if not config.keep_running:
-            say("stopping the scorer, the MLflow server and the broker")
+    with children.interruptible():
+        try:
+            yield services
+        finally:
+            say("stopping the scorer, the review page, the DAG runner, the MLflow server and the broker")
             services.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run(config: DemoConfig) -> dict:
@@ -259,7 +243,6 @@ def run(config: DemoConfig) -> dict:
 
     with running(config) as services:
         broker = start_broker(log=config.home / "broker.log")
-        services.closers.append(broker.stop)
         create_topics(broker.bootstrap, TOPICS, partitions=3)
         ui = start_mlflow(config, services)
         say(f"broker on {broker.bootstrap}; MLflow server (review UI) on {ui}")
@@ -327,8 +310,7 @@ def run(config: DemoConfig) -> dict:
         status.join()
         metrics = scrape(metrics_port)
         if not config.keep_running:  # a graceful stop also writes the scorer's last serving costs
-            scorer.send_signal(signal.SIGTERM)
-            scorer.wait(timeout=60)
+            scorer.stop()
         footprint.stop.set()
         report = build_report(config, stream, cut, metrics, runs, stream_seconds,
                               time.monotonic() - started, ui, broker.bootstrap, str(config.home / "rules.toml"),
@@ -339,7 +321,6 @@ def run(config: DemoConfig) -> dict:
                 "them with Ctrl-C")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
-            services.stop()
         return report
 
 
