@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import mlflow
@@ -23,10 +23,10 @@ from fraudloop.models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-expo
 from fraudloop.models.features import FEATURE_NAMES
 from fraudloop.models.home import first_use_lock, fraudloop_home, sqlite_path
 from fraudloop.models.thresholds import from_tags
-from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_MODEL_NAME = "card-fraud"
 _CREATED: set[str] = set()  # the SQLite stores this process has created or found made (RegistryConfig.create_store)
@@ -105,6 +105,9 @@ def log_and_register(
     frames: dict[str, pd.DataFrame] | None = None,
 ) -> RegisteredModel:
     """One MLflow run with everything a reviewer needs, and a new registered model version."""
+    from matplotlib import pyplot as plt  # here: serving never draws, and a scorer machine has no matplotlib
+    from mlflow.models import infer_signature
+
     client = config.activate()
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(params)
