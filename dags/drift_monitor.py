@@ -24,7 +24,8 @@ Hourly:
    `cooldown_days` for one champion, the `card_fraud_drift_confirmed` asset is updated, which schedules
    `retrain` with this run's `as_of`.
 
-Before any champion exists (a fresh home), the run ends **skipped**, with the reason in the tasks' log.
+Before any champion exists (a fresh home), or while the scorer's store holds no decisions, the run ends
+**skipped**, with the reason in the tasks' log.
 """
 DRIFT_CONFIRMED = Asset(**DRIFT_ASSET)
 

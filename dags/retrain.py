@@ -32,6 +32,7 @@ Daily, and whenever `drift_monitor` confirms drift (the `card_fraud_drift_confir
 
 On a home whose store holds no decisions yet the run ends **skipped**, with the reason in the first task's log,
 never a failure to retry.
+
 Every task is a function in `pipelines/jobs.py`; `fraudloop <command>` runs the same step by hand.
 Settings: `FRAUDLOOP_*` environment variables (store, MLflow) and the params below.
 """

@@ -69,6 +69,11 @@ class RegistryConfig:
         path = sqlite_path(self.tracking_uri)
         if path is None or self.tracking_uri in _CREATED:
             return
+        try:
+            import alembic  # noqa: F401 (the embedded store's migrations: the batch role's, not the scorer's)
+        except ImportError:
+            raise RuntimeError("this install has no embedded MLflow store (the scorer role ships only the MLflow "
+                               "client): set MLFLOW_TRACKING_URI to your tracking server") from None
         with first_use_lock(path):
             MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri).search_experiments(max_results=1)
         _CREATED.add(self.tracking_uri)
@@ -190,11 +195,14 @@ def set_alias(config: RegistryConfig, alias: str, version: str) -> None:
 
 
 def alias_version(config: RegistryConfig, alias: str) -> str | None:
-    """The version an alias points at, or None when the alias (or the model) does not exist yet."""
+    """The version an alias points at, or None when the alias (or the model) does not exist yet. Any other error
+    (a registry down, refused, misconfigured) is raised: it must never read as "no champion"."""
     try:
         return str(client(config).get_model_version_by_alias(config.model_name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def version_info(config: RegistryConfig, version: str):

@@ -108,7 +108,7 @@ class Runner:
         return answer["states"]
 
     def stop(self) -> None:
-        """Closing its input ends a runner between two runs; one still running a DAG is stopped after 5 s."""
+        """Close its input (a runner between two runs ends by itself), then stop it: SIGTERM, SIGKILL after 5 s."""
         if self.process.poll() is None:
             self.process.stdin.close()
         self.child.stop()

@@ -78,7 +78,8 @@ def export_offline(until: float | None = None, store_url: str | None = None, eve
     try:
         newest = store.newest_event_time()
         if newest is None:
-            raise NothingToDo("the scorer's store holds no decisions yet: nothing to export or learn from")
+            raise NothingToDo(f"the scorer's store ({store.engine.url.render_as_string(hide_password=True)}) holds no "
+                              "decisions yet: nothing to export or learn from")
         return export(store, offline_store(), newest if until is None else until, every_day)
     finally:
         store.close()

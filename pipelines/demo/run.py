@@ -319,8 +319,7 @@ def run(config: DemoConfig) -> dict:
         if config.keep_running:
             say(f"services left running (MLflow UI {ui}, review queue {review}, broker {broker.bootstrap}); stop "
                 "them with Ctrl-C")
-            with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+            threading.Event().wait()  # until Ctrl-C or SIGTERM: the command then exits 130 or 143
         return report
 
 
