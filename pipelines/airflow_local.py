@@ -10,9 +10,10 @@ import os
 import subprocess
 from pathlib import Path
 
+from fraudloop.pipelines import shipped
 from fraudloop.streaming import children
 
-DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+DAGS_FOLDER = shipped("dags")
 
 
 def prepare(home: Path) -> None:

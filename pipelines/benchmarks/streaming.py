@@ -57,6 +57,7 @@ from fraudloop.models.features import (
 from fraudloop.models.registry import CHAMPION, RegistryConfig, set_alias
 from fraudloop.models.schema import parse_transaction, transaction_record
 from fraudloop.models.store import Store
+from fraudloop.pipelines import shipped
 from fraudloop.pipelines.benchmarks import write_record
 from fraudloop.pipelines.data.backfill import backfill
 from fraudloop.pipelines.data.simulate import SimulationConfig, labels_of, simulate
@@ -71,7 +72,7 @@ from fraudloop.streaming.service import SWITCH_INTERVAL, ScorerService, stage_wa
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
+RULES = shipped("examples") / "rules.toml"
 SLO_MS = 50.0
 BATCH = 500
 PASS, SCORER, NAIVE = "pass-through", "scorer", "naive"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fraudloop.models.home import fraudloop_home
 from fraudloop.models.units import DAY
+from fraudloop.pipelines import shipped
 from fraudloop.pipelines.data.outcomes import IssuerConfig
 from fraudloop.pipelines.demo.report import build_report, histogram_quantile, print_report, scrape
 from fraudloop.streaming import children
@@ -38,7 +39,7 @@ MALFORMED = [b"not json", b'{"schema_version": 1, "transaction_id": "X1"}',
              b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": -5, "currency": "EUR"}',
              b'{"schema_version": 1, "transaction_id": "X3", "card_id": "C1", "terminal_id": "T1", '
              b'"timestamp": "2018-05-01T10:00:00+00:00", "amount": 5, "currency": "XTS"}']  # no rate: not guessed
-RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"  # served by the demo's scorer
+RULES = shipped("examples") / "rules.toml"  # served by the demo's scorer
 # The batch work (the DAG runner, its training) yields the CPU to the scorer, as it would run on other machines
 # in production; on the demo's one machine they share the cores.
 BATCH_NICE = 10
