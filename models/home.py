@@ -6,14 +6,15 @@ and the others find it made.
 """
 
 import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 def fraudloop_home() -> Path:
-    return Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")).resolve()
+    from fraudloop.models.settings import settings
+
+    return settings().home
 
 
 @contextmanager

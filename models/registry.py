@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.aliases import CHALLENGER, CHAMPION  # noqa: F401 (re-exported: registry.CHAMPION)
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.models.home import first_use_lock, fraudloop_home, sqlite_path
+from fraudloop.models.home import first_use_lock, sqlite_path
+from fraudloop.models.settings import settings
 from fraudloop.models.thresholds import from_tags
 from mlflow.tracking import MlflowClient
 
@@ -42,17 +43,15 @@ class RegistryConfig:
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None) -> RegistryConfig:
-        base = Path(home).resolve() if home else fraudloop_home()
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is None:
+        """From the batch side's settings (models/settings.py); `home` instead of FRAUDLOOP_HOME when given."""
+        given = settings()
+        base = Path(home).resolve() if home else given.home
+        uri = given.mlflow_tracking_uri
+        if not uri:
             base.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{base / 'mlflow.db'}"
-        return cls(
-            tracking_uri=uri,
-            artifact_root=os.environ.get("FRAUDLOOP_ARTIFACT_ROOT", (base / "mlartifacts").as_uri()),
-            experiment=os.environ.get("FRAUDLOOP_EXPERIMENT", "card-fraud"),
-            model_name=os.environ.get("FRAUDLOOP_MODEL_NAME", DEFAULT_MODEL_NAME),
-        )
+        return cls(tracking_uri=uri, artifact_root=given.artifact_root or (base / "mlartifacts").as_uri(),
+                   experiment=given.experiment, model_name=given.model_name)
 
     def point_mlflow(self) -> None:
         """MLflow's fluent API and models:/ URIs use process-wide URIs: set both to this store."""

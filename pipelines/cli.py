@@ -986,16 +986,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    name = f"fraudloop {argv[0]}" if argv and not argv[0].startswith("-") else "fraudloop"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a terminal shows verdicts, not bars
     try:
+        args = parser().parse_args(argv)  # its defaults read the settings: a bad one is said below
         with children.interruptible():  # Ctrl-C or SIGTERM: every child of the command is stopped, exit 130
             args.func(args)
     except (FileNotFoundError, ValueError, InvalidRecord, RuntimeError) as error:
-        print(f"fraudloop {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 2
     except NothingToDo as reason:  # a fresh home, no champion yet: said, and not a failure
-        print(f"fraudloop {args.command}: nothing to do: {reason}", file=sys.stderr)
+        print(f"{name}: nothing to do: {reason}", file=sys.stderr)
     except KeyboardInterrupt as interrupted:  # the command's children are stopped by now
         return getattr(interrupted, "exit_status", 130)
     return 0

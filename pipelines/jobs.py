@@ -6,12 +6,11 @@ given come from the environment: FRAUDLOOP_HOME, FRAUDLOOP_STORE_URL, MLFLOW_TRA
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fraudloop.models.home import fraudloop_home
+from fraudloop.models.settings import settings
 from fraudloop.models.units import DAY
 
 
@@ -47,7 +46,7 @@ def _require_champion():
 def _store_url(store_url: str | None) -> str:
     from fraudloop.models.store import default_url
 
-    return store_url or os.environ.get("FRAUDLOOP_STORE_URL") or default_url()
+    return store_url or settings().store_url or default_url()
 
 
 def _registry():
@@ -59,7 +58,7 @@ def _registry():
 def training_sets_uri() -> str:
     """Where training sets are written: FRAUDLOOP_TRAINING_SETS_URI (e.g. s3://bucket/training-sets, shared by
     every Airflow worker), else a folder under FRAUDLOOP_HOME."""
-    return os.environ.get("FRAUDLOOP_TRAINING_SETS_URI") or (fraudloop_home() / "training-sets").as_uri()
+    return settings().training_sets
 
 
 def offline_store():
@@ -136,7 +135,7 @@ def train_challenger(training_set: str, *, train_days: int = 28, delay_days: int
     from fraudloop.pipelines.retraining.train import BuildConfig, train_challenger
 
     frame = sets.read(training_set)
-    scheduler = scheduler or os.environ.get("FRAUDLOOP_DASK_SCHEDULER") or None
+    scheduler = scheduler or settings().dask_scheduler or None
     if shuffle_labels and scheduler:
         raise ValueError("shuffle_labels trains on this machine only (the cluster reads the set as written)")
     if shuffle_labels:  # a deliberately worse model, to show the gates hold

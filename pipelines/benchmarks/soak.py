@@ -34,6 +34,7 @@ from pathlib import Path
 import orjson
 import psutil
 from fraudloop.models.features import labels_in_order, transactions_of
+from fraudloop.models.home import fraudloop_home
 from fraudloop.models.schema import Label, Transaction, label_record, transaction_record
 from fraudloop.models.units import DAY
 from fraudloop.pipelines.benchmarks import write_record
@@ -250,7 +251,7 @@ def run(minutes: float, rate: float = 100.0, seed: int = 0, work: Path | None = 
 
     rng = random.Random(seed)
     result = SoakResult(minutes=minutes, rate=rate, seed=seed)
-    work = (work or Path(os.environ.get("FRAUDLOOP_HOME", ".fraudloop")) / "soak").resolve()
+    work = (work or fraudloop_home() / "soak").resolve()
     if work.exists():
         import shutil
 

@@ -29,7 +29,6 @@ in `[label_columns]`).
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 from fraudloop.models.currency import load_rates
 from fraudloop.models.schema import InvalidRecord, parse_label, parse_transaction
+from fraudloop.models.settings import settings
 from fraudloop.pipelines.data.history import write_history
 from fraudloop.pipelines.data.simulate import label_times
 
@@ -219,7 +219,7 @@ def import_history(transactions: Path, out: Path, mapping: Mapping, labels: Path
     flags = _flags(table[mapping.column("is_fraud")]) if has_flag else [False] * len(table)
     ids, cards, terminals = (_texts(table[mapping.column(n)]) for n in ("transaction_id", "card_id", "terminal_id"))
 
-    rates = load_rates(os.environ.get("FRAUDLOOP_RATES_FILE", ""))  # the scorer's table: the same amounts
+    rates = load_rates(settings().rates_file)  # the scorer's table: the same amounts
     accepted, reasons, seen = [], [None] * len(table), set()
     for row, record in enumerate(zip(ids, cards, terminals, stamps, amounts, currencies, flags, strict=True)):
         tx_id, card, terminal, stamp, amount, currency, flag = record

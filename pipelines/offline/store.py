@@ -12,7 +12,6 @@ A day is written to a temporary name and moved into place, so a reader never see
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fraudloop.models.features import FEATURE_NAMES
-from fraudloop.models.home import fraudloop_home
+from fraudloop.models.settings import settings
 from fraudloop.models.units import DAY
 
 SCHEMA_VERSION = 1
@@ -41,7 +40,7 @@ SCHEMAS = {DECISIONS: DECISION_SCHEMA, LABELS: LABEL_SCHEMA}
 
 def default_uri() -> str:
     """FRAUDLOOP_OFFLINE_URI (e.g. s3://bucket/fraudloop, shared by Airflow workers), else FRAUDLOOP_HOME/offline."""
-    return os.environ.get("FRAUDLOOP_OFFLINE_URI") or (fraudloop_home() / "offline").as_uri()
+    return settings().offline
 
 
 def day_name(day: int) -> str:

@@ -8,13 +8,13 @@ Every move is recorded three ways: tags on the versions involved (who, when, why
 from __future__ import annotations
 
 import getpass
-import os
 import time
 from dataclasses import dataclass
 
 import mlflow
 from fraudloop.models import registry
 from fraudloop.models.aliases import PREVIOUS_CHAMPION
+from fraudloop.models.settings import settings
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Move:
 
 def default_actor() -> str:
     try:
-        return os.environ.get("FRAUDLOOP_ACTOR") or getpass.getuser()
+        return settings().actor or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
 
