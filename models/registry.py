@@ -81,8 +81,7 @@ class RegistryConfig:
         """Point MLflow at this store and make sure the experiment exists with our artifact root."""
         self.point_mlflow()
         client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
-        if client.get_experiment_by_name(self.experiment) is None:
-            client.create_experiment(self.experiment, artifact_location=f"{self.artifact_root}/{self.experiment}")
+        experiment_id(self, client, self.experiment)
         mlflow.set_experiment(self.experiment)
         return client
 
@@ -181,12 +180,21 @@ def client(config: RegistryConfig) -> MlflowClient:
 
 def side_experiment(config: RegistryConfig, suffix: str) -> str:
     """The id of `<experiment>-<suffix>` (monitoring reports, alias moves), created on first use."""
-    mlflow_client = client(config)
-    name = f"{config.experiment}-{suffix}"
+    return experiment_id(config, client(config), f"{config.experiment}-{suffix}")
+
+
+def experiment_id(config: RegistryConfig, mlflow_client: MlflowClient, name: str) -> str:
+    """The experiment's id, created with our artifact root if missing; a process creating it at the same moment
+    as another finds it made."""
     found = mlflow_client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
-    return mlflow_client.create_experiment(name, artifact_location=f"{config.artifact_root}/{name}")
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=f"{config.artifact_root}/{name}")
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
 def set_alias(config: RegistryConfig, alias: str, version: str) -> None:
