@@ -1,7 +1,8 @@
 """Where the project keeps its local state: FRAUDLOOP_HOME, default ./.fraudloop (stores, artifacts, runs).
 
 Several processes may touch a fresh home at the same instant (two Airflow tasks of one DAG run, a scorer and a
-CLI command): whatever creates a store there does it under `first_use_lock`, so exactly one of them creates it
+CLI command): whatever creates a store there (the MLflow and scorer stores, the local Airflow's metadata DB, an
+MLflow experiment) does it under `first_use_lock` or tolerates finding it made, so exactly one of them creates it
 and the others find it made.
 """
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from fraudloop.models.home import first_use_lock
 from fraudloop.pipelines import shipped
 from fraudloop.streaming import children
 
@@ -30,9 +31,11 @@ def prepare(home: Path) -> None:
 
 
 def migrate() -> None:
+    """Create or upgrade the metadata DB of the AIRFLOW_HOME `prepare` set, one process at a time."""
     from airflow.utils.db import initdb
 
-    initdb()
+    with first_use_lock(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"):
+        initdb()
 
 
 def dag_bag():
